@@ -1,0 +1,1 @@
+"""Pydantic configuration models. Every default of the project lives in these modules."""

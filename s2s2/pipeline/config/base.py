@@ -1,0 +1,91 @@
+"""Strict config base class, YAML loading and `key=value` command-line overrides."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from s2s2.pipeline.errors import ConfigError
+
+ModelT = TypeVar("ModelT", bound="StrictModel")
+
+
+class StrictModel(BaseModel):
+    """Base of every config: unknown fields are errors, values are validated on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration in {source}:"]
+    for item in err.errors():
+        where = ".".join(str(p) for p in item["loc"]) or "(top level)"
+        value = item.get("input")
+        shown = repr(value) if not isinstance(value, dict) else "{...}"
+        lines.append(f"  {where} = {shown}: {item['msg']}")
+    return "\n".join(lines)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split `a.b.c=value` into a key path and a YAML-parsed value ("3" -> 3, "[1,2]" -> list)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} is not of the form key=value (e.g. train.steps=100)")
+    key, raw = text.split("=", 1)
+    if not key.strip():
+        raise ConfigError(f"override {text!r} has an empty key")
+    return key.strip().split("."), yaml.safe_load(raw) if raw != "" else ""
+
+
+def _set_path(tree: dict[str, Any], keys: list[str], value: Any) -> None:
+    node = tree
+    for key in keys[:-1]:
+        child = node.get(key)
+        if not isinstance(child, dict):
+            child = {}
+            node[key] = child
+        node = child
+    node[keys[-1]] = value
+
+
+def load_config(
+    model: type[ModelT],
+    path: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    dotted: list[str] | None = None,
+) -> ModelT:
+    """Build `model` from an optional YAML file, then explicit overrides, then `key=value` items.
+
+    `overrides` maps dotted keys to values and skips `None` (an option the user did not give).
+    Errors name the file, the field and the offending value.
+    """
+    source = str(path) if path else "command-line options"
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist (pass an existing YAML file)")
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"config file {path} is not valid YAML: {err}") from err
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path} must hold a mapping at the top level, not {type(loaded).__name__}")
+        data = loaded
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            _set_path(data, key.split("."), value)
+    for item in dotted or []:
+        keys, value = parse_override(item)
+        _set_path(data, keys, value)
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err, source)) from None
+
+
+def dump_config(config: StrictModel, path: str | Path) -> None:
+    """Write the resolved config as YAML (what a run actually used)."""
+    Path(path).write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))

@@ -1,0 +1,25 @@
+"""The root config: one YAML file describes a whole experiment; each command reads its sections."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from s2s2.pipeline.config.base import StrictModel
+from s2s2.pipeline.config.data import DataConfig
+from s2s2.pipeline.config.generator import FinetuneConfig, GenerateConfig, GeneratorConfig
+from s2s2.pipeline.config.store import StoreConfig
+from s2s2.pipeline.config.train import EvalConfig, ModelConfig, TrainConfig
+
+
+class ProjectConfig(StrictModel):
+    """All sections, each with its defaults. `run_dir` is where a run's outputs go."""
+
+    run_dir: str = "runs/default"
+    data: DataConfig = Field(default_factory=DataConfig)
+    store: StoreConfig = Field(default_factory=StoreConfig)
+    generator: GeneratorConfig = Field(default_factory=GeneratorConfig)
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
+    generate: GenerateConfig = Field(default_factory=GenerateConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    evaluate: EvalConfig = Field(default_factory=EvalConfig)

@@ -1,0 +1,1 @@
+"""Datasets: one 2-D sample interface behind adapters (folder, nnunet, npz, icbm152, spm152)."""

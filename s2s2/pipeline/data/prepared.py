@@ -1,0 +1,129 @@
+"""The prepared dataset: every adapter's output, held as arrays, with its split and fingerprint.
+
+Everything downstream (the stack store, both stages, evaluation) consumes a `PreparedDataset`,
+never an adapter directly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from s2s2.pipeline.errors import DataError
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One 2-D training or test case."""
+
+    id: str
+    image: np.ndarray  # float32 [C, H, W], intensities scaled to [0, 1]
+    mask: np.ndarray  # int64 [H, W], class ids 0..len(class_names)-1
+    spacing: tuple[float, float]  # pixel size in mm (rows, cols), for HD95
+    class_names: tuple[str, ...]  # class 0 is the background
+    modality: str  # e.g. "T1-weighted brain MRI"
+    prompt: str  # generator prompt naming the modality and the classes present
+
+
+@dataclass
+class PreparedDataset:
+    """A whole dataset in memory: images [N,C,H,W] float32 in [0,1], masks [N,H,W] uint8."""
+
+    name: str
+    images: np.ndarray
+    masks: np.ndarray
+    ids: list[str]
+    spacings: np.ndarray  # float32 [N, 2]
+    class_names: tuple[str, ...]
+    modality: str
+    prompt_template: str  # formatted with {modality} and {classes}
+    splits: dict[str, list[int]] = field(default_factory=dict)  # split name -> sample indices
+
+    def __post_init__(self) -> None:
+        n = len(self.ids)
+        if self.images.ndim != 4 or self.masks.ndim != 3:
+            raise DataError(f"dataset {self.name}: images must be [N,C,H,W] and masks [N,H,W], "
+                            f"got {self.images.shape} and {self.masks.shape}")
+        if self.images.shape[0] != n or self.masks.shape[0] != n or self.images.shape[2:] != self.masks.shape[1:]:
+            raise DataError(f"dataset {self.name}: {n} ids, images {self.images.shape}, masks {self.masks.shape} disagree")
+        if n == 0:
+            raise DataError(f"dataset {self.name} is empty", fix="check the data path and the slice filters")
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(int(s) for s in self.images.shape[1:])  # type: ignore[return-value]
+
+    def prompt(self, index: int) -> str:
+        """The generator prompt of one sample: the template filled with the classes present."""
+        present = sorted(int(c) for c in np.unique(self.masks[index]))
+        classes = ", ".join(self.class_names[c] for c in present)
+        return self.prompt_template.format(modality=self.modality, classes=classes)
+
+    def sample(self, index: int) -> Sample:
+        return Sample(
+            id=self.ids[index],
+            image=self.images[index],
+            mask=self.masks[index].astype(np.int64),
+            spacing=(float(self.spacings[index][0]), float(self.spacings[index][1])),
+            class_names=self.class_names,
+            modality=self.modality,
+            prompt=self.prompt(index),
+        )
+
+    def indices(self, split: str) -> list[int]:
+        """Sample indices of one split ("train", "val", "test", or "all")."""
+        if split == "all":
+            return list(range(len(self)))
+        if split not in self.splits:
+            raise DataError(f"dataset {self.name} has no split {split!r}; it has {sorted(self.splits)}")
+        return list(self.splits[split])
+
+    def fingerprint(self) -> str:
+        """sha256 over images, masks, geometry, ids, classes and splits: same data, same hash."""
+        digest = hashlib.sha256()
+        for array in (self.images, self.masks, self.spacings):
+            array = np.ascontiguousarray(array)
+            digest.update(str((array.dtype.str, array.shape)).encode())
+            digest.update(array.tobytes())
+        meta = {"ids": self.ids, "classes": list(self.class_names), "splits": self.splits}
+        digest.update(json.dumps(meta, sort_keys=True).encode())
+        return digest.hexdigest()
+
+    def save(self, folder: str | Path) -> None:
+        """Write `arrays.npz` and `meta.json` into `folder` (use inside `atomic_path`)."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        np.savez(folder / "arrays.npz", images=self.images, masks=self.masks, spacings=self.spacings)
+        meta = {
+            "name": self.name, "ids": self.ids, "class_names": list(self.class_names),
+            "modality": self.modality, "prompt_template": self.prompt_template, "splits": self.splits,
+            "fingerprint": self.fingerprint(),
+        }
+        (folder / "meta.json").write_text(json.dumps(meta, indent=1))
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "PreparedDataset":
+        folder = Path(folder)
+        try:
+            meta = json.loads((folder / "meta.json").read_text())
+            with np.load(folder / "arrays.npz") as arrays:
+                images, masks, spacings = arrays["images"], arrays["masks"], arrays["spacings"]
+        except (OSError, ValueError, KeyError) as err:
+            raise DataError(f"cannot read prepared dataset: {err}", folder,
+                            "delete the folder and run `s2s2 data prepare` again") from err
+        return cls(name=meta["name"], images=images, masks=masks, ids=meta["ids"], spacings=spacings,
+                   class_names=tuple(meta["class_names"]), modality=meta["modality"],
+                   prompt_template=meta["prompt_template"], splits=meta["splits"])
