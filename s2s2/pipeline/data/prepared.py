@@ -51,7 +51,8 @@ class PreparedDataset:
             raise DataError(f"dataset {self.name}: images must be [N,C,H,W] and masks [N,H,W], "
                             f"got {self.images.shape} and {self.masks.shape}")
         if self.images.shape[0] != n or self.masks.shape[0] != n or self.images.shape[2:] != self.masks.shape[1:]:
-            raise DataError(f"dataset {self.name}: {n} ids, images {self.images.shape}, masks {self.masks.shape} disagree")
+            raise DataError(f"dataset {self.name}: {n} ids, images {self.images.shape}, "
+                            f"masks {self.masks.shape} disagree")
         if n == 0:
             raise DataError(f"dataset {self.name} is empty", fix="check the data path and the slice filters")
 
@@ -60,10 +61,12 @@ class PreparedDataset:
 
     @property
     def num_classes(self) -> int:
+        """Number of classes, the background included."""
         return len(self.class_names)
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of every image."""
         return tuple(int(s) for s in self.images.shape[1:])  # type: ignore[return-value]
 
     def prompt(self, index: int) -> str:
@@ -73,6 +76,7 @@ class PreparedDataset:
         return self.prompt_template.format(modality=self.modality, classes=classes)
 
     def sample(self, index: int) -> Sample:
+        """Sample `index` with its mask as int64, its spacing and its prompt."""
         return Sample(
             id=self.ids[index],
             image=self.images[index],
@@ -116,6 +120,7 @@ class PreparedDataset:
 
     @classmethod
     def load(cls, folder: str | Path) -> "PreparedDataset":
+        """Read what `save` wrote; an unreadable folder is a DataError saying how to rebuild it."""
         folder = Path(folder)
         try:
             meta = json.loads((folder / "meta.json").read_text())

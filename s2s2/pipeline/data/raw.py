@@ -1,0 +1,31 @@
+"""What every adapter returns: 2-D slices at their native size, before resizing and splitting."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class RawSlice:
+    """One 2-D case at native resolution; `case` and `position` drive the split."""
+
+    id: str
+    image: np.ndarray  # float32 [C, H, W] in [0, 1]
+    mask: np.ndarray  # integer [H, W], ids 0..num_classes-1 (already checked)
+    spacing: tuple[float, float]  # (row, col) pixel size in mm at native resolution
+    case: str  # slices of one case (volume, patient) always land in one split
+    position: int = 0  # slice index inside its volume (slab splits)
+
+
+@dataclass
+class RawDataset:
+    """An adapter's output: the slices, what they show, and where the data came from."""
+
+    name: str
+    slices: list[RawSlice]
+    class_names: tuple[str, ...]
+    modality: str
+    fixed_split: str | None = None  # e.g. "test": an out-of-domain set is all test
+    source: dict[str, object] = field(default_factory=dict)  # provenance recorded in meta.json
