@@ -1,0 +1,231 @@
+"""`s2s2 stack inspect`: summarise a store, draw a preview grid, and verify every chunk."""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from s2s2.store.fidelity import mask_fidelity
+from s2s2.store.layout import to_unit_float
+from s2s2.store.manifest import utc_now
+from s2s2.store.stack_store import StackStore
+
+FIDELITY_MIN_COMPLETE = 0.25  # below this completion the fidelity sample is too thin to report
+FIDELITY_MAX_SAMPLES = 64
+
+
+def _filesystem(path: Any, storage_options: dict[str, Any] | None) -> tuple[Any, str]:
+    import fsspec
+
+    return fsspec.core.url_to_fs(str(path), **(storage_options or {}))
+
+
+def bytes_on_disk(path: Any, storage_options: dict[str, Any] | None = None) -> int:
+    """Total size of every object under the store path (local or fsspec URL)."""
+    fs, root = _filesystem(path, storage_options)
+    return int(fs.du(root, total=True))
+
+
+def stale_temporaries(path: Any, storage_options: dict[str, Any] | None = None) -> list[str]:
+    """Leftover `*.partial` files of writers killed mid-write (harmless: never renamed into place)."""
+    fs, root = _filesystem(path, storage_options)
+    return sorted(p for p in fs.find(root) if fnmatch.fnmatch(p, "*.partial"))
+
+
+def class_pixel_share(masks: np.ndarray, num_classes: int) -> list[float]:
+    """Fraction of all mask pixels in each class."""
+    counts = np.bincount(masks.ravel().astype(np.int64), minlength=num_classes)[:num_classes]
+    return (counts / max(int(counts.sum()), 1)).tolist()
+
+
+def store_fidelity(store: StackStore, seed: int = 0, skip_shards: tuple[int, ...] = ()) -> dict | None:
+    """Mask fidelity over up to FIDELITY_MAX_SAMPLES fully done samples (None if too few).
+
+    Samples of `skip_shards` (found broken by `verify`) are left out.
+    """
+    done = store.done_ledger().all(axis=1)
+    if done.mean() < FIDELITY_MIN_COMPLETE:
+        return None
+    for shard in skip_shards:
+        rows = store.shard_samples(shard)
+        done[rows.start:rows.stop] = False
+    if done.sum() < 2:
+        return None
+    rng = np.random.default_rng(seed)
+    picked = np.sort(rng.choice(np.flatnonzero(done), size=min(int(done.sum()), FIDELITY_MAX_SAMPLES), replace=False))
+    stack = np.stack([np.stack([store.read_stack(int(i), k) for k in range(store.k)]) for i in picked])
+    return mask_fidelity(store.read_originals(picked), store.read_masks(picked), stack, rng,
+                         num_classes=len(store.manifest.class_names))
+
+
+def summarise(store: StackStore, with_fidelity: bool = True, storage_options: dict[str, Any] | None = None,
+              skip_shards: tuple[int, ...] = ()) -> dict:
+    """Everything `inspect` shows, as JSON-ready values (fidelity skips `skip_shards`)."""
+    m = store.manifest
+    masks = store.read_masks(np.arange(store.n_samples))
+    summary = {
+        "path": str(store.path),
+        "dataset": m.dataset_name,
+        "split": m.split,
+        "fingerprint": m.dataset_fingerprint,
+        "modality": m.modality,
+        "class_names": list(m.class_names),
+        "class_pixel_share": class_pixel_share(masks, len(m.class_names)),
+        "n_samples": m.n_samples,
+        "k": m.k,
+        "image_shape": list(m.image_shape),
+        "dtype": m.dtype,
+        "compression": m.compression,
+        "shard_size": m.shard_size,
+        "num_shards": store.num_shards,
+        "pending_shards": store.pending_shards(),
+        "complete_fraction": store.complete_fraction(),
+        "bytes_on_disk": bytes_on_disk(store.path, storage_options) if isinstance(store.path, (str, Path)) else None,
+        "status": m.status,
+        "generator": m.generator.model_dump() if m.generator else None,
+        "schema_version": m.schema_version,
+        "software_version": m.software_version,
+        "created": m.created.isoformat(),
+        "updated": m.updated.isoformat(),
+        "age_hours": (utc_now() - m.created).total_seconds() / 3600.0,
+    }
+    if with_fidelity:
+        try:
+            summary["mask_fidelity"] = store_fidelity(store, skip_shards=skip_shards)
+        except Exception as err:  # a chunk that does not decode: say so, `--verify` names the shard
+            summary["mask_fidelity"] = None
+            summary["mask_fidelity_error"] = f"{type(err).__name__}: {err} (run with --verify)"
+    return summary
+
+
+def _human_bytes(n: int | None) -> str:
+    if n is None:
+        return "unknown"
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.1f} {unit}" if unit != "B" else f"{int(size)} B"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+def format_summary(s: dict) -> str:
+    """Readable text of `summarise`'s dict."""
+    c, h, w = s["image_shape"]
+    n, k = s["n_samples"], s["k"]
+    lines = [
+        f"stack store  {s['path']}",
+        f"  dataset     {s['dataset']} (split {s['split']}), {s['modality']}",
+        f"  fingerprint {s['fingerprint'][:16]}…",
+        "  classes     " + ", ".join(f"{name} {100 * share:.1f}%" for name, share in
+                                     zip(s["class_names"], s["class_pixel_share"])),
+        f"  samples     N={n}, K={k}, image {c}x{h}x{w}, {s['dtype']}, {s['compression']}",
+        f"  layout      {s['num_shards']} shards of {s['shard_size']} samples "
+        f"(shard {s['shard_size']}x{k}x{c}x{h}x{w}, chunk 1x1x{c}x{h}x{w} = one image)",
+        f"  on disk     {_human_bytes(s['bytes_on_disk'])}",
+        f"  complete    {100 * s['complete_fraction']:.1f}% ({len(s['pending_shards'])} shards pending), "
+        f"status {s['status']}",
+        f"  created     {s['created']} ({s['age_hours']:.1f} h ago), updated {s['updated']}",
+    ]
+    gen = s["generator"]
+    if gen:
+        lines.append(f"  generator   {gen['base_model']} + ControlNet {gen['controlnet_hash'][:12]}, "
+                     f"{gen['scheduler']} {gen['steps']} steps, guidance {gen['guidance_scale']}, eta {gen['eta']}, "
+                     f"seed {gen['seed']}, {gen['resolution']} px")
+        lines.append(f"              prompt {gen['prompt_template']!r}")
+    else:
+        lines.append("  generator   none bound yet")
+    fid = s.get("mask_fidelity")
+    if fid:
+        lines.append(f"  fidelity    Dice vs own mask {fid['dice_own']:.3f}, vs unrelated mask {fid['dice_chance']:.3f} "
+                     f"(adaptive {fid['dice_own_adaptive']:.3f} / {fid['dice_chance_adaptive']:.3f}; "
+                     f"{fid['n_images']} images)")
+    elif "mask_fidelity_error" in s:
+        lines.append(f"  fidelity    not computed: {s['mask_fidelity_error']}")
+    elif "mask_fidelity" in s:
+        lines.append(f"  fidelity    not computed (needs >= {100 * FIDELITY_MIN_COMPLETE:.0f}% complete)")
+    return "\n".join(lines)
+
+
+def save_preview(store: StackStore, path: str | Path, n_rows: int = 4) -> None:
+    """PNG grid, one row per sample: mask | original | its K stack images. Rows are spread evenly
+    over the done samples (over all samples while none is done)."""
+    from s2s2.pipeline.palette import mask_to_rgb
+    from s2s2.pipeline.viz import save_grid, to_rgb_uint8
+
+    done = np.flatnonzero(store.done_ledger().all(axis=1))
+    candidates = done if len(done) else np.arange(store.n_samples)
+    picked = np.unique(candidates[np.linspace(0, len(candidates) - 1, min(n_rows, len(candidates))).round().astype(int)])
+    num_classes = len(store.manifest.class_names)
+    rows = []
+    for i in picked:
+        i = int(i)
+        row = [mask_to_rgb(store.read_mask(i), num_classes), to_rgb_uint8(to_unit_float(store.read_original(i)))]
+        row += [to_rgb_uint8(to_unit_float(store.read_stack(i, k))) for k in range(store.k)]
+        rows.append(row)
+    ids = store.ids
+    save_grid(rows, path, row_titles=[ids[int(i)] for i in picked],
+              col_titles=["mask", "original"] + [f"k={k}" for k in range(store.k)],
+              legend=list(store.manifest.class_names))
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One finding of `verify`: which shard (or None for the whole store) and what is wrong."""
+
+    shard: int | None
+    message: str
+    fatal: bool = True
+
+
+def _check_images(images: np.ndarray, done: np.ndarray, rows: range, shard: int) -> list[Problem]:
+    problems = []
+    flat = images.reshape(*images.shape[:2], -1).astype(np.float32)
+    for r in range(images.shape[0]):
+        for k in range(images.shape[1]):
+            if not done[r, k]:
+                continue
+            where = f"shard {shard}: sample {rows.start + r} image k={k}"
+            pixels = flat[r, k]
+            if np.isnan(pixels).any():
+                problems.append(Problem(shard, f"{where} has NaN pixels"))
+            elif not pixels.any():
+                problems.append(Problem(shard, f"{where} is marked done but all zero (ledger disagrees with data)"))
+            elif pixels.min() == pixels.max():
+                problems.append(Problem(shard, f"{where} is constant ({pixels[0]})"))
+    return problems
+
+
+def verify_shard(store: StackStore, shard: int, done: np.ndarray) -> list[Problem]:
+    """Decode every chunk of one shard (originals, masks, stack) and check the done images."""
+    rows = store.shard_samples(shard)
+    problems = []
+    for name, read in (("originals", lambda: store.read_originals(np.arange(rows.start, rows.stop))),
+                       ("masks", lambda: store.read_masks(np.arange(rows.start, rows.stop)))):
+        try:
+            read()
+        except Exception as err:  # any decode failure is a finding, whatever the codec raises
+            problems.append(Problem(shard, f"shard {shard}: {name} cannot be decoded: {type(err).__name__}: {err}"))
+    try:
+        images = store.read_shard_stack(shard)
+    except Exception as err:
+        return problems + [Problem(shard, f"shard {shard}: stack cannot be decoded: {type(err).__name__}: {err}")]
+    return problems + _check_images(images, done[rows.start:rows.stop], rows, shard)
+
+
+def verify(store: StackStore, storage_options: dict[str, Any] | None = None) -> list[Problem]:
+    """Read every chunk of the store; list the problems found (empty list: the store is sound)."""
+    done = store.done_ledger()
+    problems: list[Problem] = []
+    for shard in tqdm(range(store.num_shards), desc="verify", unit="shard", leave=False):
+        problems += verify_shard(store, shard, done)
+    if isinstance(store.path, (str, Path)):
+        for leftover in stale_temporaries(store.path, storage_options):
+            problems.append(Problem(None, f"stale temporary file of an interrupted writer: {leftover} "
+                                          "(harmless, never read; may be deleted)", fatal=False))
+    return problems

@@ -1,0 +1,65 @@
+"""PairAugment: one geometric transform for both images and the mask, independent photometrics."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from s2s2.pipeline.augment import PairAugment, apply_geometry, draw_geometry
+from s2s2.pipeline.config.store import AugmentConfig
+from test_store_support import CLASS_LEVELS, blob_masks
+
+
+def pair(seed: int = 0, size: int = 32):
+    rng = np.random.default_rng(seed)
+    mask = blob_masks(1, size, rng)[0]
+    original = CLASS_LEVELS[mask][None].astype(np.float32)
+    stack_image = (1.0 - CLASS_LEVELS)[mask][None].astype(np.float32)  # other appearance, same layout
+    return original, stack_image, mask
+
+
+def test_geometry_is_shared_and_keeps_images_aligned_with_the_mask():
+    original, stack_image, mask = pair()
+    cfg = AugmentConfig(hflip_p=0.5, vflip_p=0.5, rot90_p=0.5, affine_p=1.0, photometric_p=0.0)
+    for seed in range(10):
+        out_o, out_s, out_m = PairAugment(cfg)(original, stack_image, mask, np.random.default_rng(seed))
+        assert out_o.shape == original.shape and out_m.shape == mask.shape and out_m.dtype == mask.dtype
+        assert set(np.unique(out_m)) <= set(np.unique(mask))  # nearest: no new labels
+        inside = out_m > 0
+        # the pixels of each class carry that class's level in both images (bilinear blur at edges only)
+        for c in range(1, 4):
+            core = out_m == c
+            if core.sum() > 20:
+                assert abs(np.median(out_o[0][core]) - CLASS_LEVELS[c]) < 0.05
+                assert abs(np.median(out_s[0][core]) - (1 - CLASS_LEVELS[c])) < 0.05
+        assert inside.any()
+
+
+def test_flips_and_rot90_are_exact():
+    _, _, mask = pair()
+    cfg = AugmentConfig(hflip_p=1.0, vflip_p=0.0, rot90_p=1.0, affine_p=0.0)
+    geometry = draw_geometry(cfg, mask.shape, np.random.default_rng(0))
+    expected = np.rot90(mask[:, ::-1], geometry.rot90)
+    np.testing.assert_array_equal(apply_geometry(mask, geometry, order=0), expected)
+    assert geometry.rot90 in (1, 2, 3)
+
+
+def test_photometric_is_independent_per_image_and_stays_in_range():
+    original, _, mask = pair()
+    cfg = AugmentConfig(hflip_p=0, affine_p=0, photometric_p=1.0, brightness=0.2, contrast=0.3, gamma=0.3, noise_std=0.05)
+    out_a, out_b, out_m = PairAugment(cfg)(original, original.copy(), mask, np.random.default_rng(4))
+    np.testing.assert_array_equal(out_m, mask)
+    assert not np.allclose(out_a, out_b)  # same input, different jitter
+    assert out_a.min() >= 0 and out_a.max() <= 1 and out_a.dtype == np.float32
+
+
+def test_deterministic_given_the_rng_and_disabled_is_identity():
+    original, stack_image, mask = pair()
+    aug = PairAugment(AugmentConfig(vflip_p=0.5, rot90_p=0.5))
+    first = aug(original, stack_image, mask, np.random.default_rng(7))
+    second = aug(original, stack_image, mask, np.random.default_rng(7))
+    for a, b in zip(first, second):
+        np.testing.assert_array_equal(a, b)
+    same = PairAugment(AugmentConfig(enabled=False))(original, stack_image, mask, np.random.default_rng(7))
+    assert same[0] is original and same[1] is stack_image and same[2] is mask
+    o, s, m = aug(original, None, mask, np.random.default_rng(7))  # baseline path: no stack image
+    assert s is None and o.shape == original.shape

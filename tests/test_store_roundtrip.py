@@ -1,0 +1,112 @@
+"""Stack store on real on-disk Zarr: round trip, manifest, mismatch refusal, generator binding."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import zarr
+
+from s2s2.pipeline.errors import StoreError
+from s2s2.store.layout import to_unit_float
+from s2s2.store.manifest import SCHEMA_VERSION, MANIFEST_KEY
+from s2s2.store.stack_store import GeneratorIdentity, StackStore
+from test_store_support import fake_stack, synthetic_dataset
+
+
+def identity(**changes) -> GeneratorIdentity:
+    base = dict(base_model="runs/default/tiny-base", controlnet_hash="ab" * 32, scheduler="DDIM", steps=20,
+                guidance_scale=1.0, eta=0.0, prompt_template="{modality} with {classes}", seed=0, resolution=16)
+    return GeneratorIdentity(**{**base, **changes})
+
+
+def test_round_trip_layout_and_contents(tmp_path):
+    ds = synthetic_dataset(n=15)
+    train = ds.indices("train")
+    store = StackStore.create(tmp_path / "s.zarr", ds, k=3, shard_size=2)
+    assert (store.n_samples, store.k, store.num_shards) == (len(train), 3, 3)
+    assert store.pending_shards() == [0, 1, 2] and store.complete_fraction() == 0.0
+    assert store.ids == [ds.ids[i] for i in train]
+    assert store.prompts == [ds.prompt(i) for i in train]
+    np.testing.assert_array_equal(store.read_masks(range(store.n_samples)), ds.masks[train])
+    originals = to_unit_float(store.read_originals(range(store.n_samples)))
+    assert np.abs(originals - ds.images[train]).max() <= 0.5 / 255 + 1e-6
+    m = store.manifest
+    assert (m.dataset_fingerprint, m.image_shape, m.dtype, m.status) == (ds.fingerprint(), (1, 16, 16), "uint8", "initialised")
+
+    images = {s: fake_stack(store.shard_samples(s), 3, (1, 16, 16)) for s in range(3)}
+    store.write_shard(2, images[2])  # the short last shard (1 sample)
+    store.write_shard(0, images[0])
+    assert store.pending_shards() == [1]
+    reopened = StackStore.open(tmp_path / "s.zarr")
+    np.testing.assert_array_equal(reopened.read_shard_stack(0), images[0])
+    np.testing.assert_array_equal(reopened.read_stack(4, 1), images[2][0, 1])
+    assert reopened.done_ledger().sum() == 3 * 3  # samples 0, 1 and 4
+    # zarr layout: one inner chunk per image, one shard of S samples x K images, one ledger chunk per shard
+    group = zarr.open_group(str(tmp_path / "s.zarr"), mode="r")
+    assert group["stack"].chunks == (1, 1, 1, 16, 16) and group["stack"].shards == (2, 3, 1, 16, 16)
+    assert group["done"].chunks == (2, 3)
+    assert group.attrs[MANIFEST_KEY]["schema_version"] == SCHEMA_VERSION
+    with pytest.raises(StoreError, match="read-only"):
+        reopened.write_shard(1, images[1])
+    with pytest.raises(StoreError, match="shape"):
+        store.write_shard(1, images[0][:, :2])
+
+
+def test_float16_store_keeps_intensities(tmp_path):
+    ds = synthetic_dataset(n=6)
+    store = StackStore.create(tmp_path / "f.zarr", ds, k=2, shard_size=4, dtype="float16", compression="blosc-zstd")
+    originals = store.read_originals([0, 1])
+    assert originals.dtype == np.float16
+    assert np.abs(originals.astype(np.float32) - ds.images[:2]).max() < 1e-3
+    images = np.random.default_rng(0).random((2, 2, 1, 16, 16), dtype=np.float32)
+    store.write_shard(0, images)
+    assert np.abs(store.read_shard_stack(0).astype(np.float32) - images).max() < 1e-3
+
+
+def test_create_reopens_matching_store_and_refuses_mismatch(tmp_path):
+    ds = synthetic_dataset(n=12)
+    path = tmp_path / "s.zarr"
+    store = StackStore.create(path, ds, k=2, shard_size=2)
+    store.write_shard(1, fake_stack(store.shard_samples(1), 2, (1, 16, 16)))
+    again = StackStore.create(path, ds, k=2, shard_size=2)  # same parameters: keeps the finished shard
+    assert 1 not in again.pending_shards()
+    with pytest.raises(StoreError, match=r"k: store has 2, asked for 3.*--overwrite"):
+        StackStore.create(path, ds, k=3, shard_size=2)
+    other = synthetic_dataset(n=12, seed=1)
+    with pytest.raises(StoreError, match="dataset_fingerprint"):
+        StackStore.create(path, other, k=2, shard_size=2)
+    fresh = StackStore.create(path, other, k=3, shard_size=2, overwrite=True)
+    assert fresh.manifest.dataset_fingerprint == other.fingerprint() and fresh.complete_fraction() == 0.0
+
+
+def test_open_refuses_missing_or_foreign_or_future_stores(tmp_path):
+    with pytest.raises(StoreError, match="no stack store"):
+        StackStore.open(tmp_path / "nothing.zarr")
+    zarr.open_group(str(tmp_path / "plain.zarr"), mode="w")
+    with pytest.raises(StoreError, match="no s2s2 manifest"):
+        StackStore.open(tmp_path / "plain.zarr")
+    StackStore.create(tmp_path / "s.zarr", synthetic_dataset(n=6), k=1, shard_size=2)
+    group = zarr.open_group(str(tmp_path / "s.zarr"), mode="r+")
+    group.attrs[MANIFEST_KEY] = {**group.attrs[MANIFEST_KEY], "schema_version": SCHEMA_VERSION + 1}
+    with pytest.raises(StoreError, match="schema_version"):
+        StackStore.open(tmp_path / "s.zarr")
+
+
+def test_bind_generator_refuses_another_generator_unless_overwrite(tmp_path):
+    ds = synthetic_dataset(n=12)
+    store = StackStore.create(tmp_path / "s.zarr", ds, k=2, shard_size=2)
+    store.bind_generator(identity())
+    store.write_shard(0, fake_stack(store.shard_samples(0), 2, (1, 16, 16)))
+    store.bind_generator(identity())  # same identity: resume keeps the work
+    assert store.pending_shards() == [1]
+    assert StackStore.open(tmp_path / "s.zarr").manifest.generator == identity()
+    with pytest.raises(StoreError, match=r"steps: 20 -> 50"):
+        store.bind_generator(identity(steps=50))
+    store.bind_generator(identity(steps=50), overwrite=True)
+    reopened = StackStore.open(tmp_path / "s.zarr", "r+")
+    assert reopened.manifest.generator.steps == 50 and reopened.pending_shards() == [0, 1]
+    assert reopened.manifest.status == "generating"
+    for shard in reopened.pending_shards():
+        reopened.write_shard(shard, fake_stack(reopened.shard_samples(shard), 2, (1, 16, 16)))
+    assert reopened.refresh_status() == "complete"
+    assert StackStore.open(tmp_path / "s.zarr").manifest.status == "complete"
