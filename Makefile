@@ -35,11 +35,39 @@ test: $(STAMP)
 data: $(STAMP)
 	$(S2S2) data prepare --config configs/default.yaml
 
+# Stage one on the default: each step skips what exists (data cache, tiny base, generator folder,
+# finished shards), so a rerun is cheap; `s2s2 finetune --overwrite` / `s2s2 generate --overwrite` redo.
+GEN_CONFIG  ?= configs/default.yaml
+GEN_PREVIEW ?= runs/default/stack-preview.png
 generate: $(STAMP)
-	$(PY) -m s2s2.stages.make_generate --config configs/default.yaml
+	$(S2S2) data prepare --config $(GEN_CONFIG)
+	$(S2S2) finetune --config $(GEN_CONFIG)
+	$(S2S2) generate --config $(GEN_CONFIG)
+	$(S2S2) stack inspect --config $(GEN_CONFIG) --preview $(GEN_PREVIEW)
 
-train: $(STAMP)
-	$(PY) -m s2s2.stages.make_train --config configs/default.yaml
+# Stage two on the default: baseline and S2S2 with the same model, seed and steps, for two
+# architectures against one stack; each run trained, evaluated (in-domain, SPM T1/PD/T2), then one
+# table. TRAIN_MAX_SECONDS caps each run (a loaded machine lowers quality, not the time limit);
+# `make train TRAIN_JOBS=2` runs two at a time.
+TRAIN_CONFIG      ?= configs/default.yaml
+TRAIN_MAX_SECONDS ?= 120
+TRAIN_JOBS        ?= 1
+TRAIN_RUNS        := unet_baseline unet_s2s2 transunet_baseline transunet_s2s2
+RUN_ARGS_unet_baseline      := --set model.name=unet --set train.stack=false
+RUN_ARGS_unet_s2s2          := --set model.name=unet --set train.stack=true
+RUN_ARGS_transunet_baseline := --set model.name=transunet --set train.stack=false
+RUN_ARGS_transunet_s2s2     := --set model.name=transunet --set train.stack=true
+
+runs/default/stack.zarr:
+	$(MAKE) generate
+
+train: $(STAMP) runs/default/stack.zarr
+	$(MAKE) -j$(TRAIN_JOBS) $(addprefix train-run-,$(TRAIN_RUNS))
+	$(S2S2) report --config $(TRAIN_CONFIG) $(addprefix --run ,$(TRAIN_RUNS))
+
+train-run-%: $(STAMP)
+	$(S2S2) train --config $(TRAIN_CONFIG) --name $* --max-seconds $(TRAIN_MAX_SECONDS) $(RUN_ARGS_$*)
+	$(S2S2) evaluate --config $(TRAIN_CONFIG) --name $* $(RUN_ARGS_$*)
 
 bench: $(STAMP)
 	$(PY) -m bench.run_all

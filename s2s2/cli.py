@@ -31,11 +31,214 @@ SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override any
 
 # --- data commands (issue 2) -------------------------------------------------------------------
 
+AdapterOpt = Annotated[Optional[str], typer.Option(
+    help="Dataset adapter: icbm152 (default, offline), spm152 (out-of-domain), folder, nnunet, npz.")]
+SizeOpt = Annotated[Optional[int], typer.Option(help="Resize images and masks to SIZE x SIZE pixels.")]
+RootOpt = Annotated[Optional[Path], typer.Option(help="Dataset folder (folder, nnunet and npz adapters).")]
+ContrastOpt = Annotated[Optional[str], typer.Option(help="spm152 only: T1, PD or T2.")]
+
+
+def _data_overrides(adapter: Optional[str], size: Optional[int], root: Optional[Path],
+                    contrast: Optional[str]) -> dict[str, object]:
+    """The explicit data options as dotted config overrides (None = not given, keep the config's)."""
+    return {"data.adapter": adapter, "data.size": size, "data.root": str(root) if root else None,
+            "data.contrast": contrast}
+
+
+@data_app.command("prepare")
+def data_prepare(config: ConfigOpt = None, set_: SetOpt = None, adapter: AdapterOpt = None, size: SizeOpt = None,
+                 root: RootOpt = None, contrast: ContrastOpt = None) -> None:
+    """Materialise the configured dataset (resized, split, cached) and print a summary."""
+    from s2s2.pipeline.config.base import load_config
+    from s2s2.pipeline.config.project import ProjectConfig
+    from s2s2.pipeline.data.prepare import prepare_dataset, prepared_folder
+    from s2s2.pipeline.data.summary import data_notice, describe
+
+    cfg = load_config(ProjectConfig, config, overrides=_data_overrides(adapter, size, root, contrast), dotted=set_)
+    dataset = prepare_dataset(cfg.data)
+    typer.echo(describe(dataset, prepared_folder(cfg.data)))
+    notice = data_notice(cfg.data.adapter)
+    if notice:
+        typer.echo(f"notice      {notice}")
+
+
+@data_app.command("show")
+def data_show(
+    out: Annotated[Path, typer.Option("--out", "-o", help="PNG file to write the grid to.")],
+    config: ConfigOpt = None, set_: SetOpt = None, adapter: AdapterOpt = None, size: SizeOpt = None,
+    root: RootOpt = None, contrast: ContrastOpt = None,
+    split: Annotated[str, typer.Option(help="Which split to show: train, val, test or all.")] = "train",
+    n: Annotated[int, typer.Option("--n", min=1, max=120,
+                                   help="How many samples (spread evenly over the split).")] = 12,
+) -> None:
+    """Write a PNG grid of images with their mask overlays and print class pixel counts."""
+    from s2s2.pipeline.config.base import load_config
+    from s2s2.pipeline.config.project import ProjectConfig
+    from s2s2.pipeline.data.prepare import prepare_dataset
+    from s2s2.pipeline.data.summary import class_pixel_counts, show_grid
+
+    cfg = load_config(ProjectConfig, config, overrides=_data_overrides(adapter, size, root, contrast), dotted=set_)
+    dataset = prepare_dataset(cfg.data)
+    picks = show_grid(dataset, split, n, out)
+    counts = class_pixel_counts(dataset, dataset.indices(split))
+    typer.echo(f"{dataset.name} split {split}: {len(dataset.indices(split))} samples, showing {len(picks)}")
+    for i, (name, count) in enumerate(counts.items()):
+        typer.echo(f"  {i} {name:<16} {count:>9} px")
+    typer.echo(f"wrote {out}")
+
+
 # --- stack commands (issue 3) ------------------------------------------------------------------
+
+
+@stack_app.command("init")
+def stack_init(
+    out: Annotated[Optional[str], typer.Argument(help="Store path or fsspec URL (default: the config's store.path).")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    k: Annotated[Optional[int], typer.Option("--k", help="Generated images per mask (store.k).")] = None,
+    shard_size: Annotated[Optional[int], typer.Option("--shard-size", help="Samples per shard file (store.shard_size).")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing store made for other parameters.")] = False,
+) -> None:
+    """Create a stack store: originals and masks of the train split written, stack empty."""
+    from s2s2.pipeline.config.base import load_config
+    from s2s2.pipeline.config.project import ProjectConfig
+    from s2s2.store.commands import run_init
+
+    cfg = load_config(ProjectConfig, config, overrides={"store.k": k, "store.shard_size": shard_size}, dotted=set_)
+    store = run_init(cfg, out, overwrite)
+    typer.echo(f"stack store {store.path}: N={store.n_samples}, K={store.k}, {store.num_shards} shards, "
+               f"{len(store.pending_shards())} pending")
+
+
+@stack_app.command("inspect")
+def stack_inspect(
+    path: Annotated[Optional[str], typer.Argument(help="Store path or fsspec URL (default: the config's store.path).")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    json_: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+    preview: Annotated[Optional[Path], typer.Option("--preview", help="Write a PNG grid: mask | original | K stack images.")] = None,
+    verify: Annotated[bool, typer.Option("--verify", help="Decode every chunk and check the images; exit 2 naming bad shards.")] = False,
+) -> None:
+    """Summarise a stack store (layout, completion, generator, mask fidelity); optionally verify it."""
+    from s2s2.pipeline.config.base import load_config
+    from s2s2.pipeline.config.project import ProjectConfig
+    from s2s2.store.commands import run_inspect
+
+    cfg = load_config(ProjectConfig, config, dotted=set_)
+    run_inspect(path or cfg.store.path, json_, preview, verify, cfg.store.storage_options, typer.echo)
 
 # --- stage one commands: finetune, generate (issue 4) -------------------------------------------
 
+
+@app.command()
+def finetune(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    base_model: Annotated[Optional[str], typer.Option(help="Hub id, local diffusers folder, or 'tiny' (generator.base_model).")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="Total optimizer steps (finetune.steps).")] = None,
+    max_seconds: Annotated[Optional[float], typer.Option(help="Stop and save after this many seconds (finetune.max_seconds).")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint at its exact step.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Train again even if the generator folder exists.")] = False,
+) -> None:
+    """Fine-tune the ControlNet on the masks; save a complete diffusers pipeline folder."""
+    from s2s2.pipeline.config.base import load_config
+    from s2s2.pipeline.config.project import ProjectConfig
+    from s2s2.stages.finetune import run_finetune
+
+    overrides = {"generator.base_model": base_model, "finetune.steps": steps, "finetune.max_seconds": max_seconds}
+    cfg = load_config(ProjectConfig, config, overrides=overrides, dotted=set_)
+    typer.echo(f"generator: {run_finetune(cfg, resume=resume, overwrite=overwrite)}")
+
+
+@app.command()
+def generate(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    k: Annotated[Optional[int], typer.Option("--k", help="Generated images per mask (store.k).")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="Dask worker processes of the local cluster (generate.workers).")] = None,
+    scheduler: Annotated[Optional[str], typer.Option(help="Join an existing dask scheduler, tcp://host:port.")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Regenerate every shard if the store was filled by another generator.")] = False,
+) -> None:
+    """Fill the stack store with K images per mask (resumes pending shards by default)."""
+    from s2s2.pipeline.config.base import load_config
+    from s2s2.pipeline.config.project import ProjectConfig
+    from s2s2.stages.generate import run_generate
+
+    overrides = {"store.k": k, "generate.workers": workers, "generate.scheduler_address": scheduler}
+    cfg = load_config(ProjectConfig, config, overrides=overrides, dotted=set_)
+    run_generate(cfg, overwrite=overwrite)
+
 # --- stage two commands: train, evaluate (issue 5) ----------------------------------------------
+
+
+@app.command()
+def train(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    name: Annotated[Optional[str], typer.Option(help="Run name: outputs go to RUN_DIR/train/NAME.")] = None,
+    model: Annotated[Optional[str], typer.Option(help="Segmenter: unet, transunet or fcbformer.")] = None,
+    stack: Annotated[Optional[bool], typer.Option("--stack/--baseline", help="S2S2 from the stack store, or the baseline without it.")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="Optimisation steps.")] = None,
+    max_seconds: Annotated[Optional[float], typer.Option(help="Stop (and checkpoint) once this much time is spent.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed of weights, data order, k draws and augmentation.")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue RUN_DIR/train/NAME at its last checkpoint.")] = False,
+    stop_after: Annotated[Optional[int], typer.Option(help="End this invocation after N steps (resumable).")] = None,
+) -> None:
+    """Train a segmenter: S2S2 from the stack store, or the baseline (--baseline). Works under torchrun."""
+    import os
+
+    import torch
+
+    from s2s2.pipeline.config.base import load_config
+    from s2s2.pipeline.config.project import ProjectConfig
+    from s2s2.stages.train import run_train
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))  # 1 unless asked: see notes on threads
+    cfg = load_config(ProjectConfig, config, overrides={"train.name": name, "model.name": model, "train.stack": stack,
+                                                        "train.steps": steps, "train.max_seconds": max_seconds,
+                                                        "train.seed": seed}, dotted=set_)
+    folder = run_train(cfg, resume=resume, stop_after=stop_after)
+    typer.echo(f"run folder: {folder}")
+
+
+@app.command()
+def evaluate(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    run: Annotated[Optional[Path], typer.Option(help="Run folder; its config.yaml is used unless --config is given.")] = None,
+    name: Annotated[Optional[str], typer.Option(help="Run name (RUN_DIR/train/NAME) when --run is not given.")] = None,
+    checkpoint: Annotated[Optional[Path], typer.Option(help="Weights to evaluate (default: the run's model.safetensors).")] = None,
+    test_set: Annotated[Optional[list[str]], typer.Option("--test-set", help="Only these test sets (repeatable): in_domain, spm_t1, ...")] = None,
+) -> None:
+    """Dice and HD95 per case and class, in-domain and out-of-domain; writes metrics.json and predictions.png."""
+    import os
+
+    import torch
+
+    from s2s2.pipeline.config.base import load_config
+    from s2s2.pipeline.config.project import ProjectConfig
+    from s2s2.stages.evaluate import run_evaluate
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    if run is not None and config is None:
+        config = run / "config.yaml"
+    cfg = load_config(ProjectConfig, config, overrides={"train.name": name}, dotted=set_)
+    run_evaluate(cfg, checkpoint=checkpoint, sets=test_set)
+
+
+@app.command()
+def report(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    runs: Annotated[Optional[list[str]], typer.Option("--run", help="Run names in table order (default: all evaluated).")] = None,
+) -> None:
+    """Collect evaluated runs into RUN_DIR/results.md and results.json and print the table."""
+    from s2s2.pipeline.config.base import load_config
+    from s2s2.pipeline.config.project import ProjectConfig
+    from s2s2.stages.report import write_report
+
+    cfg = load_config(ProjectConfig, config, dotted=set_)
+    write_report(cfg.run_dir, runs)
 
 
 def main() -> None:

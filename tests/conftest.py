@@ -20,3 +20,23 @@ def _one_thread() -> None:
     except ImportError:  # pragma: no cover
         return
     torch.set_num_threads(1)
+
+
+# --- data fixtures (issue 2) --------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def repo_cache_dir():
+    """The repository's `.cache/s2s2` (git-ignored): data built or fetched once, reused by later runs."""
+    from pathlib import Path
+
+    return Path(__file__).resolve().parents[1] / ".cache" / "s2s2"
+
+
+@pytest.fixture(scope="session")
+def icbm152_dataset(repo_cache_dir):
+    """The embedded default dataset, `prepare_dataset(DataConfig())`, cached in the repo's .cache/s2s2."""
+    from s2s2.pipeline.config.data import DataConfig
+    from s2s2.pipeline.data.prepare import prepare_dataset
+
+    return prepare_dataset(DataConfig(cache_dir=repo_cache_dir))

@@ -1,23 +1,93 @@
-"""Stage one configuration: generator, fine-tuning and generation (issue 4)."""
+"""Stage one configuration: generator, fine-tuning and generation (issue 4).
+
+Defaults follow the paper (SD 2.1-base, ControlNet locked-SD fine-tuning, DDIM 50 / guidance 9.0).
+`configs/default.yaml` switches to the embedded tiny generator and the fast CPU settings.
+"""
 
 from __future__ import annotations
 
+from typing import Literal, Optional
+
+from pydantic import Field
+
 from s2s2.pipeline.config.base import StrictModel
+
+TINY_BASE = "tiny"
+
+
+class TinyBaseConfig(StrictModel):
+    """The embedded SD-like base (same diffusers classes, small widths), built when missing.
+
+    Its VAE is trained briefly on the training images (time-budgeted); UNet and text encoder stay
+    random (the UNet is then trained jointly with the ControlNet by `finetune`).
+    """
+
+    vae_channels: tuple[int, ...] = (32, 64, 64)  # n blocks -> downsampling factor 2**(n-1)
+    latent_channels: int = Field(4, ge=1)
+    unet_channels: tuple[int, ...] = (32, 64, 64)
+    layers_per_block: int = Field(1, ge=1)
+    norm_num_groups: int = Field(16, ge=1)
+    attention_head_dim: int = Field(8, ge=1)
+    text_width: int = Field(64, ge=8)
+    text_layers: int = Field(2, ge=1)
+    max_prompt_tokens: int = Field(128, ge=8)  # prompts spell class names letter by letter
+    prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"
+    vae_steps: int = Field(3000, ge=1)
+    vae_max_seconds: Optional[float] = Field(90.0, gt=0)
+    vae_batch_size: int = Field(16, ge=1)
+    vae_learning_rate: float = Field(1e-3, gt=0)
+    vae_kl_weight: float = Field(1e-6, ge=0)
+    seed: int = 0
 
 
 class GeneratorConfig(StrictModel):
-    """Which base model and ControlNet to load (hub id or local folder)."""
+    """Which base model and ControlNet to load, and where the fine-tuned pipeline goes."""
 
-    base_model: str = "runs/default/tiny-base"
+    base_model: str = "stabilityai/stable-diffusion-2-1-base"  # hub id, local folder, or "tiny"
+    tiny_dir: Optional[str] = None  # where the tiny base is built; default {run_dir}/tiny-base
+    controlnet: Optional[str] = None  # ControlNet to start from (hub id/folder); None = from the UNet
+    output_dir: Optional[str] = None  # fine-tuned pipeline folder; default {run_dir}/generator
+    resolution: Optional[int] = Field(None, ge=8)  # generation size in px; None = the data size
+    attention: Literal["auto", "sdpa", "xformers"] = "auto"  # auto = xformers if installed on GPU
+    tiny: TinyBaseConfig = Field(default_factory=TinyBaseConfig)
 
 
 class FinetuneConfig(StrictModel):
-    """ControlNet fine-tuning."""
+    """ControlNet fine-tuning (paper: AdamW, lr 1e-5, batch 16, SD locked, epsilon loss)."""
 
-    steps: int = 1000
+    steps: int = Field(20000, ge=1)
+    max_seconds: Optional[float] = Field(None, gt=0)  # stop early (and save) after this long
+    batch_size: int = Field(16, ge=1)
+    learning_rate: float = Field(1e-5, gt=0)
+    weight_decay: float = Field(1e-2, ge=0)
+    unlock_unet: bool = False  # train the base UNet jointly (the tiny random base needs it)
+    prompt_dropout: float = Field(0.0, ge=0, le=1)  # share of empty prompts, for guidance
+    snr_gamma: Optional[float] = Field(None, gt=0)  # min-SNR loss weighting (Hang et al. 2023); None = plain MSE
+    hflip: bool = True  # random left-right flips of image and mask together
+    split: str = "train"
+    mixed_precision: Literal["no", "fp16", "bf16"] = "fp16"  # used on GPU only
+    gradient_checkpointing: bool = True  # used on GPU only
+    cache_latents: bool = True  # encode the training images once (the VAE is frozen)
+    validate_every: int = Field(500, ge=1)
+    validation_samples: int = Field(4, ge=1)
+    checkpoint_every: int = Field(1000, ge=1)
+    seed: int = 0
 
 
 class GenerateConfig(StrictModel):
-    """Bulk generation of the stack."""
+    """Bulk generation of the stack (paper: DDIM 50 steps, eta 0, guidance 9.0, empty negative)."""
 
-    steps: int = 20
+    scheduler: Literal["ddim", "unipc", "dpmsolver++"] = "ddim"
+    steps: int = Field(50, ge=1)
+    guidance_scale: float = Field(9.0, ge=0)  # <= 1 disables classifier-free guidance
+    eta: float = Field(0.0, ge=0)
+    control_strength: float = Field(1.0, ge=0)
+    negative_prompt: str = ""
+    seed: int = 0
+    images_per_call: int = Field(16, ge=1)  # K images of one mask, several masks when K is small
+    max_retries: int = Field(3, ge=0)  # regenerations of a NaN/black image with a new seed
+    workers: Optional[int] = Field(None, ge=1)  # dask worker processes; None = one per GPU, else 1
+    scheduler_address: Optional[str] = None  # tcp://host:port of an existing dask scheduler
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"  # auto = fp16 on GPU, fp32 on CPU
+    generator_dir: Optional[str] = None  # pipeline to sample from; default generator.output_dir

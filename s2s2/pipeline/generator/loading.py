@@ -1,0 +1,170 @@
+"""Loading SD-like parts (hub id or local folder), making the ControlNet, picking devices and attention.
+
+The same code loads `stabilityai/stable-diffusion-2-1-base` and the embedded tiny base: both are
+diffusers folders with `unet/ vae/ text_encoder/ tokenizer/ scheduler/` subfolders.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from diffusers import (
+    AutoencoderKL,
+    ControlNetModel,
+    DDIMScheduler,
+    DPMSolverMultistepScheduler,
+    StableDiffusionControlNetPipeline,
+    UNet2DConditionModel,
+    UniPCMultistepScheduler,
+)
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from diffusers.utils import logging as diffusers_logging
+from transformers import CLIPTextModel, CLIPTokenizer
+from transformers.utils import logging as transformers_logging
+
+from s2s2.pipeline.errors import S2S2Error
+
+CONTROL_EMBEDDING_CHANNELS = (16, 32, 96, 256)  # diffusers' default, for a VAE factor of 8
+CONTROLNET_WEIGHTS = "diffusion_pytorch_model.safetensors"
+
+
+@dataclass
+class BaseParts:
+    """The frozen-or-not parts of an SD-like base model."""
+
+    tokenizer: CLIPTokenizer
+    text_encoder: CLIPTextModel
+    vae: AutoencoderKL
+    unet: UNet2DConditionModel
+    scheduler: SchedulerMixin
+
+
+def _load_error(name: str, what: str, err: Exception) -> S2S2Error:
+    if Path(name).expanduser().is_absolute() or name.startswith(".") or Path(name).exists():
+        hint = "check the folder (it must hold model_index.json and the unet/vae/... subfolders)"
+    else:
+        hint = ("it is neither a local folder nor a cached hub id; download it once with network "
+                "access (or set HF_HUB_OFFLINE=0), or point the config at a local diffusers folder")
+    return S2S2Error(f"cannot load the {what} from {name!r}: {type(err).__name__}: {str(err).splitlines()[0]}\n"
+                     f"fix: {hint}")
+
+
+def load_base(name: str) -> BaseParts:
+    """Load tokenizer, text encoder, VAE, UNet and scheduler of an SD-like model (hub id or folder)."""
+    local = Path(name).expanduser()
+    if (local.is_absolute() or name.startswith(".")) and not local.is_dir():
+        raise S2S2Error(f"base model folder {name} does not exist\nfix: build it (generator.base_model: tiny) "
+                        "or point generator.base_model at a diffusers folder or hub id")
+    try:
+        return BaseParts(
+            tokenizer=CLIPTokenizer.from_pretrained(name, subfolder="tokenizer"),
+            text_encoder=CLIPTextModel.from_pretrained(name, subfolder="text_encoder"),
+            vae=AutoencoderKL.from_pretrained(name, subfolder="vae"),
+            unet=UNet2DConditionModel.from_pretrained(name, subfolder="unet"),
+            scheduler=DDIMScheduler.from_pretrained(name, subfolder="scheduler"),
+        )
+    except (OSError, ValueError, EnvironmentError) as err:
+        raise _load_error(name, "base model", err) from None
+
+
+def vae_factor(vae: AutoencoderKL) -> int:
+    """How much the VAE downsamples: 2**(blocks-1) (8 for SD)."""
+    return 2 ** (len(vae.config.block_out_channels) - 1)
+
+
+def make_controlnet(unet: UNet2DConditionModel, vae: AutoencoderKL, source: str | None) -> ControlNetModel:
+    """Load a ControlNet from `source`, or initialise one from the UNet (zero convs, copied encoder).
+
+    The conditioning embedding gets one stage per VAE block so the control image is downsampled by
+    exactly the VAE factor (diffusers' default assumes 8).
+    """
+    if source is not None:
+        try:
+            return ControlNetModel.from_pretrained(source)
+        except (OSError, ValueError, EnvironmentError) as err:
+            raise _load_error(source, "ControlNet", err) from None
+    blocks = len(vae.config.block_out_channels)
+    channels = CONTROL_EMBEDDING_CHANNELS[:blocks] if blocks <= 4 else CONTROL_EMBEDDING_CHANNELS + (256,) * (blocks - 4)
+    return ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=channels)
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` -> cuda when available, else cpu; an explicit `cuda` without a GPU is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise S2S2Error("generate.device is 'cuda' but no GPU is visible\nfix: set generate.device=auto or cpu")
+    return torch.device(name)
+
+
+def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
+    """`auto` -> fp16 on GPU, fp32 on CPU (half precision on CPU is slow and lossy)."""
+    if precision == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+
+
+def xformers_available() -> bool:
+    """True when the soft dependency xformers is importable."""
+    return importlib.util.find_spec("xformers") is not None
+
+
+def set_attention(models: list[torch.nn.Module], mode: str, device: torch.device) -> str:
+    """Use xformers when asked (or `auto` on GPU with xformers installed), else PyTorch SDPA.
+
+    Returns the backend used. diffusers' default processors already call SDPA.
+    """
+    want_xformers = mode == "xformers" or (mode == "auto" and device.type == "cuda" and xformers_available())
+    if not want_xformers:
+        return "sdpa"
+    if not xformers_available():
+        raise S2S2Error("generator.attention is 'xformers' but xformers is not installed\n"
+                        "fix: pip install xformers, or set generator.attention=auto")
+    for model in models:
+        model.enable_xformers_memory_efficient_attention()
+    return "xformers"
+
+
+SCHEDULERS = {
+    "ddim": lambda config: DDIMScheduler.from_config(config),
+    "unipc": lambda config: UniPCMultistepScheduler.from_config(config),
+    "dpmsolver++": lambda config: DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++"),
+}
+
+
+def make_scheduler(name: str, config: dict) -> SchedulerMixin:
+    """A sampling scheduler by name, sharing the base model's noise schedule and prediction type."""
+    if name not in SCHEDULERS:
+        raise S2S2Error(f"unknown scheduler {name!r}; choose one of {sorted(SCHEDULERS)}")
+    return SCHEDULERS[name](config)
+
+
+def load_pipeline(folder: str | Path, scheduler: str, device: torch.device, dtype: torch.dtype,
+                  attention: str = "auto") -> StableDiffusionControlNetPipeline:
+    """Load a fine-tuned generator folder for sampling, with the named scheduler, on `device`."""
+    folder = Path(folder)
+    if not (folder / "model_index.json").is_file():
+        raise S2S2Error(f"generator folder {folder} has no model_index.json\n"
+                        "fix: run `s2s2 finetune` first, or set generate.generator_dir to a fine-tuned pipeline")
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+    pipe = StableDiffusionControlNetPipeline.from_pretrained(folder, safety_checker=None, dtype=dtype)
+    pipe.scheduler = make_scheduler(scheduler, pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    pipe = pipe.to(device)
+    set_attention([pipe.unet, pipe.controlnet], attention, device)
+    return pipe
+
+
+def controlnet_hash(folder: str | Path) -> str:
+    """sha256 of the fine-tuned ControlNet's weights file: the generator identity in the manifest."""
+    path = Path(folder) / "controlnet" / CONTROLNET_WEIGHTS
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

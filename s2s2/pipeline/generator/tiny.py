@@ -1,0 +1,122 @@
+"""The embedded tiny SD-like base: SD 2.x's diffusers classes at small widths, built offline.
+
+UNet, text encoder and tokenizer start random; the VAE is trained briefly on the training images
+(time-budgeted) and its `scaling_factor` recomputed, so latents have unit variance as in SD.
+The result is a normal diffusers folder that `finetune` loads exactly like SD 2.1-base.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from tqdm.auto import tqdm
+from transformers import CLIPTextConfig, CLIPTextModel
+
+from s2s2.pipeline.atomic import atomic_path
+from s2s2.pipeline.config.generator import TinyBaseConfig
+from s2s2.pipeline.generator.control import to_generator_rgb
+from s2s2.pipeline.generator.tokenizer import build_byte_tokenizer
+
+
+def tiny_vae(cfg: TinyBaseConfig, resolution: int) -> AutoencoderKL:
+    """A small `AutoencoderKL`; n blocks downsample by 2**(n-1)."""
+    n = len(cfg.vae_channels)
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=cfg.latent_channels,
+        down_block_types=("DownEncoderBlock2D",) * n, up_block_types=("UpDecoderBlock2D",) * n,
+        block_out_channels=cfg.vae_channels, layers_per_block=1,
+        norm_num_groups=math.gcd(*cfg.vae_channels, cfg.norm_num_groups), sample_size=resolution,
+    )
+
+
+def tiny_unet(cfg: TinyBaseConfig, latent_size: int) -> UNet2DConditionModel:
+    """A small `UNet2DConditionModel` with SD 2.x's block layout (cross-attention, linear projection)."""
+    n = len(cfg.unet_channels)
+    return UNet2DConditionModel(
+        sample_size=latent_size, in_channels=cfg.latent_channels, out_channels=cfg.latent_channels,
+        down_block_types=("CrossAttnDownBlock2D",) * (n - 1) + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (n - 1),
+        block_out_channels=cfg.unet_channels, layers_per_block=cfg.layers_per_block,
+        norm_num_groups=cfg.norm_num_groups, cross_attention_dim=cfg.text_width,
+        attention_head_dim=tuple(max(1, c // cfg.attention_head_dim) for c in cfg.unet_channels),
+        use_linear_projection=True,
+    )
+
+
+def tiny_text_encoder(cfg: TinyBaseConfig, vocab_size: int) -> CLIPTextModel:
+    """A small random `CLIPTextModel` whose positions cover `max_prompt_tokens`."""
+    config = CLIPTextConfig(
+        vocab_size=vocab_size, hidden_size=cfg.text_width, intermediate_size=cfg.text_width * 2,
+        num_hidden_layers=cfg.text_layers, num_attention_heads=max(1, cfg.text_width // 32),
+        max_position_embeddings=cfg.max_prompt_tokens, projection_dim=cfg.text_width,
+        bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1, pad_token_id=vocab_size - 1,
+    )
+    return CLIPTextModel(config)
+
+
+def tiny_scheduler(cfg: TinyBaseConfig) -> DDIMScheduler:
+    """SD 2.x's training noise schedule (scaled-linear betas, 1000 steps)."""
+    return DDIMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
+                         beta_schedule="scaled_linear", prediction_type=cfg.prediction_type,
+                         clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+
+
+def train_vae(vae: AutoencoderKL, images: torch.Tensor, cfg: TinyBaseConfig) -> dict[str, float]:
+    """Train the VAE on images [N,3,R,R] in [-1,1] (L1 + MSE + small KL), then set `scaling_factor`.
+
+    Stops after `vae_steps` or `vae_max_seconds`, whichever comes first. Returns PSNR and timing.
+    """
+    rng = np.random.default_rng(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_learning_rate, weight_decay=0.0)
+    vae.train()
+    start, step = time.monotonic(), 0
+    bar = tqdm(range(cfg.vae_steps), desc="tiny VAE", unit="step", leave=False)
+    for step in bar:
+        batch = images[rng.integers(0, len(images), size=cfg.vae_batch_size)]
+        if rng.random() < 0.5:
+            batch = batch.flip(-1)
+        posterior = vae.encode(batch).latent_dist
+        recon = vae.decode(posterior.sample()).sample
+        loss = F.l1_loss(recon, batch) + F.mse_loss(recon, batch) + cfg.vae_kl_weight * posterior.kl().mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+        if cfg.vae_max_seconds is not None and time.monotonic() - start > cfg.vae_max_seconds:
+            break
+    vae.eval()
+    with torch.no_grad():
+        latents = torch.cat([vae.encode(chunk).latent_dist.mean for chunk in images.split(32)])
+        probe = images[: min(len(images), 64)]
+        recon = vae.decode(vae.encode(probe).latent_dist.mean).sample.clamp(-1, 1)
+    mse = F.mse_loss((recon + 1) / 2, (probe + 1) / 2).item()
+    vae.register_to_config(scaling_factor=float(1.0 / latents.std()))
+    return {"vae_steps": step + 1, "vae_seconds": time.monotonic() - start,
+            "vae_psnr_db": 10 * math.log10(1.0 / max(mse, 1e-12)), "scaling_factor": vae.config.scaling_factor}
+
+
+def build_tiny_base(cfg: TinyBaseConfig, images: np.ndarray, resolution: int, folder: str | Path) -> dict[str, float]:
+    """Build the tiny base, train its VAE on `images` [N,C,H,W] in [0,1], save it to `folder` atomically."""
+    torch.manual_seed(cfg.seed)
+    tokenizer = build_byte_tokenizer(cfg.max_prompt_tokens)
+    vae = tiny_vae(cfg, resolution)
+    factor = 2 ** (len(cfg.vae_channels) - 1)
+    if resolution % (factor * 2 ** (len(cfg.unet_channels) - 1)):
+        raise ValueError(f"resolution {resolution} must be divisible by the VAE factor {factor} times the "
+                         f"UNet's downsampling {2 ** (len(cfg.unet_channels) - 1)}")
+    unet = tiny_unet(cfg, resolution // factor)
+    text_encoder = tiny_text_encoder(cfg, len(tokenizer))
+    stats = train_vae(vae, to_generator_rgb(torch.from_numpy(images).float(), resolution), cfg)
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                   scheduler=tiny_scheduler(cfg), safety_checker=None,
+                                   feature_extractor=None, requires_safety_checker=False)
+    with atomic_path(folder) as tmp:
+        pipe.save_pretrained(tmp, safe_serialization=True)
+    return stats
