@@ -2,22 +2,85 @@
 
 from __future__ import annotations
 
+from typing import Literal, Optional
+
+from pydantic import Field, model_validator
+
 from s2s2.pipeline.config.base import StrictModel
 
 
 class ModelConfig(StrictModel):
-    """Which segmenter to build."""
+    """Which segmenter to build: an architecture, a size preset and a few overrides.
 
-    name: str = "unet"
+    Presets (see `s2s2.pipeline.segmenters.PRESETS`): `small` trains on a CPU in minutes at 64 px;
+    `full` is the paper's size (U-Net/EfficientNet-B2, R50-ViT-B/16, PVTv2-B3) for a GPU.
+    """
+
+    name: Literal["unet", "transunet", "fcbformer"] = "unet"
+    preset: Literal["small", "full"] = "small"
+    encoder: Optional[str] = None  # U-Net only: any smp/timm encoder name; None = the preset's
+    pretrained: bool = False  # timm/smp ImageNet weights; needs the hub, so off by default
+
+
+class LossConfig(StrictModel):
+    """The S2S2 objective: L = w_seg*L_seg(p0) + w_seg_gen*L_seg(pk) + a_enc*L_enc + a_dec*L_dec."""
+
+    seg: Literal["ce_dice", "bce_dice"] = "ce_dice"  # multi-class CE + Dice, or per-channel BCE + Dice
+    lambda_ce: float = Field(1.0, ge=0)
+    lambda_dice: float = Field(1.0, ge=0)
+    # Defaults chosen on the validation split of the embedded default (unet and transunet, 300 steps):
+    # weight 1 on the generated images' seg loss and on L_dec cost 5-8 val Dice points with the tiny
+    # generator's blurry stack; the paper's TransUNet recipe is w_seg_gen = a_enc = a_dec = 1.
+    w_seg: float = Field(1.0, ge=0)  # segmentation loss on the original image
+    w_seg_gen: float = Field(0.1, ge=0)  # segmentation loss on the stack image; 0 = "no generated seg loss"
+    a_enc: float = Field(1.0, ge=0)  # weight of L_sc on each encoder feature
+    a_dec: float = Field(0.0, ge=0)  # weight of L_sc on the last decoder feature map
+    distance: Literal["cosine", "l1"] = "cosine"
+    class_weighted: bool = False  # weight each position by (1 - frequency of its class in the mask)
 
 
 class TrainConfig(StrictModel):
-    """Segmenter training, baseline or S2S2."""
+    """Segmenter training, baseline (`stack: false`) or S2S2 (`stack: true`, reads `store.path`)."""
 
-    steps: int = 500
+    name: str = "s2s2"  # run folder: {run_dir}/train/{name}
+    stack: bool = True  # False = the baseline: same trainer, no store, L = L_seg(p0)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    location_scale: bool = False  # SLAug-style global location-scale intensity aug on the original
+    seed: int = 0
+    steps: int = Field(300, ge=1)
+    max_seconds: Optional[float] = Field(None, gt=0)  # stop early (and say so) when the budget is spent
+    batch_size: int = Field(8, ge=1)  # global batch B of originals; S2S2 forwards 2B images
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    momentum: float = Field(0.9, ge=0)  # SGD only
+    schedule: Literal["poly", "cosine", "constant"] = "poly"
+    poly_power: float = 0.9
+    warmup_steps: int = Field(0, ge=0)
+    grad_clip: Optional[float] = Field(None, gt=0)
+    val_every: int = Field(50, ge=1)  # validation on the val split every this many steps (and at the end)
+    log_every: int = Field(10, ge=1)
+    checkpoint_every: int = Field(50, ge=1)  # last checkpoint + resume state
+    num_workers: int = Field(0, ge=0)
+    deterministic: bool = True  # torch.use_deterministic_algorithms (warn_only) for exact resume
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    @model_validator(mode="after")
+    def _warmup_below_steps(self) -> "TrainConfig":
+        if self.warmup_steps >= self.steps and self.warmup_steps > 0:
+            raise ValueError(f"warmup_steps ({self.warmup_steps}) must be below steps ({self.steps})")
+        return self
 
 
 class EvalConfig(StrictModel):
-    """In-domain and out-of-domain evaluation."""
+    """In-domain and out-of-domain evaluation: Dice and HD95 per case, per class."""
 
-    hd95_percentile: float = 95.0
+    eval_classes: list[str] = Field(default_factory=lambda: ["grey matter", "white matter"])
+    out_of_domain: dict[str, dict] = Field(default_factory=lambda: {
+        "spm_t1": {"adapter": "spm152", "contrast": "T1"},
+        "spm_pd": {"adapter": "spm152", "contrast": "PD"},
+        "spm_t2": {"adapter": "spm152", "contrast": "T2"},
+    })  # test-set name -> DataConfig fields (size is taken from the training data)
+    hd95_percentile: float = Field(95.0, gt=0, le=100)
+    figure_cases: int = Field(4, ge=0)  # rows of image | truth | prediction per test set
+    batch_size: int = Field(16, ge=1)

@@ -1,0 +1,71 @@
+"""Per-case Dice and HD95 with an explicit policy for empty masks (pure functions, numpy in/out).
+
+Policy, per case and class (documented in the README):
+- truth empty and prediction empty: Dice and HD95 are NaN — the class is absent and correctly not
+  predicted; the case is left out of that class's mean (never counted as Dice 1).
+- exactly one of them empty (a false positive on an empty truth, or a missed structure): Dice 0 and
+  HD95 = the image diagonal in mm, the largest distance possible on that image (a finite penalty, so
+  failures raise the mean instead of vanishing from it).
+- both present: Dice = 2|P∩T| / (|P|+|T|); HD95 from MONAI (symmetric, percentile of the
+  surface-to-surface distances, spacing-aware).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+
+def dice(prediction: np.ndarray, truth: np.ndarray) -> float:
+    """Dice of two boolean masks under the policy above (NaN when both are empty)."""
+    prediction, truth = np.asarray(prediction, bool), np.asarray(truth, bool)
+    total = int(prediction.sum()) + int(truth.sum())
+    if total == 0:
+        return float("nan")
+    return 2.0 * float(np.logical_and(prediction, truth).sum()) / total
+
+
+def diagonal_mm(shape: tuple[int, ...], spacing: tuple[float, ...]) -> float:
+    """Length of the image diagonal in mm: the HD95 penalty for a missing or spurious structure."""
+    return float(np.sqrt(sum((n * s) ** 2 for n, s in zip(shape, spacing))))
+
+
+def hd95(prediction: np.ndarray, truth: np.ndarray, spacing: tuple[float, float], percentile: float = 95.0) -> float:
+    """Symmetric percentile Hausdorff distance in mm of two boolean masks under the policy above."""
+    import torch
+    from monai.metrics import compute_hausdorff_distance
+
+    prediction, truth = np.asarray(prediction, bool), np.asarray(truth, bool)
+    if not prediction.any() and not truth.any():
+        return float("nan")
+    if not prediction.any() or not truth.any():
+        return diagonal_mm(truth.shape, spacing)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        value = compute_hausdorff_distance(torch.from_numpy(prediction[None, None]), torch.from_numpy(truth[None, None]),
+                                           include_background=True, percentile=percentile,
+                                           spacing=[float(s) for s in spacing])
+    return float(value.item())
+
+
+def case_metrics(prediction: np.ndarray, truth: np.ndarray, classes: dict[str, int], spacing: tuple[float, float],
+                 percentile: float = 95.0) -> dict[str, dict[str, float]]:
+    """Dice and HD95 of one case for each named class: {class name: {"dice", "hd95"}}."""
+    return {name: {"dice": dice(prediction == c, truth == c), "hd95": hd95(prediction == c, truth == c, spacing, percentile)}
+            for name, c in classes.items()}
+
+
+def nanmean(values: list[float]) -> float:
+    """Mean ignoring NaN (absent classes); NaN when there is nothing to average."""
+    finite = [v for v in values if not np.isnan(v)]
+    return float(np.mean(finite)) if finite else float("nan")
+
+
+def summarise(cases: list[dict[str, dict[str, float]]]) -> dict:
+    """Per-class means over cases and the mean over classes: {"dice_mean", "dice", "hd95_mean", "hd95"}."""
+    names = list(cases[0]) if cases else []
+    dice_per_class = {n: nanmean([c[n]["dice"] for c in cases]) for n in names}
+    hd_per_class = {n: nanmean([c[n]["hd95"] for c in cases]) for n in names}
+    return {"dice_mean": nanmean(list(dice_per_class.values())), "dice": dice_per_class,
+            "hd95_mean": nanmean(list(hd_per_class.values())), "hd95": hd_per_class}

@@ -1,0 +1,252 @@
+"""The segmenter zoo behind one interface: every model returns logits, encoder feature(s), decoder map.
+
+`L_sc` compares what `SegOutput` holds, so the trainer never needs to know the architecture:
+- `encoder_features`: list of the deepest encoder outputs, `[B,C,h,w]` maps or `[B,N,C]` token
+  sequences (cosine is taken over C in both cases);
+- `decoder_feature`: the last decoder map before the classification head, `[B,C,H,W]`.
+
+Backbones, blocks and decoders come from timm, smp and MONAI; only the glue is written here.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from s2s2.pipeline.atomic import atomic_path
+from s2s2.pipeline.config.train import ModelConfig
+from s2s2.pipeline.errors import ConfigError, S2S2Error
+
+
+class SegOutput(NamedTuple):
+    """What every segmenter returns (a tuple, so DDP can find the tensors)."""
+
+    logits: torch.Tensor  # [B, num_classes, H, W]
+    encoder_features: list[torch.Tensor]  # deepest encoder output(s)
+    decoder_feature: torch.Tensor  # [B, C_dec, H, W], the map the head classifies
+
+
+# Size presets. `small`: CPU minutes at 64 px. `full`: the paper's backbones, for a GPU.
+PRESETS: dict[str, dict[str, dict]] = {
+    "unet": {
+        "small": {"encoder": "resnet18", "decoder_channels": (128, 64, 32, 16, 16)},
+        "full": {"encoder": "efficientnet-b2", "decoder_channels": (256, 128, 64, 32, 16)},
+    },
+    "transunet": {
+        "small": {"timm_name": None, "layers": (1, 1, 1), "channels": (64, 128, 256), "stem_chs": 32,
+                  "groups": 8, "embed_dim": 192, "depth": 4, "num_heads": 3,
+                  "decoder_channels": (128, 64, 32, 16)},
+        "full": {"timm_name": "vit_base_r50_s16_224", "decoder_channels": (256, 128, 64, 16)},
+    },
+    "fcbformer": {
+        "small": {"timm_name": "pvt_v2_b0", "tb_channels": 32, "fcb_features": (16, 16, 32, 64, 128, 16)},
+        "full": {"timm_name": "pvt_v2_b3", "tb_channels": 64, "fcb_features": (32, 32, 64, 128, 256, 32)},
+    },
+}
+
+MIN_DIVISOR = {"unet": 32, "transunet": 16, "fcbformer": 32}
+
+
+def _conv_bn_relu(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+class UNetSegmenter(nn.Module):
+    """smp U-Net over a timm/smp encoder; encoder feature = deepest stage, decoder = smp decoder output."""
+
+    def __init__(self, in_channels: int, num_classes: int, encoder: str, decoder_channels: tuple[int, ...],
+                 pretrained: bool) -> None:
+        super().__init__()
+        import segmentation_models_pytorch as smp
+
+        self.net = smp.Unet(encoder_name=encoder, encoder_weights="imagenet" if pretrained else None,
+                            in_channels=in_channels, classes=num_classes, decoder_channels=decoder_channels,
+                            encoder_depth=len(decoder_channels))
+
+    def forward(self, x: torch.Tensor) -> SegOutput:
+        features = self.net.encoder(x)
+        decoded = self.net.decoder(features)
+        return SegOutput(self.net.segmentation_head(decoded), [features[-1]], decoded)
+
+
+class TransUNetSegmenter(nn.Module):
+    """TransUNet-style: timm ResNet-ViT hybrid encoder (tokens = encoder feature), cascaded upsampling
+    decoder (TransUNet's DecoderCup) with skips from the CNN stem and stages, taken by forward hooks."""
+
+    def __init__(self, in_channels: int, num_classes: int, image_size: int, preset: dict, pretrained: bool) -> None:
+        super().__init__()
+        import timm
+        from timm.layers import GroupNormAct, StdConv2dSame
+        from timm.models.resnetv2 import ResNetV2
+        from timm.models.vision_transformer import VisionTransformer
+        from timm.models.vision_transformer_hybrid import HybridEmbed
+
+        if preset["timm_name"]:
+            self.vit = timm.create_model(preset["timm_name"], pretrained=pretrained, img_size=image_size,
+                                         in_chans=in_channels, num_classes=0)
+        else:
+            if pretrained:
+                raise ConfigError("model.pretrained: the small transunet preset has no pretrained weights; "
+                                  "set model.pretrained=false or model.preset=full")
+            backbone = ResNetV2(layers=preset["layers"], channels=preset["channels"], stem_chs=preset["stem_chs"],
+                                num_classes=0, global_pool="", in_chans=in_channels, preact=False, stem_type="same",
+                                norm_layer=partial(GroupNormAct, num_groups=preset["groups"]),
+                                conv_layer=partial(StdConv2dSame, eps=1e-8))
+            self.vit = VisionTransformer(img_size=image_size, patch_size=1, in_chans=in_channels, num_classes=0,
+                                         embed_dim=preset["embed_dim"], depth=preset["depth"],
+                                         num_heads=preset["num_heads"],
+                                         embed_layer=partial(HybridEmbed, backbone=backbone))
+        backbone = self.vit.patch_embed.backbone
+        # Skips, shallow to deep: stem conv+norm (stride 2), then every stage but the last.
+        skip_modules = [backbone.stem.norm, *list(backbone.stages)[:-1]]
+        self._skips: list[torch.Tensor] = []
+        for module in skip_modules:
+            module.register_forward_hook(lambda _m, _i, out: self._skips.append(out))
+        with torch.no_grad():
+            probe = backbone.eval()(torch.zeros(1, in_channels, image_size, image_size))
+        skip_channels = [t.shape[1] for t in self._skips][::-1]  # deep to shallow
+        self._skips.clear()
+        self.grid = tuple(probe.shape[-2:])  # token grid (h, w)
+        embed_dim = self.vit.embed_dim
+        dec = preset["decoder_channels"]
+        self.conv_more = _conv_bn_relu(embed_dim, 512 if embed_dim >= 512 else dec[0] * 2)
+        blocks, cin = [], self.conv_more[0].out_channels
+        for i, cout in enumerate(dec):
+            skip = skip_channels[i] if i < len(skip_channels) else 0
+            blocks.append(nn.Sequential(_conv_bn_relu(cin + skip, cout), _conv_bn_relu(cout, cout)))
+            cin = cout
+        self.blocks = nn.ModuleList(blocks)
+        self.head = nn.Conv2d(dec[-1], num_classes, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> SegOutput:
+        self._skips.clear()
+        tokens = self.vit.forward_features(x)[:, self.vit.num_prefix_tokens:]  # [B, N, C]
+        skips = self._skips[::-1]
+        self._skips = []
+        b, n, c = tokens.shape
+        y = self.conv_more(tokens.transpose(1, 2).reshape(b, c, *self.grid))
+        for i, block in enumerate(self.blocks):
+            y = F.interpolate(y, scale_factor=2, mode="bilinear", align_corners=False)
+            if i < len(skips):
+                y = torch.cat([y, skips[i]], dim=1)
+            y = block(y)
+        return SegOutput(self.head(y), [tokens], y)
+
+
+class FCBFormerSegmenter(nn.Module):
+    """FCBFormer-style: a PVTv2 transformer branch (TB: local emphasis + stepwise aggregation), a fully
+    convolutional branch (FCB: MONAI BasicUNet) and a prediction head of two residual blocks.
+    Encoder features: the TB output and the FCB bottleneck. Decoder feature: the head's second block."""
+
+    def __init__(self, in_channels: int, num_classes: int, preset: dict, pretrained: bool) -> None:
+        super().__init__()
+        import timm
+        from monai.networks.blocks import UnetResBlock
+        from monai.networks.nets import BasicUNet
+
+        width = preset["tb_channels"]
+        self.tb = timm.create_model(preset["timm_name"], pretrained=pretrained, features_only=True,
+                                    in_chans=in_channels)
+        self.local_emphasis = nn.ModuleList(
+            nn.Sequential(_conv_bn_relu(c, width), _conv_bn_relu(width, width)) for c in self.tb.feature_info.channels())
+        self.aggregate = nn.ModuleList(_conv_bn_relu(2 * width, width) for _ in self.tb.feature_info.channels()[:-1])
+        fcb = preset["fcb_features"]
+        self.fcb = BasicUNet(spatial_dims=2, in_channels=in_channels, out_channels=fcb[-1], features=fcb,
+                             norm=("batch", {}))
+        self._bottleneck: list[torch.Tensor] = []
+        self.fcb.down_4.register_forward_hook(lambda _m, _i, out: self._bottleneck.append(out))
+        self.head = nn.Sequential(
+            UnetResBlock(2, width + fcb[-1], width, kernel_size=3, stride=1, norm_name="batch"),
+            UnetResBlock(2, width, width, kernel_size=3, stride=1, norm_name="batch"),
+        )
+        self.classifier = nn.Conv2d(width, num_classes, 1)
+
+    def forward(self, x: torch.Tensor) -> SegOutput:
+        levels = [le(f) for le, f in zip(self.local_emphasis, self.tb(x))]
+        tb_out = levels[-1]
+        for i in range(len(levels) - 2, -1, -1):  # stepwise, deep to shallow
+            up = F.interpolate(tb_out, size=levels[i].shape[-2:], mode="bilinear", align_corners=False)
+            tb_out = self.aggregate[i](torch.cat([levels[i], up], dim=1))
+        self._bottleneck.clear()
+        fcb_out = self.fcb(x)
+        bottleneck = self._bottleneck.pop()
+        tb_full = F.interpolate(tb_out, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        decoded = self.head(torch.cat([tb_full, fcb_out], dim=1))
+        return SegOutput(self.classifier(decoded), [tb_out, bottleneck], decoded)
+
+
+def check_image_size(cfg: ModelConfig, image_size: int) -> None:
+    """Refuse an image size the architecture cannot tile (smp needs multiples of 32)."""
+    divisor = MIN_DIVISOR[cfg.name]
+    if image_size % divisor:
+        raise ConfigError(f"model.name={cfg.name} needs an image size divisible by {divisor}, the data has "
+                          f"{image_size} px; set data.size to a multiple of {divisor}")
+
+
+def build_segmenter(cfg: ModelConfig, in_channels: int, num_classes: int, image_size: int) -> nn.Module:
+    """Build the configured segmenter for images [B,in_channels,image_size,image_size]."""
+    check_image_size(cfg, image_size)
+    preset = dict(PRESETS[cfg.name][cfg.preset])
+    if cfg.name == "unet":
+        return UNetSegmenter(in_channels, num_classes, cfg.encoder or preset["encoder"],
+                             tuple(preset["decoder_channels"]), cfg.pretrained)
+    if cfg.encoder is not None:
+        raise ConfigError(f"model.encoder={cfg.encoder!r} applies to model.name=unet only; remove it for {cfg.name}")
+    if cfg.name == "transunet":
+        return TransUNetSegmenter(in_channels, num_classes, image_size, preset, cfg.pretrained)
+    return FCBFormerSegmenter(in_channels, num_classes, preset, cfg.pretrained)
+
+
+def model_identity(cfg: ModelConfig, in_channels: int, num_classes: int, image_size: int) -> dict[str, str]:
+    """What a checkpoint records about its architecture, compared on load (safetensors metadata)."""
+    return {"name": cfg.name, "preset": cfg.preset, "encoder": str(cfg.encoder), "in_channels": str(in_channels),
+            "num_classes": str(num_classes), "image_size": str(image_size)}
+
+
+def save_weights(model: nn.Module, path: str | Path, identity: dict[str, str]) -> None:
+    """Write the model's state dict as safetensors, the architecture identity in its metadata (atomic)."""
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata=identity)
+
+
+def load_weights(model: nn.Module, path: str | Path, identity: dict[str, str]) -> None:
+    """Load safetensors weights into `model`, refusing a checkpoint of another architecture or class count."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise S2S2Error(f"checkpoint {path} does not exist; fix: train first (`s2s2 train`) or pass an existing file")
+    with safe_open(str(path), framework="pt") as handle:
+        recorded = handle.metadata() or {}
+    differ = {k: (recorded.get(k), v) for k, v in identity.items() if recorded.get(k) != v}
+    if differ:
+        detail = ", ".join(f"{k}: checkpoint {a!r} vs config {b!r}" for k, (a, b) in differ.items())
+        raise S2S2Error(f"checkpoint {path} was made for another model ({detail}); fix: evaluate it with the "
+                        f"config it was trained with (the config.yaml beside it) or pick the matching checkpoint")
+    try:
+        model.load_state_dict(load_file(str(path)))
+    except RuntimeError as err:
+        raise S2S2Error(f"checkpoint {path} does not fit the model: {str(err)[:300]}") from None
+
+
+@torch.no_grad()
+def predict(model: nn.Module, images: np.ndarray, device: torch.device, batch_size: int = 16) -> np.ndarray:
+    """Class-id predictions uint8 [N,H,W] for float images [N,C,H,W] (eval mode, argmax of the logits)."""
+    was_training = model.training
+    model.eval()
+    out = []
+    for start in range(0, len(images), batch_size):
+        batch = torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size], dtype=np.float32)).to(device)
+        out.append(model(batch).logits.argmax(1).to(torch.uint8).cpu().numpy())
+    model.train(was_training)
+    return np.concatenate(out) if out else np.zeros((0, *images.shape[2:]), np.uint8)

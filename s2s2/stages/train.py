@@ -1,0 +1,414 @@
+"""Stage two: train a segmenter, baseline or S2S2, from the stack store (`s2s2 train`).
+
+One step reads like `shared/method.md`:
+    p0, pk = model(cat[x0, xk])                      # one forward of 2B images
+    L = w_seg*L_seg(p0,y) + w_seg_gen*L_seg(pk,y) + a_enc*L_sc(f0,fk) + a_dec*L_sc(g0,gk)
+The baseline runs the same loop with the stack off: L = w_seg*L_seg(p0,y).
+
+Outputs in {run_dir}/train/{name}/: config.yaml (resolved), log.csv, progress.png, model.safetensors
+(best validation Dice), last.safetensors + state.pt (resume), summary.json.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from tqdm import tqdm
+
+from s2s2.pipeline.atomic import atomic_path
+from s2s2.pipeline.config.base import dump_config
+from s2s2.pipeline.config.project import ProjectConfig
+from s2s2.pipeline.config.train import TrainConfig
+from s2s2.pipeline.data.prepared import PreparedDataset
+from s2s2.pipeline.errors import ConfigError, S2S2Error, StoreError
+from s2s2.pipeline.losses import LossParts, build_seg_loss, s2s2_loss, split_output
+from s2s2.pipeline.metrics import dice, nanmean
+from s2s2.pipeline.seeding import seed_everything, set_torch_rng_state, torch_rng_state
+from s2s2.pipeline.segmenters import build_segmenter, load_weights, model_identity, predict, save_weights
+from s2s2.pipeline.train_data import BaselineDataset, EpochBatchSampler, OriginalAugment
+
+LOSS_NAMES = ("loss", "seg", "seg_gen", "enc", "dec")
+# Fields that may change between a run and its --resume (they do not change the weights).
+RESUMABLE_CHANGES = {"train.steps", "train.max_seconds", "train.num_workers", "train.device", "train.val_every",
+                     "train.log_every", "train.checkpoint_every"}
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Learning rate of `step` (0-based): linear warm-up, then poly, cosine or constant decay."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    if cfg.schedule == "poly":
+        return cfg.lr * (1.0 - progress) ** cfg.poly_power
+    if cfg.schedule == "cosine":
+        return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return cfg.lr
+
+
+@dataclass(frozen=True)
+class Distributed:
+    """This process's place in a `torchrun` job (rank 0 of 1 without one)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed() -> Distributed:
+    """Join the process group when started by `torchrun` (WORLD_SIZE > 1): NCCL on GPUs, gloo on CPUs."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1:
+        return Distributed()
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+    return Distributed(dist.get_rank(), world_size, int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def barrier(world: Distributed) -> None:
+    """Wait for every rank (no-op in a single process)."""
+    if world.world_size > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def agree(flag: bool, world: Distributed) -> bool:
+    """Rank 0's decision, shared with every rank (so all stop at the same step)."""
+    if world.world_size == 1:
+        return flag
+    import torch.distributed as dist
+
+    value = torch.tensor([1.0 if flag else 0.0], device="cuda" if dist.get_backend() == "nccl" else "cpu")
+    dist.broadcast(value, src=0)
+    return bool(value.item())
+
+
+def ranks_in_sync(model: torch.nn.Module, world: Distributed) -> bool:
+    """True when every rank holds the same weights (per-tensor sums compared exactly across ranks)."""
+    if world.world_size == 1:
+        return True
+    import torch.distributed as dist
+
+    sums = torch.stack([p.detach().double().sum() for p in model.parameters()])
+    if dist.get_backend() == "nccl":
+        sums = sums.cuda()
+    gathered = [torch.zeros_like(sums) for _ in range(world.world_size)]
+    dist.all_gather(gathered, sums)
+    return all(torch.equal(gathered[0], g) for g in gathered[1:])
+
+
+def resolve_device(cfg: TrainConfig, world: Distributed) -> torch.device:
+    """`auto` picks this rank's GPU when there is one, else the CPU."""
+    if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise ConfigError("train.device=cuda but no GPU is visible; set train.device=cpu or auto")
+        torch.cuda.set_device(world.local_rank)
+        return torch.device("cuda", world.local_rank)
+    return torch.device("cpu")
+
+
+def run_folder(cfg: ProjectConfig) -> Path:
+    """Where a run's outputs go: {run_dir}/train/{train.name}."""
+    return Path(cfg.run_dir) / "train" / cfg.train.name
+
+
+def build_train_set(cfg: ProjectConfig, dataset: PreparedDataset) -> torch.utils.data.Dataset:
+    """S2S2 pairs from the store (checked against the dataset) or, for the baseline, the train split."""
+    from s2s2.pipeline.augment import PairAugment
+
+    transform = OriginalAugment(PairAugment(cfg.store.augment), cfg.train.location_scale)
+    if not cfg.train.stack:
+        return BaselineDataset(dataset, "train", cfg.train.seed, transform)
+    from s2s2.store.reader import StackPairDataset
+
+    path = cfg.store.path
+    if "://" not in path and not Path(path).exists():
+        raise StoreError(f"{path}: no stack store here; fix: run `make generate` (or `s2s2 stack init` and "
+                         "`s2s2 generate`), point store.path at an existing stack, or train the baseline "
+                         "with --set train.stack=false")
+    pairs = StackPairDataset(path, seed=cfg.train.seed, transform=transform,
+                             expected_fingerprint=dataset.fingerprint(),
+                             allow_incomplete=cfg.store.allow_incomplete,
+                             storage_options=cfg.store.storage_options or None)
+    manifest = pairs.manifest
+    if tuple(manifest.class_names) != tuple(dataset.class_names):
+        raise StoreError(f"{path}: the store has {len(manifest.class_names)} classes {list(manifest.class_names)}, "
+                         f"the data has {dataset.num_classes} {list(dataset.class_names)}; fix: use the store made "
+                         "for this dataset")
+    if tuple(manifest.image_shape) != tuple(dataset.image_shape):
+        raise StoreError(f"{path}: the store holds images {tuple(manifest.image_shape)}, the data "
+                         f"{dataset.image_shape}; fix: set data.size to the store's size or regenerate the stack")
+    return pairs
+
+
+def eval_class_ids(class_names: tuple[str, ...], eval_classes: list[str]) -> dict[str, int]:
+    """{name: id} of the classes that validation and evaluation average over (all foreground if none match)."""
+    ids = {name: class_names.index(name) for name in eval_classes if name in class_names}
+    return ids or {name: i for i, name in enumerate(class_names) if i > 0}
+
+
+def validate(model: torch.nn.Module, dataset: PreparedDataset, device: torch.device, batch_size: int) -> dict[str, float]:
+    """Mean per-case Dice of every foreground class on the val split (the test split is never seen)."""
+    indices = dataset.indices("val") or dataset.indices("train")
+    predictions = predict(model, dataset.images[indices], device, batch_size)
+    truth = dataset.masks[indices]
+    return {name: nanmean([dice(p == c, t == c) for p, t in zip(predictions, truth)])
+            for c, name in enumerate(dataset.class_names) if c > 0}
+
+
+def write_progress_png(history: list[dict[str, float]], class_names: list[str], path: Path) -> None:
+    """Losses (left) and validation Dice per class (right) against steps."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.5))
+    logged = [h for h in history if "loss" in h]
+    for name in LOSS_NAMES:
+        if logged and any(h[name] for h in logged):
+            left.plot([h["step"] for h in logged], [h[name] for h in logged], label=name)
+    left.set_xlabel("step"), left.set_title("training losses"), left.legend(fontsize=7)
+    validated = [h for h in history if "val_dice_mean" in h]
+    for name in class_names:
+        right.plot([h["step"] for h in validated], [h[f"val_{name}"] for h in validated], marker=".", label=name)
+    right.set_xlabel("step"), right.set_ylim(0, 1), right.set_title("validation Dice"), right.legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=80)
+    plt.close(fig)
+
+
+def write_log_csv(history: list[dict[str, float]], class_names: list[str], path: Path) -> None:
+    """The whole history as CSV: one row per logged or validated step."""
+    columns = ["step", "epoch", "lr", *LOSS_NAMES, "seconds", "val_dice_mean", *(f"val_{n}" for n in class_names)]
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(history)
+
+
+def config_differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two config dicts."""
+    keys = sorted(set(old) | set(new))
+    out: list[str] = []
+    for key in keys:
+        a, b, dotted = old.get(key), new.get(key), f"{prefix}{key}"
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += config_differences(a, b, dotted + ".")
+        elif a != b:
+            out.append(dotted)
+    return out
+
+
+class Trainer:
+    """Holds the model, optimizer and history of one run; `step()` is one optimisation step."""
+
+    def __init__(self, cfg: ProjectConfig, dataset: PreparedDataset, world: Distributed, device: torch.device) -> None:
+        self.cfg, self.dataset, self.world, self.device = cfg, dataset, world, device
+        self.folder = run_folder(cfg)
+        self.identity = model_identity(cfg.model, dataset.image_shape[0], dataset.num_classes, dataset.image_shape[1])
+        self.model = build_segmenter(cfg.model, dataset.image_shape[0], dataset.num_classes, dataset.image_shape[1]).to(device)
+        self.ddp = self.model
+        if world.world_size > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.ddp = DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda" else None)
+        params = self.model.parameters()
+        t = cfg.train
+        self.optimizer = (torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay) if t.optimizer == "adamw"
+                          else torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay))
+        self.seg_loss = build_seg_loss(t.loss)
+        self.step_index = 0
+        self.best = -1.0
+        self.elapsed = 0.0
+        self.history: list[dict[str, float]] = []
+        self.eval_ids = eval_class_ids(dataset.class_names, cfg.evaluate.eval_classes)
+
+    # --- one step: the method's equation --------------------------------------------------------
+    def step(self, batch: dict[str, Any]) -> LossParts:
+        original = batch["original"].to(self.device, non_blocking=True)
+        mask = batch["mask"].to(self.device, non_blocking=True)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr_at(self.step_index, self.cfg.train)
+        if self.cfg.train.stack:
+            stack_image = batch["stack_image"].to(self.device, non_blocking=True)
+            output_0, output_k = split_output(self.ddp(torch.cat([original, stack_image])), len(original))
+        else:
+            output_0, output_k = self.ddp(original), None
+        parts = s2s2_loss(self.cfg.train.loss, self.seg_loss, output_0, output_k, mask)
+        self._stop_if_not_finite(parts)
+        self.optimizer.zero_grad(set_to_none=True)
+        parts.total.backward()
+        if self.cfg.train.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
+        self.optimizer.step()
+        self.step_index += 1
+        return parts
+
+    def _stop_if_not_finite(self, parts: LossParts) -> None:
+        bad = (~torch.isfinite(parts.total.detach())).float()
+        if self.world.world_size > 1:
+            import torch.distributed as dist
+
+            dist.all_reduce(bad)
+        if bad.item() > 0:
+            last = self.folder / "last.safetensors"
+            kept = f"the last good checkpoint is {last}" if last.is_file() else "no checkpoint was written yet"
+            values = ", ".join(f"{n}={float(v.detach()):.4g}" for n, v in zip(LOSS_NAMES, parts))
+            raise S2S2Error(f"training stopped: the loss is not finite at step {self.step_index + 1} ({values}); "
+                            f"{kept}; fix: lower train.lr or set train.grad_clip, check the data for NaN, "
+                            "then rerun (with --resume to continue from the checkpoint)")
+
+    # --- checkpoints ----------------------------------------------------------------------------
+    def save_last(self) -> None:
+        """Weights, optimizer, RNG and history at this step: what --resume continues from."""
+        save_weights(self.model, self.folder / "last.safetensors", {**self.identity, "step": str(self.step_index)})
+        state = {"step": self.step_index, "optimizer": self.optimizer.state_dict(), "rng": torch_rng_state(),
+                 "best": self.best, "elapsed": self.elapsed, "history": self.history}
+        with atomic_path(self.folder / "state.pt") as tmp:
+            torch.save(state, tmp)
+
+    def load_last(self) -> None:
+        state_path = self.folder / "state.pt"
+        if not state_path.is_file():
+            raise S2S2Error(f"cannot resume: {state_path} does not exist; fix: train without --resume first")
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        load_weights(self.model, self.folder / "last.safetensors", {**self.identity, "step": str(state["step"])})
+        self.optimizer.load_state_dict(state["optimizer"])
+        set_torch_rng_state(state["rng"])
+        self.step_index, self.best, self.elapsed = state["step"], state["best"], state["elapsed"]
+        self.history = state["history"]
+
+    def validate_and_keep_best(self, epoch: int) -> dict[str, float]:
+        """Validation Dice; the best weights (mean over the evaluation classes) go to model.safetensors."""
+        scores = validate(self.model, self.dataset, self.device, self.cfg.evaluate.batch_size)
+        mean = nanmean([scores[n] for n in self.eval_ids])
+        row = {"step": self.step_index, "epoch": epoch, "val_dice_mean": mean, **{f"val_{n}": v for n, v in scores.items()}}
+        if self.history and self.history[-1]["step"] == self.step_index:
+            self.history[-1].update(row)  # one CSV row per step
+        else:
+            self.history.append(row)
+        if mean > self.best or not (self.folder / "model.safetensors").is_file():
+            self.best = max(mean, self.best) if not math.isnan(mean) else self.best
+            save_weights(self.model, self.folder / "model.safetensors", self.identity)
+        return row
+
+
+def _start_folder(cfg: ProjectConfig, resume: bool) -> None:
+    """Fresh run: clear old outputs. Resume: refuse a config that would change the weights."""
+    folder = run_folder(cfg)
+    saved = folder / "config.yaml"
+    if resume:
+        if not saved.is_file():
+            raise S2S2Error(f"cannot resume: {saved} does not exist; fix: train without --resume first")
+        changed = [k for k in config_differences(yaml.safe_load(saved.read_text()), cfg.model_dump(mode="json"))
+                   if k not in RESUMABLE_CHANGES and not k.startswith("evaluate.")]
+        if changed:
+            raise ConfigError(f"cannot resume {folder} with a different config: {', '.join(changed)} changed "
+                              f"(see {saved}); fix: use the same settings or another train.name")
+    else:
+        for name in ("model.safetensors", "last.safetensors", "state.pt", "log.csv", "progress.png",
+                     "summary.json", "metrics.json"):
+            (folder / name).unlink(missing_ok=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    dump_config(cfg, saved)
+
+
+def run_train(cfg: ProjectConfig, resume: bool = False, stop_after: int | None = None,
+              dataset: PreparedDataset | None = None) -> Path:
+    """Train the configured segmenter; returns the run folder.
+
+    `resume` continues from last.safetensors + state.pt at the exact step. `stop_after` ends this
+    invocation after that many steps (saving a resumable checkpoint), e.g. for time-sliced schedulers.
+    `dataset` replaces `prepare_dataset(cfg.data)` (tests and notebooks that hold the data in memory).
+    """
+    world = init_distributed()
+    t = cfg.train
+    if t.batch_size % world.world_size:
+        raise ConfigError(f"train.batch_size={t.batch_size} must be divisible by the {world.world_size} processes")
+    seed_everything(t.seed, t.deterministic)
+    device = resolve_device(t, world)
+    if dataset is None:
+        from s2s2.pipeline.data.prepare import prepare_dataset
+
+        dataset = prepare_dataset(cfg.data)
+    train_set = build_train_set(cfg, dataset)
+    steps_per_epoch = len(train_set) // t.batch_size
+    if steps_per_epoch == 0:
+        raise ConfigError(f"train.batch_size={t.batch_size} exceeds the {len(train_set)} training samples; lower it")
+    if world.is_main:
+        _start_folder(cfg, resume)
+    barrier(world)
+    trainer = Trainer(cfg, dataset, world, device)
+    if resume:
+        trainer.load_last()
+    class_names = list(dataset.class_names[1:])
+    start_step = trainer.step_index
+    last_step = t.steps if stop_after is None else min(t.steps, start_step + stop_after)
+    bar = tqdm(total=t.steps, initial=start_step, desc=f"train {t.name}", disable=not world.is_main, dynamic_ncols=True)
+    running: dict[str, list[float]] = {n: [] for n in LOSS_NAMES}
+    began, stopped_by_budget = time.perf_counter() - trainer.elapsed, False
+    trainer.model.train()
+    while trainer.step_index < last_step and not stopped_by_budget:
+        epoch, first_batch = divmod(trainer.step_index, steps_per_epoch)
+        train_set.set_epoch(epoch)
+        sampler = EpochBatchSampler(len(train_set), t.batch_size, t.seed, epoch, first_batch, world.rank, world.world_size)
+        loader = torch.utils.data.DataLoader(train_set, batch_sampler=sampler, num_workers=t.num_workers)
+        for batch in loader:
+            parts = trainer.step(batch)
+            for name, value in zip(LOSS_NAMES, parts):
+                running[name].append(float(value.detach()))
+            bar.update(1)
+            step = trainer.step_index
+            trainer.elapsed = time.perf_counter() - began
+            stopped_by_budget = agree(t.max_seconds is not None and trainer.elapsed >= t.max_seconds, world)
+            final = step >= last_step or stopped_by_budget
+            if step % t.log_every == 0 or final:
+                row = {"step": step, "epoch": epoch, "lr": lr_at(step - 1, t), "seconds": round(trainer.elapsed, 2),
+                       **{n: float(np.mean(v)) for n, v in running.items()}}
+                trainer.history.append(row)
+                bar.set_postfix({"seg": f"{row['seg']:.3g}", "seg_gen": f"{row['seg_gen']:.3g}",
+                                 "L_enc": f"{row['enc']:.3g}", "L_dec": f"{row['dec']:.3g}"})
+                running = {n: [] for n in LOSS_NAMES}
+            if world.is_main and (step % t.val_every == 0 or final):
+                row = trainer.validate_and_keep_best(epoch)
+                bar.set_postfix({"val_dice": f"{row['val_dice_mean']:.3f}"})
+                write_progress_png(trainer.history, class_names, trainer.folder / "progress.png")
+                write_log_csv(trainer.history, class_names, trainer.folder / "log.csv")
+            if world.is_main and (step % t.checkpoint_every == 0 or final):
+                trainer.save_last()
+            if final:
+                break
+    bar.close()
+    in_sync = ranks_in_sync(trainer.model, world)
+    if world.is_main:
+        summary = {"name": t.name, "model": cfg.model.name, "method": "s2s2" if t.stack else "baseline",
+                   "seed": t.seed, "steps": trainer.step_index, "planned_steps": t.steps,
+                   "stopped_by_time_budget": stopped_by_budget, "seconds": round(trainer.elapsed, 1),
+                   "best_val_dice_mean": trainer.best, "world_size": world.world_size, "ranks_in_sync": in_sync}
+        with atomic_path(trainer.folder / "summary.json") as tmp:
+            tmp.write_text(json.dumps(summary, indent=1))
+        if stopped_by_budget:
+            print(f"train {t.name}: time budget of {t.max_seconds} s spent after {trainer.step_index} of "
+                  f"{t.steps} steps (continue with --resume and a larger train.max_seconds)")
+    barrier(world)
+    if not in_sync:
+        raise S2S2Error("DDP ranks ended with different weights; this is a bug, please report it with summary.json")
+    return trainer.folder

@@ -1,0 +1,92 @@
+"""Every segmenter answers the same questions (logits, encoder features, decoder map) and learns."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from s2s2.pipeline.config.train import LossConfig, ModelConfig
+from s2s2.pipeline.errors import ConfigError, S2S2Error
+from s2s2.pipeline.location_scale import bezier_remap, global_location_scale
+from s2s2.pipeline.losses import build_seg_loss, s2s2_loss, split_output
+from s2s2.pipeline.segmenters import build_segmenter, load_weights, model_identity, save_weights
+from test_train_support import blob_dataset
+
+# Documented shapes at 32 px, batch 2, 1 channel, 4 classes (small presets).
+SHAPES = {
+    "unet": ([(2, 512, 1, 1)], (2, 16, 32, 32)),  # resnet18 stage 5; smp decoder output
+    "transunet": ([(2, 4, 192)], (2, 16, 32, 32)),  # tokens [B, (32/16)^2, 192]; DecoderCup output
+    "fcbformer": ([(2, 32, 8, 8), (2, 128, 2, 2)], (2, 32, 32, 32)),  # TB output (stride 4), FCB bottleneck
+}
+
+
+@pytest.mark.parametrize("name", list(SHAPES))
+def test_outputs_have_documented_shapes(name):
+    model = build_segmenter(ModelConfig(name=name), 1, 4, 32)
+    out = model(torch.rand(2, 1, 32, 32))
+    assert out.logits.shape == (2, 4, 32, 32)
+    assert [tuple(f.shape) for f in out.encoder_features] == SHAPES[name][0]
+    assert tuple(out.decoder_feature.shape) == SHAPES[name][1]
+
+
+@pytest.mark.parametrize("name", list(SHAPES))
+def test_trains_a_few_s2s2_steps_with_falling_loss(name):
+    torch.manual_seed(0)
+    ds = blob_dataset(n=8, size=32)
+    model = build_segmenter(ModelConfig(name=name), 1, 4, 32)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    cfg = LossConfig(w_seg_gen=1.0, a_enc=1.0, a_dec=1.0)  # every term on
+    seg_loss = build_seg_loss(cfg)
+    original = torch.from_numpy(ds.images[:4])
+    stack_image = torch.from_numpy(1.0 - ds.images[:4])  # another appearance of the same masks
+    mask = torch.from_numpy(ds.masks[:4]).long()
+    losses = []
+    for _ in range(8):
+        out0, outk = split_output(model(torch.cat([original, stack_image])), 4)
+        parts = s2s2_loss(cfg, seg_loss, out0, outk, mask)
+        optimizer.zero_grad()
+        parts.total.backward()
+        optimizer.step()
+        losses.append(parts.total.item())
+    assert np.isfinite(losses).all()
+    assert np.mean(losses[-2:]) < 0.8 * np.mean(losses[:2]), losses
+
+
+def test_image_size_must_fit_the_architecture():
+    with pytest.raises(ConfigError, match="divisible by 32"):
+        build_segmenter(ModelConfig(name="unet"), 1, 4, 48)
+
+
+def test_encoder_override_is_unet_only():
+    with pytest.raises(ConfigError, match="unet only"):
+        build_segmenter(ModelConfig(name="fcbformer", encoder="resnet34"), 1, 4, 32)
+
+
+def test_checkpoint_round_trip_and_refusal_of_another_architecture(tmp_path):
+    cfg = ModelConfig(name="unet")
+    model = build_segmenter(cfg, 1, 4, 32)
+    path = tmp_path / "model.safetensors"
+    save_weights(model, path, model_identity(cfg, 1, 4, 32))
+    again = build_segmenter(cfg, 1, 4, 32)
+    load_weights(again, path, model_identity(cfg, 1, 4, 32))
+    for a, b in zip(model.state_dict().values(), again.state_dict().values()):
+        torch.testing.assert_close(a, b)
+    other = ModelConfig(name="transunet")
+    with pytest.raises(S2S2Error, match="another model.*name: checkpoint 'unet' vs config 'transunet'"):
+        load_weights(build_segmenter(other, 1, 4, 32), path, model_identity(other, 1, 4, 32))
+    with pytest.raises(S2S2Error, match="num_classes: checkpoint '4' vs config '3'"):
+        load_weights(build_segmenter(cfg, 1, 3, 32), path, model_identity(cfg, 1, 3, 32))
+
+
+def test_location_scale_is_a_monotone_remap_inside_unit_range():
+    rng = np.random.default_rng(0)
+    image = np.linspace(0, 1, 256, dtype=np.float32).reshape(1, 16, 16)
+    for seed in range(5):
+        remapped = bezier_remap(image, np.random.default_rng(seed))
+        assert np.all(np.diff(remapped.ravel()) >= -1e-6)  # order of intensities kept
+        out = global_location_scale(image, np.random.default_rng(seed))
+        assert out.dtype == np.float32 and out.min() >= 0 and out.max() <= 1
+        assert not np.allclose(out, image)
+    inverted = bezier_remap(image, rng, inverse_prob=1.0)
+    assert inverted.ravel()[0] > inverted.ravel()[-1]
