@@ -93,7 +93,7 @@ def data_show(
 @stack_app.command("init")
 def stack_init(
     out: Annotated[Optional[str], typer.Argument(help="Store path or fsspec URL (default: the config's store.path).")] = None,
-    config: ConfigOpt = None,
+    config: Annotated[Optional[Path], typer.Option("--config", "--data", "-c", help="YAML config whose data section names the dataset.")] = None,
     set_: SetOpt = None,
     k: Annotated[Optional[int], typer.Option("--k", help="Generated images per mask (store.k).")] = None,
     shard_size: Annotated[Optional[int], typer.Option("--shard-size", help="Samples per shard file (store.shard_size).")] = None,
