@@ -1,0 +1,237 @@
+"""The benchmark plumbing: results JSON, table rendering, marker-preserving BENCHMARKS.md updates,
+and per-figure isolation (an error or a timeout is recorded, not raised). No timings asserted."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bench import ood_gain, run_all
+from bench.report import (
+    BEGIN_MARK,
+    END_MARK,
+    FIGURES,
+    fmt,
+    markdown_table,
+    meets,
+    render_gpu,
+    render_tables,
+    replace_between_markers,
+    update_benchmarks_md,
+)
+from s2s2.pipeline.errors import S2S2Error
+
+MACHINE = {"cpu_model": "Test CPU", "cores": 2, "cores_usable": 2, "ram_gb": 24.0, "torch": "2.x", "zarr": "3.x"}
+
+
+def _results() -> dict:
+    return {
+        "date": "2026-01-01T00:00:00+00:00",
+        "machine": MACHINE,
+        "figures": {
+            "p1_step_ratio": {
+                "status": "ok", "value": 1.5, "how": "median of 30 steps", "mode": "quick", "seconds": 12.0,
+                "command": "python -m bench.run_all --only p1_step_ratio", "date": "2026-01-01T00:00:00+00:00",
+                "rows": [{"preset": "unet", "baseline_s": 0.1, "s2s2_s": 0.15, "ratio": 1.5}],
+            },
+            "p2_read_reduction": {
+                "status": "ok", "value": 40.0, "how": "bytes", "mode": "full", "seconds": 3.0,
+                "command": "c2", "date": "d2", "rows": [{"dataset": "ct|mri", "ratio": 40.0}],
+            },
+            "p3_loader_speedup": {
+                "status": "error", "error": "Traceback ...\nZeroDivisionError: boom", "mode": "full",
+                "seconds": 1.0, "command": "c3", "date": "d3",
+            },
+            "p5_ood_gain": {
+                "status": "ok", "value": 4.0, "met": False, "how": "3 seeds", "mode": "full", "seconds": 9.0,
+                "command": "c5", "date": "d5", "rows": [], "note": "in-domain dropped by 2 points",
+            },
+        },
+    }
+
+
+def test_meets_and_fmt() -> None:
+    assert meets(1.04, "<=", 1.05) is True
+    assert meets(1.06, "<=", 1.05) is False
+    assert meets(8.0, ">=", 8.0) is True
+    assert meets(None, ">=", 8.0) is None
+    assert meets(1.7, ">=", None) is None  # reported figures are not judged
+    with pytest.raises(S2S2Error):
+        meets(1.0, "==", 1.0)
+    assert fmt(None) == "–"
+    assert fmt(True) == "yes"
+    assert fmt(1.23456) == "1.23"
+    assert fmt(12.345) == "12.3"
+    assert fmt(1234.0) == "1234"
+    assert fmt("a|b") == "a\\|b"
+
+
+def test_markdown_table_columns_in_first_seen_order() -> None:
+    table = markdown_table([{"a": 1, "b": 2.0}, {"c": "x", "a": 3}])
+    lines = table.splitlines()
+    assert lines[0] == "| a | b | c |"
+    assert lines[1] == "|---|---|---|"
+    assert lines[2] == "| 1 | 2 | – |"
+    assert lines[3] == "| 3 | – | x |"
+    assert markdown_table([]) == "_(no rows)_"
+
+
+def test_render_tables_shows_every_figure_its_verdict_and_errors() -> None:
+    text = render_tables(_results(), gpu=None)
+    summary = text.split("### Details")[0]
+    rows = {line.split("|")[1].strip(): line for line in summary.splitlines() if line.startswith("| p")}
+    assert set(rows) == set(FIGURES)  # every figure has a row, run or not
+    assert "1.5 x" in rows["p1_step_ratio"] and "| no |" in rows["p1_step_ratio"]  # 1.5 > 1.05
+    assert "ok (quick)" in rows["p1_step_ratio"]
+    assert "| yes |" in rows["p2_read_reduction"]
+    assert "error" in rows["p3_loader_speedup"]
+    assert "| no |" in rows["p5_ood_gain"]  # the figure's own verdict wins over value >= 3
+    assert "not run" in rows["p6_scaling"]
+    assert "Test CPU, 2 cores, 24 GB RAM" in rows["p1_step_ratio"]
+    assert "ZeroDivisionError: boom" in text  # the error text is shown in the details
+    assert "ct\\|mri" in text  # cells are escaped
+    assert "in-domain dropped by 2 points" in text
+    assert "No `bench/gpu_results.json` yet" in text
+
+
+def test_render_gpu_names_the_card() -> None:
+    gpu = {"device": "NVIDIA H100 80GB HBM3", "rows": [{"attention": "sdpa", "dtype": "bf16", "images_per_s": 9.5}]}
+    text = render_gpu(gpu)
+    assert "NVIDIA H100 80GB HBM3" in text
+    assert "| sdpa | bf16 | 9.5 |" in text
+
+
+def test_markers_keep_prose_and_replace_only_the_block() -> None:
+    original = f"# Benchmarks\n\nprose before\n\n{BEGIN_MARK}\nold table\n{END_MARK}\n\n## Notes\nprose after\n"
+    updated = replace_between_markers(original, "NEW")
+    assert "old table" not in updated
+    assert updated.startswith("# Benchmarks\n\nprose before\n\n")
+    assert updated.endswith(f"{BEGIN_MARK}\nNEW\n{END_MARK}\n\n## Notes\nprose after\n")
+    assert replace_between_markers(updated, "NEW") == updated  # idempotent
+    appended = replace_between_markers("# B\nonly prose\n", "T")
+    assert appended == f"# B\nonly prose\n\n{BEGIN_MARK}\nT\n{END_MARK}\n"
+    with pytest.raises(S2S2Error, match="markers are broken"):
+        replace_between_markers(f"x\n{END_MARK}\n{BEGIN_MARK}\n", "T")
+    with pytest.raises(S2S2Error, match="markers are broken"):
+        replace_between_markers(f"x\n{BEGIN_MARK}\n", "T")
+
+
+def test_update_benchmarks_md_on_disk(tmp_path: Path) -> None:
+    md = tmp_path / "BENCHMARKS.md"
+    md.write_text("# Benchmarks\n\nWhat the figures mean.\n")
+    update_benchmarks_md(_results(), None, path=md)
+    first = md.read_text()
+    assert first.startswith("# Benchmarks\n\nWhat the figures mean.\n")
+    assert first.count(BEGIN_MARK) == 1 and "p1_step_ratio" in first
+    update_benchmarks_md(_results(), None, path=md)
+    assert md.read_text() == first
+    assert [p.name for p in tmp_path.iterdir()] == ["BENCHMARKS.md"]  # no temporary left behind
+
+
+def test_results_json_merge_and_atomic_write(tmp_path: Path) -> None:
+    machine = run_all.machine_info()
+    assert machine["cores"] >= 1 and machine["ram_gb"] > 0 and machine["torch"] != "not installed"
+    results = run_all.merge_entry({}, "p2_read_reduction", {"status": "ok", "value": 9.0}, machine)
+    results = run_all.merge_entry(results, "p1_step_ratio", {"status": "ok", "value": 1.0}, machine)
+    assert list(results["figures"]) == ["p1_step_ratio", "p2_read_reduction"]  # figure order, both kept
+    results = run_all.merge_entry(results, "p2_read_reduction", {"status": "error", "error": "x"}, machine)
+    assert results["figures"]["p2_read_reduction"]["status"] == "error"
+    assert results["figures"]["p1_step_ratio"]["value"] == 1.0
+    path = tmp_path / "results.json"
+    run_all.write_results(results, path)
+    assert json.loads(path.read_text()) == results
+    assert [p.name for p in tmp_path.iterdir()] == ["results.json"]
+
+
+def test_failing_figure_is_recorded_not_raised(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(quick: bool) -> dict:
+        raise RuntimeError(f"figure failed (quick={quick})")
+
+    monkeypatch.setitem(run_all.RUNNERS, "p6_scaling", broken)
+    out = tmp_path / "entry.json"
+    assert run_all.run_child("p6_scaling", True, out) == 1
+    entry = json.loads(out.read_text())
+    assert entry["status"] == "error" and "RuntimeError: figure failed (quick=True)" in entry["error"]
+
+
+def test_figure_timeout_kills_the_child_and_records_it() -> None:
+    entry = run_all.run_figure("p5_ood_gain", quick=True, limit_s=1)  # trains for minutes
+    assert entry["status"] == "error" and "timed out after 1 s" in entry["error"]
+    assert entry["command"] == "BENCH_QUICK=1 python -m bench.run_all --only p5_ood_gain"
+    assert entry["mode"] == "quick" and entry["seconds"] < 30
+
+
+# --- p5 summaries (pure) -------------------------------------------------------------------------
+
+def _run(method: str, seed: int, in_domain: float, ood: tuple[float, float, float], val: float = 0.7) -> dict:
+    sets = dict(zip(ood_gain.TEST_SETS, (in_domain, *ood)))
+    return {"method": method, "seed": seed, "val_dice": val,
+            "metrics": {name: {"dice_mean": value, "dice": {}} for name, value in sets.items()}}
+
+
+def test_p5_summary_gains_and_verdict() -> None:
+    runs = [
+        _run("baseline", 0, 0.80, (0.80, 0.30, 0.30)), _run("baseline", 1, 0.78, (0.84, 0.32, 0.28)),
+        _run("s2s2", 0, 0.80, (0.82, 0.40, 0.36)), _run("s2s2", 1, 0.79, (0.84, 0.38, 0.34)),
+    ]
+    summary = ood_gain.summarise(runs)
+    mean, std = summary["baseline"]["in_domain"]
+    assert mean == pytest.approx(79.0) and std == pytest.approx(1.4142, abs=1e-3)
+    assert summary["baseline"]["ood"][0] == pytest.approx(100 * (0.80 + 0.30 + 0.30 + 0.84 + 0.32 + 0.28) / 6)
+    gain, in_change = ood_gain.gains(summary, "s2s2", "baseline")
+    assert gain == pytest.approx(100 * ((0.82 + 0.40 + 0.36 + 0.84 + 0.38 + 0.34) - 2.84) / 6)
+    assert in_change == pytest.approx(0.5)
+    assert ood_gain.target_met(gain, in_change) is True
+    assert ood_gain.target_met(gain, -0.6) is False and ood_gain.target_met(2.9, 0.0) is False
+    rows = ood_gain.table_rows(summary, {"baseline": 2, "s2s2": 2})
+    assert rows[0] == {"method": "baseline", "seeds": 2, "val": "70.0 ± 0.0", "in_domain": "79.0 ± 1.4",
+                       "spm_t1": "82.0 ± 2.8", "spm_pd": "31.0 ± 1.4", "spm_t2": "29.0 ± 1.4", "OOD mean": "47.3 ± 0.9"}
+    assert rows[1]["Δ OOD"] == f"{gain:+.1f} vs baseline" and rows[1]["Δ in-domain"] == "+0.5 vs baseline"
+
+
+def test_p5_jobs_cover_methods_seeds_and_ablations(tmp_path: Path) -> None:
+    plan = ood_gain.Plan(seeds=(0, 1), ablations=("s2s2_no_sc",), ablation_gate_s=1, steps=7, parallel=2)
+    pairs = [(m, s) for s in (0, 1) for m in ood_gain.MAIN_METHODS] + [("s2s2_no_sc", 0)]
+    jobs = ood_gain.make_jobs(pairs, plan, tmp_path / "c.yaml", "runs/x/stack.zarr")
+    assert [(j["method"], j["seed"]) for j in jobs] == pairs
+    assert all(j["overrides"]["store.path"] == "runs/x/stack.zarr" for j in jobs)
+    names = [j["overrides"]["train.name"] for j in jobs]
+    assert len(set(names)) == len(names) and "ls_s2s2_s1" in names  # unique, filesystem-safe
+    by_name = {j["overrides"]["train.name"]: j["overrides"] for j in jobs}
+    assert by_name["baseline_s0"]["train.stack"] is False and by_name["ls_s2s2_s0"]["train.location_scale"] is True
+    assert by_name["s2s2_no_sc_s0"]["train.loss.a_enc"] == 0.0 and by_name["s2s2_s1"]["train.steps"] == 7
+    from s2s2.pipeline.config.project import ProjectConfig  # every override is a real config field
+
+    for job in jobs:
+        tree: dict = {}
+        for key, value in job["overrides"].items():
+            node = tree
+            for part in key.split(".")[:-1]:
+                node = node.setdefault(part, {})
+            node[key.split(".")[-1]] = value
+        ProjectConfig.model_validate(tree)
+
+
+def test_stack_appearance_spread_and_order_changes() -> None:
+    masks = np.zeros((1, 4, 4), np.uint8)
+    masks[0, :, :2], masks[0, :, 2:] = 2, 3  # grey matter left, white matter right
+    stack = np.zeros((1, 2, 1, 4, 4), np.float32)
+    stack[0, 0, 0, :, :2], stack[0, 0, 0, :, 2:] = 0.4, 0.8  # T1 order: WM brighter
+    stack[0, 1, 0, :, :2], stack[0, 1, 0, :, 2:] = 0.6, 0.2  # flipped, as in T2
+    got = ood_gain.stack_appearance(stack, masks, num_classes=4)
+    assert got["order_changed_fraction"] == pytest.approx(0.5) and got["n_images"] == 2
+    assert got["class_mean_spread_across_k"] == pytest.approx((0.1 + 0.3) / 2)
+    assert got["class_mean_gap"] == pytest.approx(0.0, abs=1e-6)  # mean GM 0.5, mean WM 0.5
+    same = ood_gain.stack_appearance(np.repeat(stack[:, :1], 3, axis=1), masks, num_classes=4)
+    assert same["order_changed_fraction"] == 0.0 and same["class_mean_spread_across_k"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_stack_note_reports_fidelity_and_appearance() -> None:
+    look = {"class_mean_spread_across_k": 0.02, "class_mean_gap": 0.2, "order_changed_fraction": 0.25}
+    with_fidelity = ood_gain.stack_note({"inspect": {"mask_fidelity": {"dice_own": 0.81, "dice_chance": 0.4}},
+                                         "appearance": look})
+    assert "Dice 0.81 vs 0.40 by chance" in with_fidelity and "0.020" in with_fidelity and "25%" in with_fidelity
+    assert "fidelity Dice not available" in ood_gain.stack_note({"inspect": {"mask_fidelity": None}, "appearance": look})
