@@ -161,7 +161,7 @@ def measure_layout(layout: Layout, root: Path, timings: bool, repeats: int, work
                    batch: int = 4) -> dict[str, Any]:
     """Build both layouts of one row and measure bytes, and pairs/s cold and warm: `repeats`
     alternating epochs of each reader, median reported (the machine is shared and noisy)."""
-    from s2s2.store.reader import StackPairDataset
+    from s2s2.stages.train.datasets import StackPairDataset
 
     store_path, npz_files = build(root, layout)
     ours = StackPairDataset(store_path, seed=0)

@@ -26,7 +26,7 @@ import torch
 from s2s2.pipeline.config.project import ProjectConfig
 from s2s2.pipeline.data.prepared import PreparedDataset
 from s2s2.pipeline.losses import s2s2_loss
-from s2s2.stages.train import Distributed, Trainer
+from s2s2.stages.train.loop import Distributed, Trainer
 
 CLASSES = ("background", "csf", "grey matter", "white matter")
 

@@ -29,7 +29,7 @@ ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML 
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override any config field: --set train.steps=100 (repeatable).")]
 
 
-# --- data commands (issue 2) -------------------------------------------------------------------
+# --- data commands -------------------------------------------------------------------
 
 AdapterOpt = Annotated[Optional[str], typer.Option(
     help="Dataset adapter: icbm152 (default, offline), spm152 (out-of-domain), folder, nnunet, npz.")]
@@ -87,7 +87,7 @@ def data_show(
     typer.echo(f"wrote {out}")
 
 
-# --- stack commands (issue 3) ------------------------------------------------------------------
+# --- stack commands ------------------------------------------------------------------
 
 
 @stack_app.command("init")
@@ -127,7 +127,7 @@ def stack_inspect(
     cfg = load_config(ProjectConfig, config, dotted=set_)
     run_inspect(path or cfg.store.path, json_, preview, verify, cfg.store.storage_options, typer.echo)
 
-# --- stage one commands: finetune, generate (issue 4) -------------------------------------------
+# --- stage one commands: finetune, generate -------------------------------------------
 
 
 @app.command()
@@ -168,7 +168,7 @@ def generate(
     cfg = load_config(ProjectConfig, config, overrides=overrides, dotted=set_)
     run_generate(cfg, overwrite=overwrite)
 
-# --- stage two commands: train, evaluate (issue 5) ----------------------------------------------
+# --- stage two commands: train, evaluate ----------------------------------------------
 
 
 @app.command()
@@ -217,13 +217,14 @@ def evaluate(
 
     from s2s2.pipeline.config.base import load_config
     from s2s2.pipeline.config.project import ProjectConfig
-    from s2s2.stages.evaluate import run_evaluate
+    from s2s2.stages.evaluate import run_evaluate, summary_lines
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     if run is not None and config is None:
         config = run / "config.yaml"
     cfg = load_config(ProjectConfig, config, overrides={"train.name": name}, dotted=set_)
-    run_evaluate(cfg, checkpoint=checkpoint, sets=test_set)
+    for line in summary_lines(run_evaluate(cfg, checkpoint=checkpoint, sets=test_set)):
+        typer.echo(line)
 
 
 @app.command()
@@ -238,11 +239,24 @@ def report(
     from s2s2.stages.report import write_report
 
     cfg = load_config(ProjectConfig, config, dotted=set_)
-    write_report(cfg.run_dir, runs)
+    _, table = write_report(cfg.run_dir, runs)
+    typer.echo(table)
+
+
+def _log_to_stderr() -> None:
+    """Show the library's progress messages (logger `s2s2`, INFO and up) on stderr, one per line."""
+    import logging
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    root = logging.getLogger("s2s2")
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
 
 
 def main() -> None:
     """Entry point: run the app; turn user errors into one message and exit status 2."""
+    _log_to_stderr()
     try:
         app(standalone_mode=False)
     except S2S2Error as err:

@@ -22,7 +22,7 @@ def _one_thread() -> None:
     torch.set_num_threads(1)
 
 
-# --- data fixtures (issue 2) --------------------------------------------------------------------
+# --- data fixtures --------------------------------------------------------------------
 
 
 @pytest.fixture(scope="session")

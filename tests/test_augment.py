@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from s2s2.pipeline.augment import PairAugment, apply_geometry, draw_geometry
-from s2s2.pipeline.config.store import AugmentConfig
+from s2s2.stages.train.augment import PairAugment, apply_geometry, draw_geometry
+from s2s2.pipeline.config.train import AugmentConfig
 from test_store_support import CLASS_LEVELS, blob_masks
 
 

@@ -50,6 +50,7 @@ def test_trained_run_is_evaluated_and_reported(tmp_path):
     for name in names:
         run_train(tiny_config(tmp_path, stack=False, name=name, steps=12, val_every=6), dataset=ds)
         cfg = tiny_config(tmp_path, stack=False, name=name)
+        cfg.evaluate.eval_classes = ["grey matter", "white matter"]
         sets = {"in_domain": (ds, ds.indices("test")), "spm_t1": (ood, ood.indices("all"))}
         results = run_evaluate(cfg, datasets=sets)
     folder = tmp_path / "run" / "train" / "other"
@@ -60,7 +61,7 @@ def test_trained_run_is_evaluated_and_reported(tmp_path):
     assert in_domain["dice_mean"] == pytest.approx(np.mean(list(in_domain["dice"].values())))
     assert saved["test_sets"]["spm_t1"]["n_cases"] == 24
     assert (folder / "predictions.png").stat().st_size > 0
-    report = write_report(tmp_path / "run", list(names))
+    report, _ = write_report(tmp_path / "run", list(names))
     assert [r["name"] for r in report["runs"]] == list(names)
     row = report["runs"][0]
     assert set(row) >= {"name", "model", "method", "seed", "metrics"} and row["method"] == "baseline"

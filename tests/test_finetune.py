@@ -47,7 +47,7 @@ def test_unlocked_unet_is_trained_too(tmp_path):
     assert any(not torch.equal(value, trained[name]) for name, value in base.unet.state_dict().items())
 
 
-def test_resume_continues_at_the_saved_step_like_an_uninterrupted_run(tmp_path, capsys):
+def test_resume_continues_at_the_saved_step_like_an_uninterrupted_run(tmp_path, caplog):
     dataset = toy_dataset()
     whole = toy_project_config(str(tmp_path / "whole"), finetune={"steps": 4})
     run_finetune(whole, dataset)
@@ -56,9 +56,10 @@ def test_resume_continues_at_the_saved_step_like_an_uninterrupted_run(tmp_path, 
     state = json.loads((finetune_work_dir(split) / "checkpoint" / "state.json").read_text())
     assert state == {"step": 2}
     resumed = split.model_copy(update={"finetune": split.finetune.model_copy(update={"steps": 4})})
-    capsys.readouterr()
-    out = run_finetune(resumed, dataset, resume=True)
-    assert "steps 2->4" in capsys.readouterr().out  # it trained steps 3 and 4 only
+    caplog.clear()
+    with caplog.at_level("INFO", logger="s2s2"):
+        out = run_finetune(resumed, dataset, resume=True)
+    assert "steps 2->4" in caplog.text  # it trained steps 3 and 4 only
     assert json.loads((out / "s2s2_finetune.json").read_text())["steps"] == 4
     assert _losses(resumed) == _losses(whole) and len(_losses(whole)) == 4
     for part in ("controlnet", "unet"):
@@ -67,11 +68,12 @@ def test_resume_continues_at_the_saved_step_like_an_uninterrupted_run(tmp_path, 
             assert torch.equal(value, expected[name]), (part, name)
 
 
-def test_resume_without_checkpoint_and_existing_output(tmp_path, capsys):
+def test_resume_without_checkpoint_and_existing_output(tmp_path, caplog):
     cfg = toy_project_config(str(tmp_path), finetune={"steps": 1})
     with pytest.raises(S2S2Error, match="no checkpoint"):
         run_finetune(cfg, toy_dataset(), resume=True)
     out = run_finetune(cfg, toy_dataset())
     stamp = (out / "model_index.json").stat().st_mtime_ns
-    assert run_finetune(cfg, toy_dataset()) == out  # an existing generator is kept
-    assert "skipping" in capsys.readouterr().out and (out / "model_index.json").stat().st_mtime_ns == stamp
+    with caplog.at_level("INFO", logger="s2s2"):
+        assert run_finetune(cfg, toy_dataset()) == out  # an existing generator is kept
+    assert "skipping" in caplog.text and (out / "model_index.json").stat().st_mtime_ns == stamp

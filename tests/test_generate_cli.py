@@ -39,7 +39,7 @@ def test_finetune_then_generate_from_one_config_file(tmp_path):
     assert finetune.returncode == 0, finetune.stderr[-3000:]
     assert (tmp_path / "run" / "generator" / "model_index.json").is_file()
     again = _s2s2("finetune", "--config", str(config))
-    assert again.returncode == 0 and "skipping fine-tuning" in again.stdout
+    assert again.returncode == 0 and "skipping fine-tuning" in again.stderr
 
     generate = _s2s2("generate", "--config", str(config), "--k", "2")
     assert generate.returncode == 0, generate.stderr[-3000:]

@@ -8,7 +8,7 @@ import torch
 
 from s2s2.pipeline.config.train import LossConfig, ModelConfig
 from s2s2.pipeline.errors import ConfigError, S2S2Error
-from s2s2.pipeline.location_scale import bezier_remap, global_location_scale
+from s2s2.stages.train.location_scale import bezier_remap, global_location_scale
 from s2s2.pipeline.losses import build_seg_loss, s2s2_loss, split_output
 from s2s2.pipeline.segmenters import build_segmenter, load_weights, model_identity, save_weights
 from test_train_support import blob_dataset

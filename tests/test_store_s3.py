@@ -8,7 +8,7 @@ from moto.server import ThreadedMotoServer
 
 from s2s2.pipeline.errors import StoreError
 from s2s2.store.inspect import bytes_on_disk, summarise, verify
-from s2s2.store.reader import StackPairDataset
+from s2s2.stages.train.datasets import StackPairDataset
 from s2s2.store.stack_store import StackStore
 from test_store_support import fake_stack, synthetic_dataset
 

@@ -13,8 +13,8 @@ from safetensors.torch import load_file
 
 from s2s2.pipeline.data.prepared import PreparedDataset
 from s2s2.pipeline.errors import ConfigError, S2S2Error, StoreError
-from s2s2.stages.train import lr_at, run_train
-from s2s2.store.reader import draw_k
+from s2s2.stages.train.loop import lr_at, run_train
+from s2s2.stages.train.datasets import draw_k
 from s2s2.store.stack_store import StackStore
 from test_train_support import blob_dataset, filled_store, tiny_config
 
@@ -132,9 +132,9 @@ def test_learning_rate_schedules():
 
 
 def test_location_scale_touches_the_original_only():
-    from s2s2.pipeline.augment import PairAugment
-    from s2s2.pipeline.config.store import AugmentConfig
-    from s2s2.pipeline.train_data import OriginalAugment
+    from s2s2.stages.train.augment import PairAugment
+    from s2s2.pipeline.config.train import AugmentConfig
+    from s2s2.stages.train.augment import OriginalAugment
 
     ds = blob_dataset(n=6, size=32)
     original, stack_image, mask = ds.images[0], 1.0 - ds.images[0], ds.masks[0]

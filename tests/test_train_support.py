@@ -61,7 +61,7 @@ def tiny_config(tmp_path: Path, **train: object) -> ProjectConfig:
     base = {"steps": 6, "batch_size": 4, "val_every": 3, "log_every": 1, "checkpoint_every": 3, "lr": 3e-3}
     return ProjectConfig.model_validate({
         "run_dir": str(tmp_path / "run"),
-        "store": {"path": str(tmp_path / "stack.zarr"), "augment": {"enabled": True}},
+        "store": {"path": str(tmp_path / "stack.zarr")},
         "data": {"size": 32, "cache_dir": str(tmp_path / "cache")},
-        "train": {**base, **train},
+        "train": {**base, "augment": {"enabled": True}, **train},
     })

@@ -1,4 +1,4 @@
-"""The S2S2 objective (`shared/method.md`): segmentation losses on both images plus semantic consistency.
+"""The S2S2 objective: segmentation losses on both images plus semantic consistency.
 
     L = w_seg*L_seg(p0, y) + w_seg_gen*L_seg(pk, y) + a_enc*sum_e L_sc(f0_e, fk_e) + a_dec*L_sc(g0, gk)
     L_sc(u, v) = mean over positions of (1 - cos(u, v)), cosine over the channel dimension

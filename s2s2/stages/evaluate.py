@@ -59,9 +59,12 @@ def test_datasets(cfg: ProjectConfig, names: list[str] | None = None) -> dict[st
     return out
 
 
-def shared_classes(train_names: tuple[str, ...], test_names: tuple[str, ...], eval_classes: list[str],
+def shared_classes(train_names: tuple[str, ...], test_names: tuple[str, ...], eval_classes: list[str] | None,
                    test_set: str) -> dict[str, tuple[int, int]]:
-    """{class name: (id predicted by the model, id in the test set)} for the evaluated classes."""
+    """{class name: (id predicted by the model, id in the test set)} for the evaluated classes
+    (None: every foreground class of the training data)."""
+    if eval_classes is None:
+        eval_classes = list(train_names[1:])
     missing = [n for n in eval_classes if n not in train_names or n not in test_names]
     if missing:
         raise ConfigError(f"evaluate.eval_classes {missing} are not classes of both the training data "
@@ -96,6 +99,16 @@ def figure_rows(images: np.ndarray, truths: np.ndarray, predictions: np.ndarray,
              overlay_mask(images[i], predictions[i], num_classes)] for i in picks]
 
 
+def summary_lines(results: dict[str, Any]) -> list[str]:
+    """One line per test set: mean and per-class Dice, mean HD95 (what `s2s2 evaluate` prints)."""
+    lines = []
+    for name, entry in results["test_sets"].items():
+        per_class = ", ".join(f"{n} {v:.3f}" for n, v in entry["dice"].items())
+        lines.append(f"{results['run']} {name}: Dice {entry['dice_mean']:.3f} ({per_class}), "
+                     f"HD95 {entry['hd95_mean']:.2f} mm")
+    return lines
+
+
 def run_evaluate(cfg: ProjectConfig, checkpoint: str | Path | None = None, sets: list[str] | None = None,
                  datasets: dict[str, tuple[PreparedDataset, list[int]]] | None = None) -> dict[str, Any]:
     """Evaluate the run's best checkpoint (or `checkpoint`) on the test sets; returns and writes metrics.json.
@@ -104,7 +117,7 @@ def run_evaluate(cfg: ProjectConfig, checkpoint: str | Path | None = None, sets:
     entry must be the training data's in-domain split (it defines the model's classes).
     """
     from s2s2.pipeline.viz import save_grid
-    from s2s2.stages.train import run_folder
+    from s2s2.stages.train.loop import run_folder
 
     folder = run_folder(cfg)
     checkpoint = Path(checkpoint) if checkpoint else folder / "model.safetensors"
@@ -136,7 +149,4 @@ def run_evaluate(cfg: ProjectConfig, checkpoint: str | Path | None = None, sets:
         tmp.write_text(json.dumps(json_safe(results), indent=1, allow_nan=False))
     if rows:
         save_grid(rows, folder / "predictions.png", row_titles=titles, col_titles=["image", "truth", "prediction"])
-    for name, entry in results["test_sets"].items():
-        per_class = ", ".join(f"{n} {v:.3f}" for n, v in entry["dice"].items())
-        print(f"{cfg.train.name} {name}: Dice {entry['dice_mean']:.3f} ({per_class}), HD95 {entry['hd95_mean']:.2f} mm")
     return results

@@ -11,6 +11,7 @@ reproduces an uninterrupted run exactly. The output is a complete
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from dataclasses import dataclass
@@ -33,6 +34,8 @@ from s2s2.pipeline.generator.loading import BaseParts, load_base, make_controlne
 from s2s2.pipeline.generator.paths import ensure_base, finetune_work_dir, generator_dir, resolution_of
 from s2s2.pipeline.generator.sampling import generate_stack
 from s2s2.pipeline.generator.seeds import step_seed
+
+logger = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint"
 LOSS_LOG = "losses.jsonl"
@@ -222,7 +225,7 @@ def run_finetune(cfg: ProjectConfig, dataset: PreparedDataset | None = None, res
     """Fine-tune and save the pipeline folder; an existing one is kept unless `overwrite` or `resume`."""
     out = generator_dir(cfg)
     if (out / "model_index.json").is_file() and not (overwrite or resume):
-        print(f"{out} exists: skipping fine-tuning (pass --overwrite to train again, --resume to continue)")
+        logger.info(f"{out} exists: skipping fine-tuning (pass --overwrite to train again, --resume to continue)")
         return out
     if dataset is None:
         from s2s2.pipeline.data.prepare import prepare_dataset
@@ -262,7 +265,7 @@ def run_finetune(cfg: ProjectConfig, dataset: PreparedDataset | None = None, res
         controlnet, optimizer = accelerator.prepare(controlnet, optimizer)
     noise_scheduler = DDPMScheduler.from_config(parts.scheduler.config)
     data = prepare_training_set(parts, dataset, indices, resolution, ft.hflip, device)
-    print(f"fine-tuning on {len(indices)} images at {resolution} px, device={device}, attention={attention}, "
+    logger.info(f"fine-tuning on {len(indices)} images at {resolution} px, device={device}, attention={attention}, "
           f"unet {'unlocked' if ft.unlock_unet else 'locked'}, prediction={noise_scheduler.config.prediction_type}, "
           f"steps {start_step}->{ft.steps}")
 
@@ -271,7 +274,7 @@ def run_finetune(cfg: ProjectConfig, dataset: PreparedDataset | None = None, res
                disable=not accelerator.is_main_process)
     while step < ft.steps:
         if ft.max_seconds is not None and _any_process(accelerator, time.monotonic() - started > ft.max_seconds):
-            print(f"time budget of {ft.max_seconds:.0f} s reached at step {step}")
+            logger.warning(f"time budget of {ft.max_seconds:.0f} s reached at step {step}")
             break
         step += 1
         batch = draw_batch(data, ft.batch_size, ft.prompt_dropout, noise_scheduler.config.num_train_timesteps,
@@ -307,5 +310,5 @@ def run_finetune(cfg: ProjectConfig, dataset: PreparedDataset | None = None, res
         with atomic_path(out) as tmp:
             pipe.save_pretrained(tmp, safe_serialization=True)
             (tmp / "s2s2_finetune.json").write_text(json.dumps(summary, indent=1))
-        print(f"saved the fine-tuned pipeline to {out}: " + json.dumps(summary))
+        logger.info(f"saved the fine-tuned pipeline to {out}: " + json.dumps(summary))
     return out

@@ -8,6 +8,7 @@ interrupted run resumes where it stopped, and per-image seeds make the resumed p
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,6 +21,8 @@ from s2s2.pipeline.config.generator import GenerateConfig
 from s2s2.pipeline.config.project import ProjectConfig
 from s2s2.pipeline.data.prepared import PreparedDataset
 from s2s2.pipeline.errors import ConfigError
+
+logger = logging.getLogger(__name__)
 
 _PIPELINES: dict[tuple, Any] = {}  # per worker process: the loaded pipeline, keyed by what decides it
 
@@ -127,7 +130,7 @@ def run_shards(task: ShardTask, shards: list[int], images_per_shard: dict[int, i
     results: list[ShardResult] = []
     with dask_client(task.settings) as client:
         if client.dashboard_link:
-            print(f"dask dashboard: {client.dashboard_link}")
+            logger.info(f"dask dashboard: {client.dashboard_link}")
         futures = [client.submit(generate_shard, task, shard, pure=False, key=f"shard-{shard}-{time.time_ns()}")
                    for shard in shards]
         with tqdm(total=sum(images_per_shard[s] for s in shards), desc="generate", unit="img") as bar:
@@ -169,7 +172,7 @@ def run_generate(cfg: ProjectConfig, dataset: PreparedDataset | None = None,
         prompt_template=store.manifest.prompt_template, seed=settings.seed, resolution=resolution)
     store.bind_generator(identity, overwrite=overwrite)
     pending = store.pending_shards()
-    print(f"{sc.path}: {store.n_samples} samples x K={store.k}, {len(pending)} of {store.num_shards} shards pending; "
+    logger.info(f"{sc.path}: {store.n_samples} samples x K={store.k}, {len(pending)} of {store.num_shards} shards pending; "
           f"{settings.scheduler} {settings.steps} steps, guidance {settings.guidance_scale}, {resolution} px")
     results: list[ShardResult] = []
     if pending:
@@ -180,8 +183,8 @@ def run_generate(cfg: ProjectConfig, dataset: PreparedDataset | None = None,
         results = run_shards(task, pending, sizes)
         seconds = time.monotonic() - started
         images = sum(r.images for r in results)
-        print(f"generated {images} images in {seconds:.1f} s ({images / seconds:.2f} img/s) on "
+        logger.info(f"generated {images} images in {seconds:.1f} s ({images / seconds:.2f} img/s) on "
               f"{len({r.worker for r in results})} worker(s); regenerated {sum(r.regenerated for r in results)} "
               f"NaN/black images, {sum(r.still_bad for r in results)} still bad after retries")
-    print(f"store status: {store.refresh_status()}")
+    logger.info(f"store status: {store.refresh_status()}")
     return results

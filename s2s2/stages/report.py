@@ -12,7 +12,7 @@ from typing import Any
 from s2s2.pipeline.atomic import atomic_path
 from s2s2.pipeline.errors import S2S2Error
 
-TEST_SET_ORDER = ("in_domain", "spm_t1", "spm_pd", "spm_t2")
+IN_DOMAIN = "in_domain"
 
 
 def run_entry(folder: Path) -> dict[str, Any]:
@@ -37,8 +37,8 @@ def _fmt(value: float | None, digits: int = 3) -> str:
 
 def results_markdown(runs: list[dict[str, Any]]) -> str:
     """A Markdown table: per test set, mean Dice (per-class Dice in brackets) and mean HD95 in mm."""
-    sets = [s for s in TEST_SET_ORDER if any(s in r["metrics"] for r in runs)]
-    sets += sorted({s for r in runs for s in r["metrics"]} - set(sets))
+    sets = list(dict.fromkeys(s for r in runs for s in r["metrics"]))  # in evaluation (config) order
+    sets = [s for s in sets if s == IN_DOMAIN] + [s for s in sets if s != IN_DOMAIN]
     header = "| run | model | method | seed | steps | " + " | ".join(f"{s} Dice (per class) | {s} HD95" for s in sets) + " |"
     lines = [header, "|" + "---|" * (5 + 2 * len(sets))]
     for run in runs:
@@ -59,8 +59,10 @@ def results_markdown(runs: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(run_dir: str | Path, names: list[str] | None = None) -> dict[str, Any]:
-    """Collect the runs under {run_dir}/train (all, or `names` in that order); write results.json/.md."""
+def write_report(run_dir: str | Path, names: list[str] | None = None) -> tuple[dict[str, Any], str]:
+    """Collect the runs under {run_dir}/train (all, or `names` in that order); write results.json/.md.
+
+    Returns the results and the Markdown table."""
     root = Path(run_dir) / "train"
     folders = [root / n for n in names] if names else sorted(p for p in root.glob("*") if (p / "metrics.json").is_file())
     if not folders:
@@ -71,5 +73,4 @@ def write_report(run_dir: str | Path, names: list[str] | None = None) -> dict[st
     table = results_markdown(results["runs"])
     with atomic_path(Path(run_dir) / "results.md") as tmp:
         tmp.write_text("# Results\n\n" + table)
-    print(table)
-    return results
+    return results, table

@@ -1,4 +1,4 @@
-"""Dataset configuration (issue 2): which data to read, how to cut, scale, resize and split it.
+"""Dataset configuration: which data to read, how to cut, scale, resize and split it.
 
 Every default of the data side lives here; the adapters in `s2s2.pipeline.data` only read them.
 """

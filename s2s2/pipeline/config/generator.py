@@ -1,4 +1,4 @@
-"""Stage one configuration: generator, fine-tuning and generation (issue 4).
+"""Stage one configuration: generator, fine-tuning and generation.
 
 Defaults follow the paper (SD 2.1-base, ControlNet locked-SD fine-tuning, DDIM 50 / guidance 9.0).
 `configs/default.yaml` switches to the embedded tiny generator and the fast CPU settings.

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from s2s2.pipeline.config.base import StrictModel
 from s2s2.pipeline.config.data import DataConfig
@@ -12,7 +12,8 @@ from s2s2.pipeline.config.train import EvalConfig, ModelConfig, TrainConfig
 
 
 class ProjectConfig(StrictModel):
-    """All sections, each with its defaults. `run_dir` is where a run's outputs go."""
+    """All sections, each with its defaults. `run_dir` is where a run's outputs go (the stack store too,
+    unless `store.path` names another place)."""
 
     run_dir: str = "runs/default"
     data: DataConfig = Field(default_factory=DataConfig)
@@ -23,3 +24,9 @@ class ProjectConfig(StrictModel):
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     evaluate: EvalConfig = Field(default_factory=EvalConfig)
+
+    @model_validator(mode="after")
+    def _store_follows_run_dir(self) -> "ProjectConfig":
+        if self.store.path is None:
+            self.store.path = f"{self.run_dir}/stack.zarr"
+        return self

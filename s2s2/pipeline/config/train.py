@@ -1,4 +1,4 @@
-"""Stage two configuration: segmenter, losses, training and evaluation (issue 5)."""
+"""Stage two configuration: segmenter, losses, augmentation, training and evaluation."""
 
 from __future__ import annotations
 
@@ -39,12 +39,32 @@ class LossConfig(StrictModel):
     class_weighted: bool = False  # weight each position by (1 - frequency of its class in the mask)
 
 
+class AugmentConfig(StrictModel):
+    """Pair augmentation: one geometric transform shared by both images and the mask, and an
+    independent photometric jitter per image. Used by the S2S2 pairs and the baseline alike."""
+
+    enabled: bool = True
+    hflip_p: float = Field(0.5, ge=0, le=1)
+    vflip_p: float = Field(0.0, ge=0, le=1)
+    rot90_p: float = Field(0.0, ge=0, le=1, description="probability of a random multiple of 90 degrees")
+    affine_p: float = Field(0.5, ge=0, le=1)
+    max_rotate_deg: float = Field(10.0, ge=0, le=180)
+    max_scale: float = Field(0.1, ge=0, lt=1, description="scale drawn in [1-max_scale, 1+max_scale]")
+    max_translate: float = Field(0.05, ge=0, le=0.5, description="shift as a fraction of the image size")
+    photometric_p: float = Field(0.8, ge=0, le=1)
+    brightness: float = Field(0.1, ge=0, le=1, description="additive shift in [-b, b]")
+    contrast: float = Field(0.2, ge=0, lt=1, description="multiplier about the mean in [1-c, 1+c]")
+    gamma: float = Field(0.2, ge=0, le=2, description="gamma = exp(u), u in [-g, g]")
+    noise_std: float = Field(0.02, ge=0, le=1, description="Gaussian noise sigma drawn in [0, noise_std]")
+
+
 class TrainConfig(StrictModel):
     """Segmenter training, baseline (`stack: false`) or S2S2 (`stack: true`, reads `store.path`)."""
 
     name: str = "s2s2"  # run folder: {run_dir}/train/{name}
     stack: bool = True  # False = the baseline: same trainer, no store, L = L_seg(p0)
     loss: LossConfig = Field(default_factory=LossConfig)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
     location_scale: bool = False  # SLAug-style global location-scale intensity aug on the original
     seed: int = 0
     steps: int = Field(300, ge=1)
@@ -75,12 +95,8 @@ class TrainConfig(StrictModel):
 class EvalConfig(StrictModel):
     """In-domain and out-of-domain evaluation: Dice and HD95 per case, per class."""
 
-    eval_classes: list[str] = Field(default_factory=lambda: ["grey matter", "white matter"])
-    out_of_domain: dict[str, dict] = Field(default_factory=lambda: {
-        "spm_t1": {"adapter": "spm152", "contrast": "T1"},
-        "spm_pd": {"adapter": "spm152", "contrast": "PD"},
-        "spm_t2": {"adapter": "spm152", "contrast": "T2"},
-    })  # test-set name -> DataConfig fields (size is taken from the training data)
+    eval_classes: Optional[list[str]] = None  # classes averaged in validation and evaluation; None = every foreground class
+    out_of_domain: dict[str, dict] = Field(default_factory=dict)  # test-set name -> DataConfig fields
     hd95_percentile: float = Field(95.0, gt=0, le=100)
     figure_cases: int = Field(4, ge=0)  # rows of image | truth | prediction per test set
     batch_size: int = Field(16, ge=1)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from s2s2.pipeline.config.generator import TINY_BASE
 from s2s2.pipeline.config.project import ProjectConfig
 from s2s2.pipeline.data.prepared import PreparedDataset
+
+logger = logging.getLogger(__name__)
 
 
 def tiny_base_dir(cfg: ProjectConfig) -> Path:
@@ -44,5 +47,5 @@ def ensure_base(cfg: ProjectConfig, dataset: PreparedDataset, split: str) -> str
 
         images = dataset.images[dataset.indices(split)]
         stats = build_tiny_base(cfg.generator.tiny, images, resolution_of(cfg, dataset.image_shape[-1]), folder)
-        print(f"built the tiny base in {folder}: " + ", ".join(f"{k}={v:.4g}" for k, v in stats.items()))
+        logger.info(f"built the tiny base in {folder}: " + ", ".join(f"{k}={v:.4g}" for k, v in stats.items()))
     return str(folder)

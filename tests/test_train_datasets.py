@@ -11,10 +11,10 @@ from torch.utils.data import DataLoader
 from zarr.abc.store import RangeByteRequest
 from zarr.storage import LocalStore, WrapperStore
 
-from s2s2.pipeline.augment import PairAugment
-from s2s2.pipeline.config.store import AugmentConfig
+from s2s2.stages.train.augment import PairAugment
+from s2s2.pipeline.config.train import AugmentConfig
 from s2s2.pipeline.errors import StoreError
-from s2s2.store.reader import StackPairDataset, draw_k
+from s2s2.stages.train.datasets import StackPairDataset, draw_k
 from s2s2.store.stack_store import StackStore
 from test_store_support import fake_stack, synthetic_dataset
 

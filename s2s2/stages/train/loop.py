@@ -1,6 +1,6 @@
-"""Stage two: train a segmenter, baseline or S2S2, from the stack store (`s2s2 train`).
+"""The training loop of stage two: a segmenter, baseline or S2S2, from the stack store (`s2s2 train`).
 
-One step reads like `shared/method.md`:
+One step reads like the method's equation:
     p0, pk = model(cat[x0, xk])                      # one forward of 2B images
     L = w_seg*L_seg(p0,y) + w_seg_gen*L_seg(pk,y) + a_enc*L_sc(f0,fk) + a_dec*L_sc(g0,gk)
 The baseline runs the same loop with the stack off: L = w_seg*L_seg(p0,y).
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 import os
 import time
@@ -35,7 +36,10 @@ from s2s2.pipeline.losses import LossParts, build_seg_loss, s2s2_loss, split_out
 from s2s2.pipeline.metrics import dice, nanmean
 from s2s2.pipeline.seeding import seed_everything, set_torch_rng_state, torch_rng_state
 from s2s2.pipeline.segmenters import build_segmenter, load_weights, model_identity, predict, save_weights
-from s2s2.pipeline.train_data import BaselineDataset, EpochBatchSampler, OriginalAugment
+from s2s2.stages.train.augment import OriginalAugment, PairAugment
+from s2s2.stages.train.datasets import BaselineDataset, EpochBatchSampler, StackPairDataset
+
+logger = logging.getLogger(__name__)
 
 LOSS_NAMES = ("loss", "seg", "seg_gen", "enc", "dec")
 # Fields that may change between a run and its --resume (they do not change the weights).
@@ -130,13 +134,9 @@ def run_folder(cfg: ProjectConfig) -> Path:
 
 def build_train_set(cfg: ProjectConfig, dataset: PreparedDataset) -> torch.utils.data.Dataset:
     """S2S2 pairs from the store (checked against the dataset) or, for the baseline, the train split."""
-    from s2s2.pipeline.augment import PairAugment
-
-    transform = OriginalAugment(PairAugment(cfg.store.augment), cfg.train.location_scale)
+    transform = OriginalAugment(PairAugment(cfg.train.augment), cfg.train.location_scale)
     if not cfg.train.stack:
         return BaselineDataset(dataset, "train", cfg.train.seed, transform)
-    from s2s2.store.reader import StackPairDataset
-
     path = cfg.store.path
     if "://" not in path and not Path(path).exists():
         raise StoreError(f"{path}: no stack store here; fix: run `make generate` (or `s2s2 stack init` and "
@@ -157,10 +157,15 @@ def build_train_set(cfg: ProjectConfig, dataset: PreparedDataset) -> torch.utils
     return pairs
 
 
-def eval_class_ids(class_names: tuple[str, ...], eval_classes: list[str]) -> dict[str, int]:
-    """{name: id} of the classes that validation and evaluation average over (all foreground if none match)."""
-    ids = {name: class_names.index(name) for name in eval_classes if name in class_names}
-    return ids or {name: i for i, name in enumerate(class_names) if i > 0}
+def eval_class_ids(class_names: tuple[str, ...], eval_classes: list[str] | None) -> dict[str, int]:
+    """{name: id} of the classes that validation and evaluation average over (None: every foreground class)."""
+    if eval_classes is None:
+        return {name: i for i, name in enumerate(class_names) if i > 0}
+    missing = [name for name in eval_classes if name not in class_names[1:]]
+    if missing:
+        raise ConfigError(f"evaluate.eval_classes names {missing}, which are not foreground classes of the data "
+                          f"{list(class_names[1:])}; fix: list classes of the data, or leave it unset for all")
+    return {name: class_names.index(name) for name in eval_classes}
 
 
 def validate(model: torch.nn.Module, dataset: PreparedDataset, device: torch.device, batch_size: int) -> dict[str, float]:
@@ -406,7 +411,7 @@ def run_train(cfg: ProjectConfig, resume: bool = False, stop_after: int | None =
         with atomic_path(trainer.folder / "summary.json") as tmp:
             tmp.write_text(json.dumps(summary, indent=1))
         if stopped_by_budget:
-            print(f"train {t.name}: time budget of {t.max_seconds} s spent after {trainer.step_index} of "
+            logger.warning(f"train {t.name}: time budget of {t.max_seconds} s spent after {trainer.step_index} of "
                   f"{t.steps} steps (continue with --resume and a larger train.max_seconds)")
     barrier(world)
     if not in_sync:

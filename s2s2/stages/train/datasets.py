@@ -1,31 +1,31 @@
-"""The S2S2 training pair reader: (original, one stack image k, mask) per visit, as a torch Dataset.
+"""What the trainer iterates: S2S2 pairs from the stack store, or baseline samples without one.
 
-Every visit reads exactly two images (one inner chunk of `originals`, one of `stack`) plus the
-mask. k is drawn uniformly from a generator seeded by (seed, epoch, index), so a run is
-reproducible and every epoch draws afresh. The store is opened lazily in each process (DataLoader
-worker): after a `fork` the child opens its own handle. Local stores work with `fork`; fsspec
-stores (s3://) should use `multiprocessing_context="spawn"`, since their event loop and HTTP
-sessions do not survive a fork.
+Both yield dicts with `original`, `mask`, `index`, `id` (and `stack_image`, `k` for S2S2). Data order
+and every random draw derive from (seed, epoch, index), so a resumed run sees the same batches.
+
+The pair reader reads exactly two images per visit (one inner chunk of `originals`, one of
+`stack`) plus the mask. The store is opened lazily in each process (DataLoader worker): after a
+`fork` the child opens its own handle. Local stores work with `fork`; fsspec stores (s3://) should
+use `multiprocessing_context="spawn"`, since their event loop and HTTP sessions do not survive a fork.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 
+from s2s2.pipeline.data.prepared import PreparedDataset
 from s2s2.pipeline.errors import StoreError
+from s2s2.pipeline.seeding import epoch_permutation, sample_rng
+from s2s2.stages.train.augment import PairTransform
 from s2s2.store.layout import to_unit_float
 from s2s2.store.stack_store import StackStore
-
-PairTransform = Callable[
-    [np.ndarray, "np.ndarray | None", np.ndarray, np.random.Generator],
-    "tuple[np.ndarray, np.ndarray | None, np.ndarray]",
-]
 
 
 def draw_k(seed: int, epoch: int, index: int, choices: np.ndarray) -> tuple[int, np.random.Generator]:
@@ -33,6 +33,37 @@ def draw_k(seed: int, epoch: int, index: int, choices: np.ndarray) -> tuple[int,
     generator then drives the augmentation of that visit."""
     rng = np.random.default_rng([seed, epoch, index])
     return int(choices[rng.integers(len(choices))]), rng
+
+
+class BaselineDataset(Dataset):
+    """The baseline's samples: one split of a `PreparedDataset`, augmented like the S2S2 pairs."""
+
+    def __init__(self, dataset: PreparedDataset, split: str, seed: int, transform: PairTransform | None) -> None:
+        self.dataset = dataset
+        self.samples = np.asarray(dataset.indices(split))
+        self.seed = seed
+        self.transform = transform
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw new augmentations for the next epoch."""
+        self.epoch = int(epoch)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        index = int(self.samples[i])
+        original = self.dataset.images[index].astype(np.float32)
+        mask = self.dataset.masks[index]
+        if self.transform is not None:
+            original, _, mask = self.transform(original, None, mask, sample_rng(self.seed, self.epoch, index))
+        return {
+            "original": torch.from_numpy(np.ascontiguousarray(original, dtype=np.float32)),
+            "mask": torch.from_numpy(np.ascontiguousarray(mask).astype(np.int64)),
+            "index": index,
+            "id": self.dataset.ids[index],
+        }
 
 
 class StackPairDataset(Dataset):
@@ -113,3 +144,24 @@ class StackPairDataset(Dataset):
             "index": index,
             "id": self._ids[index],
         }
+
+
+class EpochBatchSampler(Sampler[list[int]]):
+    """Batches of one epoch in the (seed, epoch) order, from `first_batch` on; rank r of a world of
+    size w takes items r, r+w, ... of each global batch. The last incomplete batch is dropped."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, epoch: int, first_batch: int = 0,
+                 rank: int = 0, world_size: int = 1) -> None:
+        self.order = epoch_permutation(seed, epoch, n)
+        self.batch_size = batch_size
+        self.first_batch = first_batch
+        self.rank = rank
+        self.world_size = world_size
+
+    def __len__(self) -> int:
+        return max(0, len(self.order) // self.batch_size - self.first_batch)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for b in range(self.first_batch, len(self.order) // self.batch_size):
+            batch = self.order[b * self.batch_size:(b + 1) * self.batch_size]
+            yield [int(i) for i in batch[self.rank::self.world_size]]

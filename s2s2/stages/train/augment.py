@@ -6,12 +6,14 @@ each image (so the pair differs in appearance only). Pure numpy/scipy, determini
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
 
-from s2s2.pipeline.config.store import AugmentConfig
+from s2s2.pipeline.config.train import AugmentConfig
+from s2s2.stages.train.location_scale import global_location_scale
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,12 @@ def photometric(image: np.ndarray, cfg: AugmentConfig, rng: np.random.Generator)
     return np.clip(out, 0.0, 1.0).astype(np.float32)
 
 
+PairTransform = Callable[
+    [np.ndarray, "np.ndarray | None", np.ndarray, np.random.Generator],
+    "tuple[np.ndarray, np.ndarray | None, np.ndarray]",
+]
+
+
 class PairAugment:
     """Callable `(original, stack_image | None, mask, rng) -> (original, stack_image | None, mask)`."""
 
@@ -95,3 +103,18 @@ class PairAugment:
         if stack_image is not None:
             stack_image = photometric(warp(stack_image), self.cfg, rng)
         return original, stack_image, apply_geometry(mask, geometry, order=0)
+
+
+class OriginalAugment:
+    """`PairAugment`, then (optionally) SLAug's global location-scale remap of the original only."""
+
+    def __init__(self, pair_augment: PairAugment, location_scale: bool) -> None:
+        self.pair_augment = pair_augment
+        self.location_scale = location_scale
+
+    def __call__(self, original: np.ndarray, stack_image: np.ndarray | None, mask: np.ndarray,
+                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+        original, stack_image, mask = self.pair_augment(original, stack_image, mask, rng)
+        if self.location_scale:
+            original = global_location_scale(original, rng)
+        return original, stack_image, mask
