@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal, Optional
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from s2s2.pipeline.config.base import StrictModel
 
@@ -18,13 +18,16 @@ TINY_BASE = "tiny"
 class TinyBaseConfig(StrictModel):
     """The embedded SD-like base (same diffusers classes, small widths), built when missing.
 
-    Its VAE is trained briefly on the training images (time-budgeted); UNet and text encoder stay
+    Its VAE is trained on the training images for `vae_steps` steps; UNet and text encoder stay
     random (the UNet is then trained jointly with the ControlNet by `finetune`).
     """
 
-    vae_channels: tuple[int, ...] = (32, 64, 64)  # n blocks -> downsampling factor 2**(n-1)
+    vae_channels: tuple[int, ...] = (16, 32)  # n blocks -> downsampling factor 2**(n-1)
+    vae_attention: bool = False  # self-attention in the VAE's mid blocks (SD has it; costly at 32x32 latents)
     latent_channels: int = Field(4, ge=1)
     unet_channels: tuple[int, ...] = (32, 64, 64)
+    # which UNet levels (top = full latent resolution first) hold cross-/self-attention blocks
+    unet_attention: tuple[bool, ...] = (False, True, True)
     layers_per_block: int = Field(1, ge=1)
     norm_num_groups: int = Field(16, ge=1)
     attention_head_dim: int = Field(8, ge=1)
@@ -32,12 +35,19 @@ class TinyBaseConfig(StrictModel):
     text_layers: int = Field(2, ge=1)
     max_prompt_tokens: int = Field(128, ge=8)  # prompts spell class names letter by letter
     prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"
-    vae_steps: int = Field(3000, ge=1)
-    vae_max_seconds: Optional[float] = Field(90.0, gt=0)
+    vae_steps: int = Field(600, ge=1)
+    vae_max_seconds: Optional[float] = Field(None, gt=0)  # optional cap; a build it stops is flagged
     vae_batch_size: int = Field(16, ge=1)
     vae_learning_rate: float = Field(1e-3, gt=0)
     vae_kl_weight: float = Field(1e-6, ge=0)
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _attention_per_level(self) -> "TinyBaseConfig":
+        if len(self.unet_attention) != len(self.unet_channels):
+            raise ValueError(f"unet_attention has {len(self.unet_attention)} entries but unet_channels has "
+                             f"{len(self.unet_channels)} levels: give one true/false per level")
+        return self
 
 
 class GeneratorConfig(StrictModel):

@@ -47,5 +47,6 @@ def ensure_base(cfg: ProjectConfig, dataset: PreparedDataset, split: str) -> str
 
         images = dataset.images[dataset.indices(split)]
         stats = build_tiny_base(cfg.generator.tiny, images, resolution_of(cfg, dataset.image_shape[-1]), folder)
-        logger.info(f"built the tiny base in {folder}: " + ", ".join(f"{k}={v:.4g}" for k, v in stats.items()))
+        logger.info(f"built the tiny base in {folder}: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                                                  for k, v in stats.items()))
     return str(folder)

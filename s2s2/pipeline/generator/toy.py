@@ -52,8 +52,8 @@ def toy_project_config(run_dir: str, **sections: dict) -> ProjectConfig:
         "run_dir": run_dir,
         "store": {"path": f"{run_dir}/stack.zarr", "k": 3, "shard_size": 2},
         "generator": {"base_model": "tiny", "tiny": {
-            "vae_channels": [8, 16], "unet_channels": [16, 32], "norm_num_groups": 8, "attention_head_dim": 8,
-            "text_width": 16, "text_layers": 1, "max_prompt_tokens": 48, "vae_steps": 2, "vae_max_seconds": None}},
+            "vae_channels": [8, 16], "unet_channels": [16, 32], "unet_attention": [False, True], "norm_num_groups": 8, "attention_head_dim": 8,
+            "text_width": 16, "text_layers": 1, "max_prompt_tokens": 48, "vae_steps": 2}},
         "finetune": {"steps": 2, "batch_size": 2, "learning_rate": 1e-3, "unlock_unet": True,
                      "validate_every": 1000, "checkpoint_every": 1000},
         "generate": {"scheduler": "unipc", "steps": 2, "guidance_scale": 2.0, "workers": 1, "device": "cpu"},
