@@ -1,0 +1,67 @@
+"""Appearance randomisation settings: image corruptions and SynthSeg-style labels-to-image.
+
+Intensities are in [0, 1] units (SynthSeg's 0..255 divided by 255). Probabilities must lie in
+[0, 1]; spreads, standard deviations and sigmas must be >= 0; every (low, high) range must have
+low <= high.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field, field_validator
+
+from s2s2.pipeline.config.base import StrictModel
+
+
+def _ordered(value: tuple[float, float], lowest: float, name: str) -> tuple[float, float]:
+    low, high = value
+    if low < lowest or high < low:
+        raise ValueError(f"{name} must be a range (low, high) with {lowest} <= low <= high, got {value}")
+    return value
+
+
+class CorruptionConfig(StrictModel):
+    """Random corruptions of an image, applied in acquisition order: blur (resolution), smooth
+    multiplicative bias field, gamma, additive noise. Each is applied with its own probability."""
+
+    blur_p: float = Field(0.5, ge=0, le=1)
+    blur_sigma: tuple[float, float] = (0.25, 1.0)  # Gaussian sigma in pixels, drawn per axis
+    bias_p: float = Field(0.95, ge=0, le=1)  # SynthSeg applies its bias field with p 0.95
+    bias_degree: int = Field(3, ge=1)  # Legendre degree per axis of the log bias field: low = coarse
+    bias_coeff: float = Field(0.3, ge=0)  # coefficients of the log field ~ U(-c, c)
+    gamma_p: float = Field(0.5, ge=0, le=1)
+    gamma: tuple[float, float] = (0.6, 1.6)  # exponent ~ U(low, high) on the min-max range
+    noise_p: float = Field(0.5, ge=0, le=1)
+    noise_std: float = Field(0.02, ge=0)  # noise SD ~ U(0, noise_std)
+
+    @field_validator("blur_sigma")
+    @classmethod
+    def _blur_range(cls, value: tuple[float, float]) -> tuple[float, float]:
+        return _ordered(value, 0.0, "blur_sigma")
+
+    @field_validator("gamma")
+    @classmethod
+    def _gamma_range(cls, value: tuple[float, float]) -> tuple[float, float]:
+        low, high = value
+        if low <= 0:
+            raise ValueError(f"gamma must be a range of positive exponents, got {value}")
+        return _ordered(value, 0.0, "gamma")
+
+
+class LabelsToImageConfig(StrictModel):
+    """SynthSeg-style image from a label map: every label (background included) gets a Gaussian
+    intensity with its own mean and SD, drawn per image (and per channel), then the corruptions."""
+
+    mean: tuple[float, float] = (0.0, 1.0)  # label mean ~ U(low, high); SynthSeg U(0, 250)/255
+    std: tuple[float, float] = (0.0, 0.05)  # within-label SD ~ U(low, high); SynthSeg U(0, 30)/255
+    min_separation: float = Field(0.0, ge=0, lt=1)  # label means at least this far apart
+    corruption: CorruptionConfig = Field(default_factory=CorruptionConfig)
+
+    @field_validator("mean")
+    @classmethod
+    def _mean_range(cls, value: tuple[float, float]) -> tuple[float, float]:
+        return _ordered(value, 0.0, "mean")
+
+    @field_validator("std")
+    @classmethod
+    def _std_range(cls, value: tuple[float, float]) -> tuple[float, float]:
+        return _ordered(value, 0.0, "std")
