@@ -7,13 +7,17 @@ from pathlib import Path
 
 import pytest
 import torch
+from diffusers import StableDiffusionControlNetPipeline
 from safetensors.torch import load_file
 
 from s2s2.pipeline.errors import S2S2Error
-from s2s2.pipeline.generator.loading import load_base, make_controlnet
+from s2s2.pipeline.generator.loading import generator_appearance, load_base, make_controlnet
 from s2s2.pipeline.generator.paths import finetune_work_dir
+from s2s2.pipeline.generator.tiny import BUILD_STATS
 from s2s2.pipeline.generator.toy import toy_dataset, toy_project_config
 from s2s2.stages.finetune import run_finetune
+
+TINY = toy_project_config("unused").generator.tiny.model_dump()
 
 
 def _weights(folder: Path, part: str) -> dict[str, torch.Tensor]:
@@ -36,7 +40,9 @@ def test_one_step_moves_the_controlnet_and_leaves_a_locked_unet(tmp_path):
     assert changed and any("zero_conv" in name or "controlnet_down_blocks" in name for name in changed)
     for name, value in base.unet.state_dict().items():
         assert torch.equal(value, _weights(out, "unet")[name]), name
-    assert json.loads((out / "s2s2_finetune.json").read_text())["steps"] == 1
+    summary = json.loads((out / "s2s2_finetune.json").read_text())
+    assert summary["steps"] == 1 and summary["stopped_by_max_seconds"] is False and summary["appearance"] is None
+    assert _weights(out, "controlnet")["controlnet_cond_embedding.conv_in.weight"].shape[1] == 3  # the mask alone
     assert (finetune_work_dir(cfg) / "validation" / "final.png").is_file()
 
 
@@ -47,11 +53,13 @@ def test_unlocked_unet_is_trained_too(tmp_path):
     assert any(not torch.equal(value, trained[name]) for name, value in base.unet.state_dict().items())
 
 
-def test_resume_continues_at_the_saved_step_like_an_uninterrupted_run(tmp_path, caplog):
+@pytest.mark.parametrize("appearance", [False, True])
+def test_resume_continues_at_the_saved_step_like_an_uninterrupted_run(tmp_path, caplog, appearance):
     dataset = toy_dataset()
-    whole = toy_project_config(str(tmp_path / "whole"), finetune={"steps": 4})
+    remap = {"appearance": {"enabled": appearance, "probability": 0.5}}
+    whole = toy_project_config(str(tmp_path / "whole"), finetune={"steps": 4, **remap})
     run_finetune(whole, dataset)
-    split = toy_project_config(str(tmp_path / "split"), finetune={"steps": 2})
+    split = toy_project_config(str(tmp_path / "split"), finetune={"steps": 2, **remap})
     run_finetune(split, dataset)  # "interrupted" after step 2 (its checkpoint holds step 2)
     state = json.loads((finetune_work_dir(split) / "checkpoint" / "state.json").read_text())
     assert state == {"step": 2}
@@ -77,3 +85,44 @@ def test_resume_without_checkpoint_and_existing_output(tmp_path, caplog):
     with caplog.at_level("INFO", logger="s2s2"):
         assert run_finetune(cfg, toy_dataset()) == out  # an existing generator is kept
     assert "skipping" in caplog.text and (out / "model_index.json").stat().st_mtime_ns == stamp
+
+
+def test_a_run_stopped_by_max_seconds_is_saved_and_flagged(tmp_path, caplog):
+    cfg = toy_project_config(str(tmp_path), finetune={"steps": 50, "max_seconds": 1e-6},
+                             generator={"base_model": "tiny", "tiny": {**TINY, "vae_steps": 5, "vae_max_seconds": 1e-6}})
+    with caplog.at_level("WARNING", logger="s2s2"):
+        out = run_finetune(cfg, toy_dataset())
+    base = json.loads((tmp_path / "tiny-base" / BUILD_STATS).read_text())
+    assert base["stopped_by_max_seconds"] is True and base["vae_steps"] == 1 and base["vae_steps_planned"] == 5
+    summary = json.loads((out / "s2s2_finetune.json").read_text())
+    assert summary["stopped_by_max_seconds"] is True and summary["steps"] < summary["steps_planned"] == 50
+    assert "vae_max_seconds" in caplog.text and "finetune.max_seconds" in caplog.text
+
+
+def test_steps_alone_decide_a_run_that_no_cap_stops(tmp_path):
+    out = run_finetune(toy_project_config(str(tmp_path), finetune={"steps": 2}), toy_dataset())
+    base = json.loads((tmp_path / "tiny-base" / BUILD_STATS).read_text())
+    summary = json.loads((out / "s2s2_finetune.json").read_text())
+    assert base["stopped_by_max_seconds"] is False and base["vae_steps"] == base["vae_steps_planned"]
+    assert summary["stopped_by_max_seconds"] is False and summary["steps"] == 2
+
+
+def test_appearance_finetuning_adds_control_channels_and_records_its_settings(tmp_path):
+    dataset = toy_dataset()
+    cfg = toy_project_config(str(tmp_path), finetune={"steps": 2, "appearance": {"enabled": True, "probability": 1.0}})
+    out = run_finetune(cfg, dataset)
+    pipe = StableDiffusionControlNetPipeline.from_pretrained(out, safety_checker=None)
+    assert pipe.controlnet.config.conditioning_channels == 3 + dataset.image_shape[0]  # palette + painted means
+    assert generator_appearance(out) == cfg.finetune.appearance
+    # diffusers hands a control tensor of this many channels to the ControlNet unchanged
+    control = torch.rand(2, 4, 16, 16)
+    assert torch.equal(pipe.control_image_processor.preprocess(control, height=16, width=16), control)
+
+
+def test_a_checkpoint_with_another_control_width_is_refused(tmp_path):
+    dataset = toy_dataset()
+    out = run_finetune(toy_project_config(str(tmp_path / "plain"), finetune={"steps": 1}), dataset)
+    cfg = toy_project_config(str(tmp_path / "remap"), finetune={"steps": 1, "appearance": {"enabled": True}},
+                             generator={"base_model": "tiny", "tiny": TINY, "controlnet": str(out / "controlnet")})
+    with pytest.raises(S2S2Error, match="appearance"):
+        run_finetune(cfg, dataset)

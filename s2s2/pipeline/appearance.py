@@ -15,8 +15,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from s2s2.pipeline.config.appearance import CorruptionConfig, LabelsToImageConfig
-from s2s2.pipeline.errors import ConfigError
+from s2s2.pipeline.config.appearance import AppearanceRemapConfig, CorruptionConfig, LabelsToImageConfig
 
 _MONAI_SEED_LIMIT = 2**32  # MONAI seeds a numpy RandomState, which takes 32-bit seeds
 
@@ -42,17 +41,17 @@ def corrupt(image: np.ndarray, rng: np.random.Generator, cfg: CorruptionConfig) 
 
 def label_means(num_labels: int, channels: int, rng: np.random.Generator,
                 cfg: LabelsToImageConfig) -> np.ndarray:
-    """Mean intensity of each label in each channel, [num_labels, C], ~ U(cfg.mean) and at least
-    `min_separation` apart per channel (uniform over such configurations: the spacing trick)."""
+    """Mean intensity of each label in each channel, [num_labels, C], ~ U(cfg.mean), any two at
+    least `separation` x (mean range / (labels - 1)) apart per channel. Drawn uniformly over such
+    configurations (sorted uniform draws on the range less the gaps, plus the gaps), then shuffled
+    over the labels."""
     low, high = cfg.mean
-    slack = (high - low) - (num_labels - 1) * cfg.min_separation
-    if slack < 0:
-        raise ConfigError(f"labels-to-image: {num_labels} labels cannot be {cfg.min_separation} apart inside "
-                          f"mean range {cfg.mean}; fix: lower min_separation or widen mean")
+    gap = cfg.separation * (high - low) / max(num_labels - 1, 1)
+    slack = (high - low) - (num_labels - 1) * gap
     draws = np.sort(rng.uniform(0.0, slack, size=(channels, num_labels)), axis=1)
-    spaced = low + draws + cfg.min_separation * np.arange(num_labels)
+    levels = low + draws + gap * np.arange(num_labels)
     order = np.stack([rng.permutation(num_labels) for _ in range(channels)])  # which label gets which level
-    return np.take_along_axis(spaced, order, axis=1).T
+    return np.take_along_axis(levels, order, axis=1).T
 
 
 def labels_to_image(mask: np.ndarray, num_labels: int, channels: int, rng: np.random.Generator,
@@ -67,3 +66,35 @@ def labels_to_image(mask: np.ndarray, num_labels: int, channels: int, rng: np.ra
     texture = rng.standard_normal((channels, *mask.shape))
     image = means.T[:, mask] + stds.T[:, mask] * texture
     return corrupt(np.clip(image, 0.0, 1.0).astype(np.float32), rng, cfg.corruption)
+
+
+def label_mean_map(image: np.ndarray, mask: np.ndarray, num_labels: int) -> np.ndarray:
+    """Every pixel replaced by the mean of its label in `image` (per channel): float32 [C,H,W].
+
+    The appearance an image shows, painted on its mask; the ControlNet's extra control channels.
+    """
+    mask = np.asarray(mask, dtype=np.int64)
+    counts = np.bincount(mask.ravel(), minlength=num_labels).astype(np.float64)
+    sums = np.stack([np.bincount(mask.ravel(), weights=channel.ravel(), minlength=num_labels) for channel in image])
+    means = sums / np.maximum(counts, 1.0)  # [C, num_labels]
+    return means[:, mask].astype(np.float32)
+
+
+def appearance_remap(image: np.ndarray, mask: np.ndarray, num_labels: int, rng: np.random.Generator,
+                     cfg: AppearanceRemapConfig) -> np.ndarray:
+    """A new appearance of a real image [C,H,W] in [0,1] on its own mask [H,W], float32 [C,H,W].
+
+    Each label gets a new mean (`label_means`: uniform, `separation` apart, per channel) and keeps
+    the image's own texture around its old mean, scaled by a factor drawn per label; then
+    `corrupt`. Only intensities change: the label map is the input's.
+    """
+    image = np.asarray(image, dtype=np.float64)
+    mask = np.asarray(mask, dtype=np.int64)
+    if mask.size and (mask.min() < 0 or mask.max() >= num_labels):
+        raise ValueError(f"mask holds labels {mask.min()}..{mask.max()}, outside 0..{num_labels - 1}")
+    channels = image.shape[0]
+    means = label_means(num_labels, channels, rng, LabelsToImageConfig(mean=cfg.mean, separation=cfg.separation))
+    scales = rng.uniform(*cfg.texture, size=num_labels)
+    texture = image - label_mean_map(image, mask, num_labels)
+    remapped = means.T[:, mask] + scales[mask] * texture
+    return corrupt(np.clip(remapped, 0.0, 1.0).astype(np.float32), rng, cfg.corruption)

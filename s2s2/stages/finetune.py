@@ -6,6 +6,11 @@ the velocity (v-prediction), whichever the base model's scheduler declares. Ever
 batch, noise and timesteps from a seed derived from (seed, step), so `--resume` from a checkpoint
 reproduces an uninterrupted run exactly. The output is a complete
 `StableDiffusionControlNetPipeline` folder.
+
+With `finetune.appearance.enabled`, a share of each batch's targets is replaced by a label-driven
+appearance remap of the image (new per-label intensities, its own texture, corruptions), encoded
+on the fly, and the ControlNet reads the target's per-label mean intensities in extra control
+channels: it learns anatomy and texture from the data and contrast from the randomisation.
 """
 
 from __future__ import annotations
@@ -26,11 +31,19 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from s2s2.pipeline.atomic import atomic_path
+from s2s2.pipeline.config.appearance import AppearanceRemapConfig
 from s2s2.pipeline.config.project import ProjectConfig
 from s2s2.pipeline.data.prepared import PreparedDataset
 from s2s2.pipeline.errors import S2S2Error
-from s2s2.pipeline.generator.control import control_images, to_generator_rgb
-from s2s2.pipeline.generator.loading import BaseParts, load_base, make_controlnet, make_scheduler, set_attention
+from s2s2.pipeline.generator.control import appearance_controls, control_images, to_generator_rgb
+from s2s2.pipeline.generator.loading import (
+    FINETUNE_SUMMARY,
+    BaseParts,
+    load_base,
+    make_controlnet,
+    make_scheduler,
+    set_attention,
+)
 from s2s2.pipeline.generator.paths import ensure_base, finetune_work_dir, generator_dir, resolution_of
 from s2s2.pipeline.generator.sampling import generate_stack
 from s2s2.pipeline.generator.seeds import step_seed
@@ -39,6 +52,17 @@ logger = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint"
 LOSS_LOG = "losses.jsonl"
+_APPEARANCE_STREAM = 1  # the step's random stream for appearance remaps (0: batch, noise, timesteps)
+
+
+@dataclass
+class AppearanceSource:
+    """What appearance remaps of training targets are made from: the images and masks at data size."""
+
+    images: np.ndarray  # [N, C, H, W] float in [0, 1]
+    masks: np.ndarray  # [N, H, W]
+    num_classes: int
+    cfg: AppearanceRemapConfig
 
 
 @dataclass
@@ -47,17 +71,29 @@ class TrainingSet:
 
     latent_mean: torch.Tensor  # [F, N, c, h, w], F = 2 with horizontal flips, else 1
     latent_std: torch.Tensor
-    controls: torch.Tensor  # [F, N, 3, R, R] in [0, 1]
+    controls: torch.Tensor  # [F, N, 3 (+ C appearance channels), R, R] in [0, 1]
     prompt_ids: torch.Tensor  # [N] row of `embeddings` per sample
     embeddings: torch.Tensor  # [P + 1, L, D]; the last row is the empty prompt
+    appearance: AppearanceSource | None = None
 
 
 @torch.no_grad()
 def prepare_training_set(parts: BaseParts, dataset: PreparedDataset, indices: list[int], resolution: int,
-                         hflip: bool, device: torch.device) -> TrainingSet:
-    """Encode the training images once (the VAE is frozen) with their flips, controls and prompts."""
+                         hflip: bool, device: torch.device,
+                         appearance: AppearanceRemapConfig | None = None) -> TrainingSet:
+    """Encode the training images once (the VAE is frozen) with their flips, controls and prompts.
+
+    With `appearance` enabled the controls carry the originals' painted label means too, and the
+    set keeps the images and masks that per-step appearance remaps start from.
+    """
     images = to_generator_rgb(torch.from_numpy(dataset.images[indices]).float(), resolution)
     controls = control_images(dataset.masks[indices], dataset.num_classes, resolution)
+    source = None
+    if appearance is not None and appearance.enabled:
+        source = AppearanceSource(images=dataset.images[indices], masks=dataset.masks[indices],
+                                  num_classes=dataset.num_classes, cfg=appearance)
+        controls = torch.cat([controls, appearance_controls(source.images, source.masks, source.num_classes,
+                                                            resolution)], dim=1)
     flips = [False, True] if hflip else [False]
     means, stds = [], []
     for flip in flips:
@@ -79,6 +115,7 @@ def prepare_training_set(parts: BaseParts, dataset: PreparedDataset, indices: li
         controls=torch.stack([controls.flip(-1) if flip else controls for flip in flips]),
         prompt_ids=torch.tensor([unique.index(p) for p in prompts]),
         embeddings=embeddings,
+        appearance=source,
     )
 
 
@@ -89,6 +126,8 @@ class Batch:
     embeddings: torch.Tensor
     noise: torch.Tensor
     timesteps: torch.Tensor
+    rows: torch.Tensor  # which training samples, and whether flipped: what appearance remaps start from
+    flips: torch.Tensor
 
 
 def draw_batch(data: TrainingSet, batch_size: int, prompt_dropout: float, num_timesteps: int, seed: int) -> Batch:
@@ -103,7 +142,38 @@ def draw_batch(data: TrainingSet, batch_size: int, prompt_dropout: float, num_ti
     prompt_rows = torch.where(dropped, data.embeddings.shape[0] - 1, data.prompt_ids[rows])
     return Batch(latents=latents, controls=data.controls[flips, rows], embeddings=data.embeddings[prompt_rows],
                  noise=torch.randn(latents.shape, generator=generator),
-                 timesteps=torch.randint(0, num_timesteps, (batch_size,), generator=generator))
+                 timesteps=torch.randint(0, num_timesteps, (batch_size,), generator=generator),
+                 rows=rows, flips=flips)
+
+
+@torch.no_grad()
+def remap_appearance(batch: Batch, source: AppearanceSource, vae: torch.nn.Module, resolution: int,
+                     seed: int) -> Batch:
+    """Replace a random share (`probability`) of the batch's targets by appearance remaps of
+    themselves: new latents (encoded now, posterior sampled) and the matching painted label means.
+
+    All draws come from `seed` (the step's), so a resumed run remaps exactly as an uninterrupted one.
+    """
+    from s2s2.pipeline.appearance import appearance_remap
+
+    rng = np.random.default_rng([seed, _APPEARANCE_STREAM])
+    chosen = np.flatnonzero(rng.random(len(batch.rows)) < source.cfg.probability)
+    if not len(chosen):
+        return batch
+    rows = batch.rows[chosen].numpy()
+    masks = source.masks[rows]
+    remapped = np.stack([appearance_remap(source.images[row], mask, source.num_classes, rng, source.cfg)
+                         for row, mask in zip(rows, masks)])
+    images = to_generator_rgb(torch.from_numpy(remapped), resolution)
+    painted = appearance_controls(remapped, masks, source.num_classes, resolution)
+    flipped = batch.flips[chosen].bool()[:, None, None, None]
+    images, painted = torch.where(flipped, images.flip(-1), images), torch.where(flipped, painted.flip(-1), painted)
+    dist = vae.encode(images.to(vae.device, vae.dtype)).latent_dist
+    generator = torch.Generator().manual_seed(int(rng.integers(2**63)))
+    latents = dist.mean.float().cpu() + dist.std.float().cpu() * torch.randn(dist.mean.shape, generator=generator)
+    batch.latents[chosen] = latents * vae.config.scaling_factor
+    batch.controls[chosen, 3:] = painted
+    return batch
 
 
 def min_snr_weights(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor, gamma: float,
@@ -179,8 +249,10 @@ def save_validation(cfg: ProjectConfig, pipe: StableDiffusionControlNetPipeline,
     sampler = StableDiffusionControlNetPipeline(**pipe.components, requires_safety_checker=False)
     sampler.scheduler = make_scheduler(cfg.generate.scheduler, pipe.scheduler.config)
     sampler.set_progress_bar_config(disable=True)
+    appearance = cfg.finetune.appearance if cfg.finetune.appearance.enabled else None
     stack, _, _ = generate_stack(sampler, dataset.masks[indices], [dataset.prompt(i) for i in indices], indices,
-                                 2, dataset.num_classes, dataset.image_shape, cfg.generate, resolution)
+                                 2, dataset.num_classes, dataset.image_shape, cfg.generate, resolution,
+                                 dataset.images[indices], appearance)
     rows = [[to_rgb_uint8(dataset.images[i]), overlay_mask(dataset.images[i], dataset.masks[i], dataset.num_classes, 1.0)]
             + [to_rgb_uint8(image.astype(np.float32) / 255.0) for image in stack[row]]
             for row, i in enumerate(indices)]
@@ -234,7 +306,10 @@ def run_finetune(cfg: ProjectConfig, dataset: PreparedDataset | None = None, res
     ft = cfg.finetune
     indices = dataset.indices(ft.split)
     parts = load_base(ensure_base(cfg, dataset, ft.split))
-    controlnet = make_controlnet(parts.unet, parts.vae, cfg.generator.controlnet)
+    appearance = ft.appearance if ft.appearance.enabled else None
+    torch.manual_seed(ft.seed)  # the ControlNet's fresh layers: the same whether or not the base was just built
+    controlnet = make_controlnet(parts.unet, parts.vae, cfg.generator.controlnet,
+                                 dataset.image_shape[0] if appearance else 0)
     resolution = resolution_of(cfg, dataset.image_shape[-1])
 
     use_gpu = torch.cuda.is_available()
@@ -264,21 +339,25 @@ def run_finetune(cfg: ProjectConfig, dataset: PreparedDataset | None = None, res
         unet = parts.unet.eval()
         controlnet, optimizer = accelerator.prepare(controlnet, optimizer)
     noise_scheduler = DDPMScheduler.from_config(parts.scheduler.config)
-    data = prepare_training_set(parts, dataset, indices, resolution, ft.hflip, device)
+    data = prepare_training_set(parts, dataset, indices, resolution, ft.hflip, device, appearance)
     logger.info(f"fine-tuning on {len(indices)} images at {resolution} px, device={device}, attention={attention}, "
           f"unet {'unlocked' if ft.unlock_unet else 'locked'}, prediction={noise_scheduler.config.prediction_type}, "
           f"steps {start_step}->{ft.steps}")
 
-    started, step = time.monotonic(), start_step
+    started, step, capped = time.monotonic(), start_step, False
     bar = tqdm(total=ft.steps, initial=start_step, desc="finetune", unit="step",
                disable=not accelerator.is_main_process)
     while step < ft.steps:
         if ft.max_seconds is not None and _any_process(accelerator, time.monotonic() - started > ft.max_seconds):
-            logger.warning(f"time budget of {ft.max_seconds:.0f} s reached at step {step}")
+            capped = True
+            logger.warning(f"finetune.max_seconds={ft.max_seconds:g} reached at step {step} of {ft.steps}: the "
+                           f"generator is saved and flagged stopped_by_max_seconds in {FINETUNE_SUMMARY}")
             break
         step += 1
-        batch = draw_batch(data, ft.batch_size, ft.prompt_dropout, noise_scheduler.config.num_train_timesteps,
-                           step_seed(ft.seed, step, accelerator.process_index))
+        seed = step_seed(ft.seed, step, accelerator.process_index)
+        batch = draw_batch(data, ft.batch_size, ft.prompt_dropout, noise_scheduler.config.num_train_timesteps, seed)
+        if data.appearance is not None:
+            batch = remap_appearance(batch, data.appearance, parts.vae, resolution, seed)
         loss = diffusion_loss(unet, controlnet, noise_scheduler, _to_device(batch, device), weight_dtype, ft.snr_gamma)
         accelerator.backward(loss)
         optimizer.step()
@@ -304,11 +383,13 @@ def run_finetune(cfg: ProjectConfig, dataset: PreparedDataset | None = None, res
         pipe = _pipeline(parts, final_unet, final_controlnet)
         save_validation(cfg, pipe, dataset, resolution, work / "validation" / "final.png")
         recent = [row["loss"] for row in log[-100:]]
-        summary = {"base_model": cfg.generator.base_model, "steps": step, "seconds": time.monotonic() - started,
+        summary = {"base_model": cfg.generator.base_model, "steps": step, "steps_planned": ft.steps,
+                   "stopped_by_max_seconds": capped, "seconds": time.monotonic() - started,
                    "final_loss_mean100": float(np.mean(recent)) if recent else math.nan,
-                   "resolution": resolution, "unlock_unet": ft.unlock_unet, "attention": attention}
+                   "resolution": resolution, "unlock_unet": ft.unlock_unet, "attention": attention,
+                   "appearance": appearance.model_dump(mode="json") if appearance else None}
         with atomic_path(out) as tmp:
             pipe.save_pretrained(tmp, safe_serialization=True)
-            (tmp / "s2s2_finetune.json").write_text(json.dumps(summary, indent=1))
+            (tmp / FINETUNE_SUMMARY).write_text(json.dumps(summary, indent=1))
         logger.info(f"saved the fine-tuned pipeline to {out}: " + json.dumps(summary))
     return out

@@ -17,6 +17,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from s2s2.pipeline.config.appearance import AppearanceRemapConfig
 from s2s2.pipeline.config.generator import GenerateConfig
 from s2s2.pipeline.config.project import ProjectConfig
 from s2s2.pipeline.data.prepared import PreparedDataset
@@ -37,6 +38,7 @@ class ShardTask:
     settings: GenerateConfig
     resolution: int
     attention: str
+    appearance: AppearanceRemapConfig | None = None  # the generator's appearance remap, if it takes one
 
 
 @dataclass(frozen=True)
@@ -97,9 +99,10 @@ def generate_shard(task: ShardTask, shard: int) -> ShardResult:
     rows = store.shard_samples(shard)
     manifest = store.manifest
     prompts = store.prompts[rows.start:rows.stop]
+    originals = store.read_originals(list(rows)) if task.appearance is not None else None
     stack, regenerated, still_bad = generate_stack(
         pipe, store.read_masks(list(rows)), prompts, list(rows), store.k, len(manifest.class_names),
-        manifest.image_shape, task.settings, task.resolution)
+        manifest.image_shape, task.settings, task.resolution, originals, task.appearance)
     store.write_shard(shard, stack)
     return ShardResult(shard=shard, images=len(rows) * store.k, regenerated=regenerated, still_bad=still_bad,
                        worker=f"{socket.gethostname()}:{os.getpid()}", seconds=time.monotonic() - started)
@@ -148,7 +151,7 @@ def run_generate(cfg: ProjectConfig, dataset: PreparedDataset | None = None,
 
     Returns one result per shard generated in this run (none when the store was already complete).
     """
-    from s2s2.pipeline.generator.loading import controlnet_hash
+    from s2s2.pipeline.generator.loading import controlnet_hash, generator_appearance
     from s2s2.pipeline.generator.paths import resolution_of, sampling_generator_dir
     from s2s2.store.stack_store import GeneratorIdentity, StackStore
 
@@ -166,10 +169,13 @@ def run_generate(cfg: ProjectConfig, dataset: PreparedDataset | None = None,
                               storage_options=sc.storage_options or None)
     settings = cfg.generate
     resolution = resolution_of(cfg, store.manifest.image_shape[-1])
+    appearance = generator_appearance(generator)
     identity = GeneratorIdentity(
         base_model=cfg.generator.base_model, controlnet_hash=controlnet_hash(generator), scheduler=settings.scheduler,
         steps=settings.steps, guidance_scale=settings.guidance_scale, eta=settings.eta,
-        prompt_template=store.manifest.prompt_template, seed=settings.seed, resolution=resolution)
+        prompt_template=store.manifest.prompt_template, seed=settings.seed, resolution=resolution,
+        appearance=None if appearance is None else {"probability": settings.appearance_probability,
+                                                    "remap": appearance.model_dump(mode="json")})
     store.bind_generator(identity, overwrite=overwrite)
     pending = store.pending_shards()
     logger.info(f"{sc.path}: {store.n_samples} samples x K={store.k}, {len(pending)} of {store.num_shards} shards pending; "
@@ -177,7 +183,8 @@ def run_generate(cfg: ProjectConfig, dataset: PreparedDataset | None = None,
     results: list[ShardResult] = []
     if pending:
         task = ShardTask(store_path=str(sc.path), storage_options=dict(sc.storage_options), generator_dir=str(generator),
-                         settings=settings, resolution=resolution, attention=cfg.generator.attention)
+                         settings=settings, resolution=resolution, attention=cfg.generator.attention,
+                         appearance=appearance)
         sizes = {shard: len(store.shard_samples(shard)) * store.k for shard in pending}
         started = time.monotonic()
         results = run_shards(task, pending, sizes)

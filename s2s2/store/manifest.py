@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
@@ -30,6 +30,9 @@ class GeneratorIdentity(_Frozen):
     prompt_template: str
     seed: int
     resolution: int
+    # appearance-randomised generators: the share of images drawn with a random appearance and the
+    # remap settings (per-label means, texture, corruptions); each (sample, k) has its own seed
+    appearance: dict[str, Any] | None = None
 
 
 def utc_now() -> datetime:

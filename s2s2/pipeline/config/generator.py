@@ -10,6 +10,7 @@ from typing import Literal, Optional
 
 from pydantic import Field, model_validator
 
+from s2s2.pipeline.config.appearance import AppearanceRemapConfig
 from s2s2.pipeline.config.base import StrictModel
 
 TINY_BASE = "tiny"
@@ -66,7 +67,7 @@ class FinetuneConfig(StrictModel):
     """ControlNet fine-tuning (paper: AdamW, lr 1e-5, batch 16, SD locked, epsilon loss)."""
 
     steps: int = Field(20000, ge=1)
-    max_seconds: Optional[float] = Field(None, gt=0)  # stop early (and save) after this long
+    max_seconds: Optional[float] = Field(None, gt=0)  # optional cap: stop early, save, flag the run
     batch_size: int = Field(16, ge=1)
     learning_rate: float = Field(1e-5, gt=0)
     weight_decay: float = Field(1e-2, ge=0)
@@ -82,6 +83,7 @@ class FinetuneConfig(StrictModel):
     validation_samples: int = Field(4, ge=1)
     checkpoint_every: int = Field(1000, ge=1)
     seed: int = 0
+    appearance: AppearanceRemapConfig = Field(default_factory=AppearanceRemapConfig)  # off unless enabled
 
 
 class GenerateConfig(StrictModel):
@@ -96,6 +98,9 @@ class GenerateConfig(StrictModel):
     seed: int = 0
     images_per_call: int = Field(16, ge=1)  # K images of one mask, several masks when K is small
     max_retries: int = Field(3, ge=0)  # regenerations of a NaN/black image with a new seed
+    # share of stack images that render a random appearance, when the generator was fine-tuned with
+    # finetune.appearance (the rest render the original's); each (sample, k) draws its own
+    appearance_probability: float = Field(1.0, ge=0, le=1)
     workers: Optional[int] = Field(None, ge=1)  # dask worker processes; None = one per GPU, else 1
     scheduler_address: Optional[str] = None  # tcp://host:port of an existing dask scheduler
     device: Literal["auto", "cpu", "cuda"] = "auto"

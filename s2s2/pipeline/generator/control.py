@@ -1,8 +1,10 @@
 """Control images and colour conversion between the data and the generator.
 
 The control image is the mask drawn in the PASCAL-VOC palette, scaled to [0, 1] floats, at the
-generation resolution (nearest neighbour); training and sampling use this same function. Grey
-images are repeated to RGB for the generator and averaged back to one channel afterwards.
+generation resolution (nearest neighbour); training and sampling use this same function. A
+generator trained with appearance randomisation reads extra control channels after the palette:
+the per-label mean intensities of the image it should render, painted on the mask. Grey images
+are repeated to RGB for the generator and averaged back to one channel afterwards.
 """
 
 from __future__ import annotations
@@ -29,6 +31,18 @@ def control_images(masks: np.ndarray, num_classes: int, resolution: int) -> torc
                         fix="declare every class id in the dataset's class_names")
     rgb = np.stack([mask_to_rgb(mask, num_classes) for mask in masks])  # [n,H,W,3] uint8
     control = torch.from_numpy(rgb).permute(0, 3, 1, 2).float() / 255.0
+    if control.shape[-2:] != (resolution, resolution):
+        control = F.interpolate(control, size=(resolution, resolution), mode="nearest")
+    return control.contiguous()
+
+
+def appearance_controls(images: np.ndarray, masks: np.ndarray, num_classes: int, resolution: int) -> torch.Tensor:
+    """float32 [n,C,R,R] in [0,1]: each image's per-label mean intensities painted on its mask
+    (`label_mean_map`), nearest-resized to `resolution` like the palette channels."""
+    from s2s2.pipeline.appearance import label_mean_map
+
+    maps = np.stack([label_mean_map(image, mask, num_classes) for image, mask in zip(images, masks)])
+    control = torch.from_numpy(maps).float()
     if control.shape[-2:] != (resolution, resolution):
         control = F.interpolate(control, size=(resolution, resolution), mode="nearest")
     return control.contiguous()

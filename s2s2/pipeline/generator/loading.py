@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,10 +27,13 @@ from diffusers.utils import logging as diffusers_logging
 from transformers import CLIPTextModel, CLIPTokenizer
 from transformers.utils import logging as transformers_logging
 
+from s2s2.pipeline.config.appearance import AppearanceRemapConfig
 from s2s2.pipeline.errors import S2S2Error
 
 CONTROL_EMBEDDING_CHANNELS = (16, 32, 96, 256)  # diffusers' default, for a VAE factor of 8
+PALETTE_CHANNELS = 3  # the mask drawn in VOC colours
 CONTROLNET_WEIGHTS = "diffusion_pytorch_model.safetensors"
+FINETUNE_SUMMARY = "s2s2_finetune.json"  # written by `s2s2 finetune` into the generator folder
 
 
 @dataclass
@@ -76,20 +80,34 @@ def vae_factor(vae: AutoencoderKL) -> int:
     return 2 ** (len(vae.config.block_out_channels) - 1)
 
 
-def make_controlnet(unet: UNet2DConditionModel, vae: AutoencoderKL, source: str | None) -> ControlNetModel:
+def make_controlnet(unet: UNet2DConditionModel, vae: AutoencoderKL, source: str | None,
+                    appearance_channels: int = 0) -> ControlNetModel:
     """Load a ControlNet from `source`, or initialise one from the UNet (zero convs, copied encoder).
 
-    The conditioning embedding gets one stage per VAE block so the control image is downsampled by
-    exactly the VAE factor (diffusers' default assumes 8).
+    It reads the 3 palette channels of the mask plus `appearance_channels` painted label means
+    (0 = the mask alone, as in the paper). The conditioning embedding gets one stage per VAE block
+    so the control image is downsampled by exactly the VAE factor (diffusers' default assumes 8).
     """
+    wanted = PALETTE_CHANNELS + appearance_channels
     if source is not None:
         try:
-            return ControlNetModel.from_pretrained(source)
+            controlnet = ControlNetModel.from_pretrained(source)
         except (OSError, ValueError, EnvironmentError) as err:
             raise _load_error(source, "ControlNet", err) from None
+        if controlnet.config.conditioning_channels != wanted:
+            raise S2S2Error(f"the ControlNet {source!r} reads {controlnet.config.conditioning_channels} control "
+                            f"channels, but this fine-tune feeds {wanted} (3 palette + {appearance_channels} "
+                            "appearance)\nfix: set finetune.appearance.enabled to match the checkpoint, or start "
+                            "from the UNet (generator.controlnet: null)")
+        return controlnet
     blocks = len(vae.config.block_out_channels)
     channels = CONTROL_EMBEDDING_CHANNELS[:blocks] if blocks <= 4 else CONTROL_EMBEDDING_CHANNELS + (256,) * (blocks - 4)
-    return ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=channels)
+    return ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=channels, conditioning_channels=wanted)
+
+
+def appearance_channels(controlnet: ControlNetModel) -> int:
+    """How many painted-appearance control channels a ControlNet reads after the palette (0: none)."""
+    return int(controlnet.config.conditioning_channels) - PALETTE_CHANNELS
 
 
 def resolve_device(name: str) -> torch.device:
@@ -168,3 +186,13 @@ def controlnet_hash(folder: str | Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def generator_appearance(folder: str | Path) -> AppearanceRemapConfig | None:
+    """The appearance remap a generator folder was fine-tuned with (from its `FINETUNE_SUMMARY`),
+    or None when it was fine-tuned on the masks alone or made elsewhere."""
+    path = Path(folder) / FINETUNE_SUMMARY
+    if not path.is_file():
+        return None
+    settings = json.loads(path.read_text()).get("appearance")
+    return AppearanceRemapConfig.model_validate(settings) if settings else None
