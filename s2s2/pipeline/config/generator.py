@@ -78,7 +78,6 @@ class FinetuneConfig(StrictModel):
     split: str = "train"
     mixed_precision: Literal["no", "fp16", "bf16"] = "fp16"  # used on GPU only
     gradient_checkpointing: bool = True  # used on GPU only
-    cache_latents: bool = True  # encode the training images once (the VAE is frozen)
     validate_every: int = Field(500, ge=1)
     validation_samples: int = Field(4, ge=1)
     checkpoint_every: int = Field(1000, ge=1)
