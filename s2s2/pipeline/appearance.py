@@ -12,6 +12,8 @@ dependency already and has no labels-to-image, so that step is the few lines of 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
@@ -84,17 +86,40 @@ def appearance_remap(image: np.ndarray, mask: np.ndarray, num_labels: int, rng: 
                      cfg: AppearanceRemapConfig) -> np.ndarray:
     """A new appearance of a real image [C,H,W] in [0,1] on its own mask [H,W], float32 [C,H,W].
 
-    Each label gets a new mean (`label_means`: uniform, `separation` apart, per channel) and keeps
-    the image's own texture around its old mean, scaled by a factor drawn per label; then
-    `corrupt`. Only intensities change: the label map is the input's.
+    Each label but `keep_labels` gets a new mean (`label_means`: uniform, `separation` apart, per
+    channel) and keeps the image's own texture around its old mean, scaled by a factor drawn per
+    label; then `corrupt`. Only intensities change: the label map is the input's.
     """
     image = np.asarray(image, dtype=np.float64)
     mask = np.asarray(mask, dtype=np.int64)
     if mask.size and (mask.min() < 0 or mask.max() >= num_labels):
         raise ValueError(f"mask holds labels {mask.min()}..{mask.max()}, outside 0..{num_labels - 1}")
     channels = image.shape[0]
-    means = label_means(num_labels, channels, rng, LabelsToImageConfig(mean=cfg.mean, separation=cfg.separation))
-    scales = rng.uniform(*cfg.texture, size=num_labels)
-    texture = image - label_mean_map(image, mask, num_labels)
-    remapped = means.T[:, mask] + scales[mask] * texture
+    old_means = label_mean_map(image, mask, num_labels)
+    drawn = [label for label in range(num_labels) if label not in cfg.keep_labels]
+    means = np.zeros((num_labels, channels))  # kept labels: their own means (added back below)
+    means[drawn] = label_means(len(drawn), channels, rng, LabelsToImageConfig(mean=cfg.mean, separation=cfg.separation))
+    scales = np.ones(num_labels)
+    scales[drawn] = rng.uniform(*cfg.texture, size=len(drawn))
+    kept = np.isin(mask, cfg.keep_labels)
+    remapped = np.where(kept, image, means.T[:, mask] + scales[mask] * (image - old_means))
     return corrupt(np.clip(remapped, 0.0, 1.0).astype(np.float32), rng, cfg.corruption)
+
+
+@dataclass(frozen=True)
+class AppearanceSource:
+    """Real images with their masks, to draw appearance-remapped training images from (for the
+    tiny VAE and the ControlNet fine-tune alike)."""
+
+    images: np.ndarray  # [N, C, H, W] float in [0, 1]
+    masks: np.ndarray  # [N, H, W]
+    num_classes: int
+    cfg: AppearanceRemapConfig
+
+    def draw(self, rows: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """Which positions of `rows` get a new appearance (each with `cfg.probability`) and their
+        remapped images, float32 [n, C, H, W]; everything from `rng`."""
+        chosen = np.flatnonzero(rng.random(len(rows)) < self.cfg.probability)
+        remapped = [appearance_remap(self.images[row], self.masks[row], self.num_classes, rng, self.cfg)
+                    for row in np.asarray(rows)[chosen]]
+        return chosen, np.stack(remapped) if remapped else np.empty((0, *self.images.shape[1:]), np.float32)

@@ -30,6 +30,7 @@ from diffusers import ControlNetModel, DDPMScheduler, StableDiffusionControlNetP
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from s2s2.pipeline.appearance import AppearanceSource
 from s2s2.pipeline.atomic import atomic_path
 from s2s2.pipeline.config.appearance import AppearanceRemapConfig
 from s2s2.pipeline.config.project import ProjectConfig
@@ -53,16 +54,6 @@ logger = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint"
 LOSS_LOG = "losses.jsonl"
 _APPEARANCE_STREAM = 1  # the step's random stream for appearance remaps (0: batch, noise, timesteps)
-
-
-@dataclass
-class AppearanceSource:
-    """What appearance remaps of training targets are made from: the images and masks at data size."""
-
-    images: np.ndarray  # [N, C, H, W] float in [0, 1]
-    masks: np.ndarray  # [N, H, W]
-    num_classes: int
-    cfg: AppearanceRemapConfig
 
 
 @dataclass
@@ -154,18 +145,12 @@ def remap_appearance(batch: Batch, source: AppearanceSource, vae: torch.nn.Modul
 
     All draws come from `seed` (the step's), so a resumed run remaps exactly as an uninterrupted one.
     """
-    from s2s2.pipeline.appearance import appearance_remap
-
     rng = np.random.default_rng([seed, _APPEARANCE_STREAM])
-    chosen = np.flatnonzero(rng.random(len(batch.rows)) < source.cfg.probability)
+    chosen, remapped = source.draw(batch.rows.numpy(), rng)
     if not len(chosen):
         return batch
-    rows = batch.rows[chosen].numpy()
-    masks = source.masks[rows]
-    remapped = np.stack([appearance_remap(source.images[row], mask, source.num_classes, rng, source.cfg)
-                         for row, mask in zip(rows, masks)])
     images = to_generator_rgb(torch.from_numpy(remapped), resolution)
-    painted = appearance_controls(remapped, masks, source.num_classes, resolution)
+    painted = appearance_controls(remapped, source.masks[batch.rows[chosen].numpy()], source.num_classes, resolution)
     flipped = batch.flips[chosen].bool()[:, None, None, None]
     images, painted = torch.where(flipped, images.flip(-1), images), torch.where(flipped, painted.flip(-1), painted)
     dist = vae.encode(images.to(vae.device, vae.dtype)).latent_dist

@@ -77,9 +77,9 @@ class LabelsToImageConfig(StrictModel):
 class AppearanceRemapConfig(StrictModel):
     """Label-driven appearance remap of a real image (appearance-randomised fine-tuning).
 
-    Every label's pixels get a new mean intensity (drawn as in `LabelsToImageConfig`: uniform on
-    `mean`, `separation` apart) while keeping the original's within-label texture, scaled by a
-    factor drawn per label from `texture`; then the corruptions. Off unless `enabled`: the
+    Every label's pixels (but those of `keep_labels`) get a new mean intensity (drawn as in
+    `LabelsToImageConfig`: uniform on `mean`, `separation` apart) while keeping the original's
+    within-label texture, scaled by a factor drawn per label from `texture`; then the corruptions. Off unless `enabled`: the
     ControlNet then sees the mask alone, as in the paper. When on, the ControlNet also receives the
     per-label mean intensities of its target painted into extra control channels, so it renders
     the appearance it is asked for instead of an average of all of them.
@@ -90,6 +90,7 @@ class AppearanceRemapConfig(StrictModel):
     mean: tuple[float, float] = (0.0, 1.0)
     separation: float = Field(0.5, ge=0, le=1)
     texture: tuple[float, float] = (0.5, 1.5)  # scale of the original's deviations from its label mean
+    keep_labels: tuple[int, ...] = ()  # labels that keep the original's intensities (e.g. 0: air around the body)
     corruption: CorruptionConfig = Field(default_factory=CorruptionConfig)
 
     @field_validator("mean")

@@ -45,8 +45,14 @@ def ensure_base(cfg: ProjectConfig, dataset: PreparedDataset, split: str) -> str
     if not (folder / "model_index.json").is_file():
         from s2s2.pipeline.generator.tiny import build_tiny_base
 
-        images = dataset.images[dataset.indices(split)]
-        stats = build_tiny_base(cfg.generator.tiny, images, resolution_of(cfg, dataset.image_shape[-1]), folder)
+        from s2s2.pipeline.appearance import AppearanceSource
+
+        indices = dataset.indices(split)
+        remap = cfg.finetune.appearance
+        appearance = AppearanceSource(dataset.images[indices], dataset.masks[indices], dataset.num_classes,
+                                      remap) if remap.enabled else None
+        stats = build_tiny_base(cfg.generator.tiny, dataset.images[indices], resolution_of(cfg, dataset.image_shape[-1]),
+                                folder, appearance)
         logger.info(f"built the tiny base in {folder}: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                                                   for k, v in stats.items()))
     return str(folder)

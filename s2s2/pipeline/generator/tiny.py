@@ -21,6 +21,7 @@ from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNe
 from tqdm.auto import tqdm
 from transformers import CLIPTextConfig, CLIPTextModel
 
+from s2s2.pipeline.appearance import AppearanceSource
 from s2s2.pipeline.atomic import atomic_path
 from s2s2.pipeline.config.generator import TinyBaseConfig
 from s2s2.pipeline.generator.control import to_generator_rgb
@@ -79,12 +80,16 @@ def tiny_scheduler(cfg: TinyBaseConfig) -> DDIMScheduler:
                          clip_sample=False, set_alpha_to_one=False, steps_offset=1)
 
 
-def train_vae(vae: AutoencoderKL, images: torch.Tensor, cfg: TinyBaseConfig) -> dict[str, float | bool]:
-    """Train the VAE on images [N,3,R,R] in [-1,1] (L1 + MSE + small KL), then set `scaling_factor`.
+def train_vae(vae: AutoencoderKL, images: np.ndarray, resolution: int, cfg: TinyBaseConfig,
+              appearance: AppearanceSource | None = None) -> dict[str, float | bool]:
+    """Train the VAE on images [N,C,H,W] in [0,1] at `resolution` (L1 + MSE + small KL), then set
+    `scaling_factor`.
 
-    Runs `vae_steps` steps; the optional `vae_max_seconds` cap stops it earlier, and the stats say so
-    (`stopped_by_max_seconds`). Batches, flips and posterior samples come from `cfg.seed` alone.
-    Returns steps, seconds, PSNR and the scaling factor.
+    With `appearance`, a share of every batch is appearance-remapped, so the VAE encodes the
+    contrasts the generator will be asked to render (a VAE that saw one contrast reconstructs
+    others poorly). Runs `vae_steps` steps; the optional `vae_max_seconds` cap stops it earlier,
+    and the stats say so (`stopped_by_max_seconds`). Every draw comes from `cfg.seed`.
+    Returns steps, seconds, PSNR on the originals and the scaling factor.
     """
     rng = np.random.default_rng(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)
@@ -93,7 +98,12 @@ def train_vae(vae: AutoencoderKL, images: torch.Tensor, cfg: TinyBaseConfig) -> 
     start, steps, capped = time.monotonic(), 0, False
     bar = tqdm(range(cfg.vae_steps), desc="tiny VAE", unit="step", leave=False)
     for steps in range(1, cfg.vae_steps + 1):
-        batch = images[rng.integers(0, len(images), size=cfg.vae_batch_size)]
+        rows = rng.integers(0, len(images), size=cfg.vae_batch_size)
+        batch = images[rows].astype(np.float32)
+        if appearance is not None:
+            chosen, remapped = appearance.draw(rows, rng)
+            batch[chosen] = remapped
+        batch = to_generator_rgb(torch.from_numpy(batch), resolution)
         if rng.random() < 0.5:
             batch = batch.flip(-1)
         posterior = vae.encode(batch).latent_dist
@@ -111,6 +121,7 @@ def train_vae(vae: AutoencoderKL, images: torch.Tensor, cfg: TinyBaseConfig) -> 
             break
     bar.close()
     vae.eval()
+    images = to_generator_rgb(torch.from_numpy(images).float(), resolution)
     with torch.no_grad():
         latents = torch.cat([vae.encode(chunk).latent_dist.mean for chunk in images.split(32)])
         probe = images[: min(len(images), 64)]
@@ -118,14 +129,15 @@ def train_vae(vae: AutoencoderKL, images: torch.Tensor, cfg: TinyBaseConfig) -> 
     mse = F.mse_loss((recon + 1) / 2, (probe + 1) / 2).item()
     vae.register_to_config(scaling_factor=float(1.0 / latents.std()))
     return {"vae_steps": steps, "vae_steps_planned": cfg.vae_steps, "stopped_by_max_seconds": capped,
+            "vae_appearance_probability": appearance.cfg.probability if appearance else 0.0,
             "vae_seconds": time.monotonic() - start, "vae_psnr_db": 10 * math.log10(1.0 / max(mse, 1e-12)),
             "scaling_factor": vae.config.scaling_factor}
 
 
-def build_tiny_base(cfg: TinyBaseConfig, images: np.ndarray, resolution: int,
-                    folder: str | Path) -> dict[str, float | bool]:
-    """Build the tiny base, train its VAE on `images` [N,C,H,W] in [0,1], save it to `folder` atomically
-    with its build statistics in `BUILD_STATS`."""
+def build_tiny_base(cfg: TinyBaseConfig, images: np.ndarray, resolution: int, folder: str | Path,
+                    appearance: AppearanceSource | None = None) -> dict[str, float | bool]:
+    """Build the tiny base, train its VAE on `images` [N,C,H,W] in [0,1] (and their appearance
+    remaps, if given), save it to `folder` atomically with its build statistics in `BUILD_STATS`."""
     torch.manual_seed(cfg.seed)
     tokenizer = build_byte_tokenizer(cfg.max_prompt_tokens)
     vae = tiny_vae(cfg, resolution)
@@ -135,7 +147,7 @@ def build_tiny_base(cfg: TinyBaseConfig, images: np.ndarray, resolution: int,
                          f"UNet's downsampling {2 ** (len(cfg.unet_channels) - 1)}")
     unet = tiny_unet(cfg, resolution // factor)
     text_encoder = tiny_text_encoder(cfg, len(tokenizer))
-    stats = train_vae(vae, to_generator_rgb(torch.from_numpy(images).float(), resolution), cfg)
+    stats = train_vae(vae, images, resolution, cfg, appearance)
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
                                    scheduler=tiny_scheduler(cfg), safety_checker=None,
                                    feature_extractor=None, requires_safety_checker=False)
