@@ -10,6 +10,7 @@ into the run folder.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,19 +40,29 @@ def json_safe(value: Any) -> Any:
     return value
 
 
-def test_datasets(cfg: ProjectConfig, names: list[str] | None = None) -> dict[str, tuple[PreparedDataset, list[int]]]:
-    """{test-set name: (dataset, indices)}: the in-domain test split and the out-of-domain sets (all slices)."""
+def out_of_domain_config(data: DataConfig, fields: dict[str, Any]) -> DataConfig:
+    """An out-of-domain set's data config: every field of the training `data`, overridden by the ones it names.
+
+    So a test set is cut, resized and scaled as the training data is (a model trained on sagittal
+    slices is tested on sagittal slices)."""
+    return DataConfig.model_validate({**data.model_dump(), **fields})
+
+
+def test_datasets(cfg: ProjectConfig, names: list[str] | None = None,
+                  train_data: PreparedDataset | None = None) -> dict[str, tuple[PreparedDataset, list[int]]]:
+    """{test-set name: (dataset, indices)}: the in-domain test split and the out-of-domain sets (all slices).
+
+    `train_data` is the already prepared training data (its test split is the in-domain set)."""
     from s2s2.pipeline.data.prepare import prepare_dataset
 
     wanted = names or ["in_domain", *cfg.evaluate.out_of_domain]
     out: dict[str, tuple[PreparedDataset, list[int]]] = {}
     for name in wanted:
         if name == "in_domain":
-            dataset = prepare_dataset(cfg.data)
+            dataset = train_data if train_data is not None else prepare_dataset(cfg.data)
             out[name] = (dataset, dataset.indices("test"))
         elif name in cfg.evaluate.out_of_domain:
-            fields = {"size": cfg.data.size, "cache_dir": cfg.data.cache_dir, **cfg.evaluate.out_of_domain[name]}
-            dataset = prepare_dataset(DataConfig.model_validate(fields))
+            dataset = prepare_dataset(out_of_domain_config(cfg.data, cfg.evaluate.out_of_domain[name]))
             out[name] = (dataset, dataset.indices("all"))
         else:
             raise ConfigError(f"unknown test set {name!r}; known: in_domain, {', '.join(cfg.evaluate.out_of_domain)} "
@@ -109,41 +120,67 @@ def summary_lines(results: dict[str, Any]) -> list[str]:
     return lines
 
 
-def run_evaluate(cfg: ProjectConfig, checkpoint: str | Path | None = None, sets: list[str] | None = None,
-                 datasets: dict[str, tuple[PreparedDataset, list[int]]] | None = None) -> dict[str, Any]:
-    """Evaluate the run's best checkpoint (or `checkpoint`) on the test sets; returns and writes metrics.json.
+def load_model(cfg: ProjectConfig, checkpoint: Path, train_data: PreparedDataset) -> tuple[torch.nn.Module, torch.device]:
+    """The segmenter of `cfg.model` with the weights of `checkpoint`, on the evaluation device.
 
-    `datasets` replaces `test_datasets(cfg, sets)` (tests that hold the data in memory); its first
-    entry must be the training data's in-domain split (it defines the model's classes).
-    """
-    from s2s2.pipeline.viz import save_grid
-    from s2s2.stages.train.loop import run_folder
-
-    folder = run_folder(cfg)
-    checkpoint = Path(checkpoint) if checkpoint else folder / "model.safetensors"
-    datasets = datasets or test_datasets(cfg, sets)
-    train_data, _ = next(iter(datasets.values()))
+    Its classes and input shape are the training data's (never a test set's); a checkpoint made
+    for another architecture, class count or size is refused."""
     c, size = train_data.image_shape[0], train_data.image_shape[1]
     model = build_segmenter(cfg.model, c, train_data.num_classes, size)
     load_weights(model, checkpoint, model_identity(cfg.model, c, train_data.num_classes, size))
     device = torch.device("cuda" if torch.cuda.is_available() and cfg.train.device != "cpu" else "cpu")
-    model.to(device)
-    results: dict[str, Any] = {"checkpoint": str(checkpoint), "model": cfg.model.name, "run": cfg.train.name,
-                               "policy": POLICY, "eval_classes": cfg.evaluate.eval_classes, "test_sets": {}}
+    return model.to(device), device
+
+
+def score_test_sets(cfg: ProjectConfig, train_data: PreparedDataset,
+                    datasets: dict[str, tuple[PreparedDataset, list[int]]],
+                    segment: Callable[[PreparedDataset, list[int]], np.ndarray]
+                    ) -> tuple[dict[str, Any], list[list[np.ndarray]], list[str]]:
+    """Metrics of `segment` (dataset, indices -> class ids in the training data's label space) on every
+    test set, plus figure rows (image | truth | prediction) and their titles."""
+    scores: dict[str, Any] = {}
     rows, titles = [], []
     for name, (dataset, indices) in datasets.items():
         if dataset.image_shape != train_data.image_shape:
             raise ConfigError(f"test set {name} has images {dataset.image_shape}, the model takes "
-                              f"{train_data.image_shape}; fix: prepare it at data.size={size}")
+                              f"{train_data.image_shape}; fix: prepare it at data.size={train_data.image_shape[1]}")
         classes = shared_classes(train_data.class_names, dataset.class_names, cfg.evaluate.eval_classes, name)
-        predictions = predict(model, dataset.images[indices], device, cfg.evaluate.batch_size)
-        results["test_sets"][name] = evaluate_set(predictions, dataset, indices, classes, cfg.evaluate.hd95_percentile)
+        predictions = segment(dataset, indices)
+        scores[name] = evaluate_set(predictions, dataset, indices, classes, cfg.evaluate.hd95_percentile)
         truths = np.stack([np.select([dataset.masks[i] == t for _, t in classes.values()],
                                      [p for p, _ in classes.values()], 0) for i in indices])
         shown = np.where(np.isin(predictions, [p for p, _ in classes.values()]), predictions, 0)
         for row in figure_rows(dataset.images[indices], truths, shown, cfg.evaluate.figure_cases, train_data.num_classes):
             rows.append(row)
             titles.append(name)
+    return scores, rows, titles
+
+
+def run_evaluate(cfg: ProjectConfig, checkpoint: str | Path | None = None, sets: list[str] | None = None,
+                 datasets: dict[str, tuple[PreparedDataset, list[int]]] | None = None,
+                 train_data: PreparedDataset | None = None) -> dict[str, Any]:
+    """Evaluate the run's best checkpoint (or `checkpoint`) on the test sets; returns and writes metrics.json.
+
+    The model's classes and input shape come from the training data (`train_data`, default
+    `prepare_dataset(cfg.data)`), whichever test sets are asked for. `datasets` replaces
+    `test_datasets(cfg, sets)` (tests that hold the data in memory).
+    """
+    from s2s2.pipeline.data.prepare import prepare_dataset
+    from s2s2.pipeline.viz import save_grid
+    from s2s2.stages.train.loop import run_folder
+
+    folder = run_folder(cfg)
+    checkpoint = Path(checkpoint) if checkpoint else folder / "model.safetensors"
+    train_data = train_data if train_data is not None else prepare_dataset(cfg.data)
+    datasets = datasets or test_datasets(cfg, sets, train_data)
+    model, device = load_model(cfg, checkpoint, train_data)
+
+    def segment(dataset: PreparedDataset, indices: list[int]) -> np.ndarray:
+        return predict(model, dataset.images[indices], device, cfg.evaluate.batch_size)
+
+    scores, rows, titles = score_test_sets(cfg, train_data, datasets, segment)
+    results: dict[str, Any] = {"checkpoint": str(checkpoint), "model": cfg.model.name, "run": cfg.train.name,
+                               "policy": POLICY, "eval_classes": cfg.evaluate.eval_classes, "test_sets": scores}
     folder.mkdir(parents=True, exist_ok=True)
     with atomic_path(folder / "metrics.json") as tmp:
         tmp.write_text(json.dumps(json_safe(results), indent=1, allow_nan=False))
