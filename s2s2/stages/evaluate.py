@@ -2,9 +2,13 @@
 
 Test sets: `in_domain` (the test split of the training data) and every entry of
 `evaluate.out_of_domain` (e.g. SPM avg152 T1/PD/T2: all their slices). Classes are matched by name
-(`evaluate.eval_classes`), so a test set may number its labels differently. Per-case Dice and HD95
-follow the empty-mask policy of `s2s2.pipeline.metrics`. Writes metrics.json and predictions.png
-into the run folder.
+(`evaluate.eval_classes`), so a test set may number its labels differently. Dice and HD95 follow
+the empty-mask policy of `s2s2.pipeline.metrics`, per 2-D slice and, for slices of volumes, per
+3-D volume (slices stacked back at their positions, spacing incl. slice thickness). Writes
+metrics.json and predictions.png into the run folder.
+
+The **atlas copy** is the reference every table carries: for each test slice, the training label
+map at the same position, without looking at the image. It shows how much position alone scores.
 """
 
 from __future__ import annotations
@@ -22,11 +26,13 @@ from s2s2.pipeline.config.data import DataConfig
 from s2s2.pipeline.config.project import ProjectConfig
 from s2s2.pipeline.data.prepared import PreparedDataset
 from s2s2.pipeline.errors import ConfigError
-from s2s2.pipeline.metrics import case_metrics, summarise
+from s2s2.pipeline.metrics import case_metrics, stack_slices, summarise
 from s2s2.pipeline.segmenters import build_segmenter, load_weights, model_identity, predict
 
-POLICY = ("Dice/HD95 per case and class; truth and prediction both empty: NaN (left out of the mean); "
-          "exactly one empty: Dice 0 and HD95 = image diagonal in mm; mean over cases, then over classes")
+POLICY = ("Dice/HD95 per case (a 2-D slice, or under `volume` a 3-D volume of stacked slices) and class; truth "
+          "and prediction both empty: NaN (left out of the mean); exactly one empty: Dice 0 and HD95 = the image "
+          "(volume) diagonal; mean over cases, then over classes; HD95 in `hd95_unit` (px: the data has no spacing)")
+ATLAS_COPY = "atlas-copy"
 
 
 def json_safe(value: Any) -> Any:
@@ -83,22 +89,94 @@ def shared_classes(train_names: tuple[str, ...], test_names: tuple[str, ...], ev
     return {n: (train_names.index(n), test_names.index(n)) for n in eval_classes}
 
 
+def common_labels(labels: np.ndarray, ids: list[int]) -> np.ndarray:
+    """Relabel to the evaluation space: 0 = not evaluated, j = the j-th evaluated class (`ids[j-1]`)."""
+    out = np.zeros_like(labels)
+    for j, class_id in enumerate(ids, start=1):
+        out[labels == class_id] = j
+    return out
+
+
+def volume_scores(predictions: list[np.ndarray], truths: list[np.ndarray], dataset: PreparedDataset,
+                  indices: list[int], classes: dict[str, int], percentile: float) -> dict[str, Any] | None:
+    """Per-volume metrics: the slices of each volume stacked back at their positions, spacing
+    (slice thickness, rows, cols); None when no test sample is a slice of a volume."""
+    members: dict[str, list[int]] = {}
+    for k, index in enumerate(indices):
+        if dataset.is_volume_slice(index):
+            members.setdefault(dataset.cases[index], []).append(k)
+    if not members:
+        return None
+    cases = []
+    for case, ks in members.items():
+        positions = [int(dataset.positions[indices[k]]) for k in ks]
+        first = indices[ks[0]]
+        spacing = (float(dataset.thickness[first]), *(float(v) for v in dataset.spacings[first]))
+        metrics = case_metrics(stack_slices([predictions[k] for k in ks], positions),
+                               stack_slices([truths[k] for k in ks], positions), classes, spacing, percentile)
+        cases.append({"id": case, "slices": len(ks), "spacing": list(spacing), **metrics})
+    return {"n_cases": len(cases), "hd95_unit": dataset.spacing_unit,
+            **summarise([{n: c[n] for n in classes} for c in cases]), "cases": cases}
+
+
 def evaluate_set(predictions: np.ndarray, dataset: PreparedDataset, indices: list[int],
                  classes: dict[str, tuple[int, int]], percentile: float) -> dict[str, Any]:
-    """Per-case metrics of one test set and their summary (the metrics.json entry)."""
+    """Metrics of one test set (the metrics.json entry): per 2-D slice at the top level, per 3-D volume
+    under `volume` (None for 2-D images)."""
+    common = {n: j for j, n in enumerate(classes, start=1)}
+    predicted = [common_labels(p, [train_id for train_id, _ in classes.values()]) for p in predictions]
+    truths = [common_labels(dataset.masks[i], [test_id for _, test_id in classes.values()]) for i in indices]
     cases = []
-    for prediction, index in zip(predictions, indices):
-        truth = dataset.masks[index]
-        # Relabel both to a common space (0 = not evaluated, 1.. = eval classes in order).
-        pred_common, truth_common = np.zeros_like(prediction), np.zeros_like(truth)
-        for j, (train_id, test_id) in enumerate(classes.values(), start=1):
-            pred_common[prediction == train_id] = j
-            truth_common[truth == test_id] = j
+    for prediction, truth, index in zip(predicted, truths, indices):
         spacing = tuple(float(s) for s in dataset.spacings[index])
-        metrics = case_metrics(pred_common, truth_common, {n: j for j, n in enumerate(classes, start=1)}, spacing, percentile)
-        cases.append({"id": dataset.ids[index], **{n: m for n, m in metrics.items()}})
+        cases.append({"id": dataset.ids[index], **case_metrics(prediction, truth, common, spacing, percentile)})
     summary = summarise([{n: c[n] for n in classes} for c in cases])
-    return {"n_cases": len(cases), **summary, "cases": cases}
+    return {"n_cases": len(cases), "hd95_unit": dataset.spacing_unit, **summary, "cases": cases,
+            "volume": volume_scores(predicted, truths, dataset, indices, common, percentile)}
+
+
+def atlas_copy(train: PreparedDataset, dataset: PreparedDataset, indices: list[int]) -> np.ndarray:
+    """The atlas-copy "prediction" (training class ids) for samples `indices` of `dataset`: the label map of
+    the training split at the same position, the image never looked at.
+
+    On the training data's own grid (the in-domain test split, or a test set resampled onto it) that is
+    the training slice nearest in position. Otherwise each training volume contributes its slice nearest
+    in relative position (0 = its first slice, 1 = its last; a 2-D image is 0.5) and the per-pixel
+    majority of those wins; for 2-D data that is the majority of all training masks.
+    """
+    train_indices = train.indices("train")
+    if not train_indices:
+        raise ConfigError(f"dataset {train.name} has no training split to copy label maps from")
+    if dataset.grid and dataset.grid == train.grid:
+        positions = train.positions[train_indices]
+        nearest = [train_indices[int(np.argmin(np.abs(positions - dataset.positions[i])))] for i in indices]
+        return train.masks[nearest].copy()
+    train_relative, test_relative = relative_positions(train), relative_positions(dataset)
+    by_case: dict[str, list[int]] = {}
+    for i in train_indices:
+        by_case.setdefault(train.cases[i], []).append(i)
+    votes: dict[tuple[int, ...], np.ndarray] = {}
+    out = np.zeros((len(indices), *train.masks.shape[1:]), np.uint8)
+    for k, index in enumerate(indices):
+        picks = tuple(members[int(np.argmin(np.abs(train_relative[members] - test_relative[index])))]
+                      for members in by_case.values())
+        if picks not in votes:
+            counts = np.stack([(train.masks[list(picks)] == c).sum(axis=0) for c in range(train.num_classes)])
+            votes[picks] = np.argmax(counts, axis=0).astype(np.uint8)
+        out[k] = votes[picks]
+    return out
+
+
+def relative_positions(dataset: PreparedDataset) -> np.ndarray:
+    """Each sample's position within its case, 0 (first slice) .. 1 (last); 0.5 for a one-slice case."""
+    out = np.full(len(dataset), 0.5)
+    cases = np.asarray(dataset.cases)
+    for case in set(dataset.cases):
+        members = np.flatnonzero(cases == case)
+        low, high = dataset.positions[members].min(), dataset.positions[members].max()
+        if high > low:
+            out[members] = (dataset.positions[members] - low) / (high - low)
+    return out
 
 
 def figure_rows(images: np.ndarray, truths: np.ndarray, predictions: np.ndarray, count: int, num_classes: int) -> list[list[np.ndarray]]:
@@ -111,13 +189,21 @@ def figure_rows(images: np.ndarray, truths: np.ndarray, predictions: np.ndarray,
 
 
 def summary_lines(results: dict[str, Any]) -> list[str]:
-    """One line per test set: mean and per-class Dice, mean HD95 (what `s2s2 evaluate` prints)."""
+    """One line per test set: mean and per-class Dice, mean HD95, per slice and per volume (what
+    `s2s2 evaluate` prints)."""
     lines = []
     for name, entry in results["test_sets"].items():
-        per_class = ", ".join(f"{n} {v:.3f}" for n, v in entry["dice"].items())
-        lines.append(f"{results['run']} {name}: Dice {entry['dice_mean']:.3f} ({per_class}), "
-                     f"HD95 {entry['hd95_mean']:.2f} mm")
+        text = f"{results['run']} {name}: {score_text(entry)} per slice ({entry['n_cases']})"
+        if entry.get("volume"):
+            text += f"; {score_text(entry['volume'])} per volume ({entry['volume']['n_cases']})"
+        lines.append(text)
     return lines
+
+
+def score_text(entry: dict[str, Any]) -> str:
+    """"Dice 0.812 (grey matter 0.801, ...), HD95 3.20 mm" of one metrics entry."""
+    per_class = ", ".join(f"{n} {v:.3f}" for n, v in entry["dice"].items())
+    return f"Dice {entry['dice_mean']:.3f} ({per_class}), HD95 {entry['hd95_mean']:.2f} {entry['hd95_unit']}"
 
 
 def load_model(cfg: ProjectConfig, checkpoint: Path, train_data: PreparedDataset) -> tuple[torch.nn.Module, torch.device]:
@@ -156,6 +242,17 @@ def score_test_sets(cfg: ProjectConfig, train_data: PreparedDataset,
     return scores, rows, titles
 
 
+def write_results(folder: Path, results: dict[str, Any], rows: list[list[np.ndarray]], titles: list[str]) -> None:
+    """metrics.json (strict JSON) and predictions.png into `folder`."""
+    from s2s2.pipeline.viz import save_grid
+
+    folder.mkdir(parents=True, exist_ok=True)
+    with atomic_path(folder / "metrics.json") as tmp:
+        tmp.write_text(json.dumps(json_safe(results), indent=1, allow_nan=False))
+    if rows:
+        save_grid(rows, folder / "predictions.png", row_titles=titles, col_titles=["image", "truth", "prediction"])
+
+
 def run_evaluate(cfg: ProjectConfig, checkpoint: str | Path | None = None, sets: list[str] | None = None,
                  datasets: dict[str, tuple[PreparedDataset, list[int]]] | None = None,
                  train_data: PreparedDataset | None = None) -> dict[str, Any]:
@@ -166,7 +263,6 @@ def run_evaluate(cfg: ProjectConfig, checkpoint: str | Path | None = None, sets:
     `test_datasets(cfg, sets)` (tests that hold the data in memory).
     """
     from s2s2.pipeline.data.prepare import prepare_dataset
-    from s2s2.pipeline.viz import save_grid
     from s2s2.stages.train.loop import run_folder
 
     folder = run_folder(cfg)
@@ -181,9 +277,23 @@ def run_evaluate(cfg: ProjectConfig, checkpoint: str | Path | None = None, sets:
     scores, rows, titles = score_test_sets(cfg, train_data, datasets, segment)
     results: dict[str, Any] = {"checkpoint": str(checkpoint), "model": cfg.model.name, "run": cfg.train.name,
                                "policy": POLICY, "eval_classes": cfg.evaluate.eval_classes, "test_sets": scores}
-    folder.mkdir(parents=True, exist_ok=True)
-    with atomic_path(folder / "metrics.json") as tmp:
-        tmp.write_text(json.dumps(json_safe(results), indent=1, allow_nan=False))
-    if rows:
-        save_grid(rows, folder / "predictions.png", row_titles=titles, col_titles=["image", "truth", "prediction"])
+    write_results(folder, results, rows, titles)
+    return results
+
+
+def run_atlas_copy(cfg: ProjectConfig, sets: list[str] | None = None,
+                   datasets: dict[str, tuple[PreparedDataset, list[int]]] | None = None,
+                   train_data: PreparedDataset | None = None) -> dict[str, Any]:
+    """Score the atlas copy (see `atlas_copy`) on the test sets like a run; returns the results and writes
+    them to {run_dir}/atlas-copy/ (metrics.json, predictions.png). Arguments as for `run_evaluate`."""
+    from s2s2.pipeline.data.prepare import prepare_dataset
+
+    train_data = train_data if train_data is not None else prepare_dataset(cfg.data)
+    datasets = datasets or test_datasets(cfg, sets, train_data)
+    scores, rows, titles = score_test_sets(cfg, train_data, datasets,
+                                           lambda dataset, indices: atlas_copy(train_data, dataset, indices))
+    results: dict[str, Any] = {"checkpoint": None, "model": ATLAS_COPY, "run": ATLAS_COPY, "policy": POLICY,
+                               "eval_classes": cfg.evaluate.eval_classes, "test_sets": scores,
+                               "method": "reference: no image"}
+    write_results(Path(cfg.run_dir) / ATLAS_COPY, results, rows, titles)
     return results
