@@ -134,6 +134,9 @@ def test_out_of_domain_sets_inherit_every_data_field():
     ood = out_of_domain_config(data, {"adapter": "spm152", "contrast": "PD"})
     assert (ood.adapter, ood.contrast, ood.axis, ood.size, ood.min_foreground_fraction) == ("spm152", "PD", 0, 48, 0.1)
     assert out_of_domain_config(data, {"adapter": "spm152", "axis": 2}).axis == 2  # what an entry names wins
+    data = DataConfig(perturb={"seed": 7, "max_rotate_deg": 5})
+    ood = out_of_domain_config(data, {"adapter": "spm152", "perturb": {"enabled": False}})
+    assert (ood.perturb.enabled, ood.perturb.seed, ood.perturb.max_rotate_deg) == (False, 7, 5)
 
 
 

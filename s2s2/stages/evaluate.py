@@ -47,11 +47,16 @@ def json_safe(value: Any) -> Any:
 
 
 def out_of_domain_config(data: DataConfig, fields: dict[str, Any]) -> DataConfig:
-    """An out-of-domain set's data config: every field of the training `data`, overridden by the ones it names.
+    """An out-of-domain set's data config: every field of the training `data`, overridden by the ones it
+    names (nested sections such as `perturb` field by field).
 
     So a test set is cut, resized and scaled as the training data is (a model trained on sagittal
     slices is tested on sagittal slices)."""
-    return DataConfig.model_validate({**data.model_dump(), **fields})
+    def merged(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+        return {**base, **{k: merged(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+                           for k, v in override.items()}}
+
+    return DataConfig.model_validate(merged(data.model_dump(), fields))
 
 
 def test_datasets(cfg: ProjectConfig, names: list[str] | None = None,
