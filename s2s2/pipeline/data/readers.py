@@ -124,12 +124,14 @@ def labels_from_values(values: np.ndarray, class_names: tuple[str, ...], path: P
     return rounded.astype(np.uint8)
 
 
-def read_nifti(path: Path) -> tuple[np.ndarray, tuple[float, ...]]:
-    """A NIfTI volume reoriented to RAS, as float32 array, with its voxel sizes (mm)."""
+def read_nifti(path: Path, reorient: bool = True) -> tuple[np.ndarray, tuple[float, ...]]:
+    """A NIfTI volume as float32 array, reoriented to RAS (or in its stored array order), with its voxel sizes (mm)."""
     import nibabel as nib
 
     try:
-        volume = nib.as_closest_canonical(nib.load(str(path)))
+        volume = nib.load(str(path))
+        if reorient:
+            volume = nib.as_closest_canonical(volume)
         data = np.asarray(volume.dataobj, dtype=np.float32)
         zooms = tuple(float(z) for z in volume.header.get_zooms())
     except Exception as err:  # nibabel raises many types for corrupt files

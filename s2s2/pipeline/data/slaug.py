@@ -26,7 +26,7 @@ from s2s2.pipeline.config.data import DataConfig
 from s2s2.pipeline.data.geometry import min_max_scale
 from s2s2.pipeline.data.pairing import require_folder
 from s2s2.pipeline.data.raw import RawDataset, RawSlice
-from s2s2.pipeline.data.readers import check_finite, check_pair_shapes, labels_from_values, windowed
+from s2s2.pipeline.data.readers import check_pair_shapes, labels_from_values, read_nifti, windowed
 from s2s2.pipeline.errors import DataError
 
 _IMAGE = re.compile(r"^image_(?P<scan>\d+)\.nii\.gz$")
@@ -64,17 +64,8 @@ def domain_folder(root: Path, domain: str) -> Path:
 
 
 def read_volume(path: Path) -> tuple[np.ndarray, tuple[float, ...]]:
-    """A NIfTI volume in its stored array order (no reorientation) as float32, and its voxel sizes."""
-    import nibabel as nib
-
-    try:
-        volume = nib.load(str(path))
-        data = np.asarray(volume.dataobj, dtype=np.float32)
-        zooms = tuple(float(z) for z in volume.header.get_zooms())
-    except Exception as err:  # nibabel raises many types for corrupt files
-        raise DataError(f"is not a readable NIfTI file ({err.__class__.__name__}: {err})", path,
-                        "replace or remove the file") from None
-    check_finite(data, path)
+    """A 3-D NIfTI volume in its stored array order (no reorientation) as float32, and its voxel sizes."""
+    data, zooms = read_nifti(path, reorient=False)
     if data.ndim != 3:
         raise DataError(f"is a {data.ndim}-D volume {data.shape}; SLAug volumes are 3-D", path,
                         "use SLAug's processed image_<id>.nii.gz files")
