@@ -187,7 +187,7 @@ def train(
     resume: Annotated[bool, typer.Option("--resume", help="Continue RUN_DIR/train/NAME at its last checkpoint.")] = False,
     stop_after: Annotated[Optional[int], typer.Option(help="End this invocation after N steps (resumable).")] = None,
 ) -> None:
-    """Train a segmenter: S2S2 from the stack store, or the baseline (--baseline). Works under torchrun."""
+    """Train a segmenter: S2S2 from the stack store, or the baseline (--baseline). Works under torchrun and accelerate launch."""
     import os
 
     import torch

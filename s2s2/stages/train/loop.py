@@ -314,6 +314,8 @@ def run_train(cfg: ProjectConfig, resume: bool = False, stop_after: int | None =
     while trainer.step_index < last_step and not stopped_by_budget:
         epoch, first_batch = divmod(trainer.step_index, steps_per_epoch)
         train_set.set_epoch(epoch)
+        # The sampler shards each global batch by rank itself and is rebuilt from (seed, epoch, first batch):
+        # the data order needs no state beyond the step counter, which is what makes --resume exact.
         sampler = EpochBatchSampler(len(train_set), t.batch_size, t.seed, epoch, first_batch, rank, world_size)
         loader = torch.utils.data.DataLoader(train_set, batch_sampler=sampler, num_workers=t.num_workers)
         for batch in loader:
