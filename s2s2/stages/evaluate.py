@@ -61,7 +61,8 @@ def out_of_domain_config(data: DataConfig, fields: dict[str, Any]) -> DataConfig
 
 def test_datasets(cfg: ProjectConfig, names: list[str] | None = None,
                   train_data: PreparedDataset | None = None) -> dict[str, tuple[PreparedDataset, list[int]]]:
-    """{test-set name: (dataset, indices)}: the in-domain test split and the out-of-domain sets (all slices).
+    """{test-set name: (dataset, indices)}: the in-domain test split and the out-of-domain sets (all
+    slices, or the split named by their `eval_split`).
 
     `train_data` is the already prepared training data (its test split is the in-domain set)."""
     from s2s2.pipeline.data.prepare import prepare_dataset
@@ -73,8 +74,9 @@ def test_datasets(cfg: ProjectConfig, names: list[str] | None = None,
             dataset = train_data if train_data is not None else prepare_dataset(cfg.data)
             out[name] = (dataset, dataset.indices("test"))
         elif name in cfg.evaluate.out_of_domain:
-            dataset = prepare_dataset(out_of_domain_config(cfg.data, cfg.evaluate.out_of_domain[name]))
-            out[name] = (dataset, dataset.indices("all"))
+            data_cfg = out_of_domain_config(cfg.data, cfg.evaluate.out_of_domain[name])
+            dataset = prepare_dataset(data_cfg)
+            out[name] = (dataset, dataset.indices(data_cfg.eval_split))
         else:
             raise ConfigError(f"unknown test set {name!r}; known: in_domain, {', '.join(cfg.evaluate.out_of_domain)} "
                               "(add it under evaluate.out_of_domain)")
@@ -261,7 +263,8 @@ def write_results(folder: Path, results: dict[str, Any], rows: list[list[np.ndar
 def run_evaluate(cfg: ProjectConfig, checkpoint: str | Path | None = None, sets: list[str] | None = None,
                  datasets: dict[str, tuple[PreparedDataset, list[int]]] | None = None,
                  train_data: PreparedDataset | None = None) -> dict[str, Any]:
-    """Evaluate the run's best checkpoint (or `checkpoint`) on the test sets; returns and writes metrics.json.
+    """Evaluate the run's best or last checkpoint (`evaluate.checkpoint`, or `checkpoint`) on the test sets;
+    returns and writes metrics.json.
 
     The model's classes and input shape come from the training data (`train_data`, default
     `prepare_dataset(cfg.data)`), whichever test sets are asked for. `datasets` replaces
@@ -271,7 +274,8 @@ def run_evaluate(cfg: ProjectConfig, checkpoint: str | Path | None = None, sets:
     from s2s2.stages.train.loop import run_folder
 
     folder = run_folder(cfg)
-    checkpoint = Path(checkpoint) if checkpoint else folder / "model.safetensors"
+    default = "model.safetensors" if cfg.evaluate.checkpoint == "best" else "last.safetensors"
+    checkpoint = Path(checkpoint) if checkpoint else folder / default
     train_data = train_data if train_data is not None else prepare_dataset(cfg.data)
     datasets = datasets or test_datasets(cfg, sets, train_data)
     model, device = load_model(cfg, checkpoint, train_data)

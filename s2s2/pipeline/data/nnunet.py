@@ -19,7 +19,7 @@ from s2s2.pipeline.data.geometry import robust_scale, slice_spacing, volume_slic
 from s2s2.pipeline.data.pairing import match_by_key, require_folder
 from s2s2.pipeline.data.raw import RawDataset, RawSlice
 from s2s2.pipeline.data.readers import (NIFTI_SUFFIXES, check_pair_shapes, labels_from_values, mask_plane,
-                                        picture_to_image, read_nifti_volume, read_picture)
+                                        picture_to_image, read_nifti_volume, read_picture, windowed)
 from s2s2.pipeline.data.world import Grid, RigidPerturbation, draw_perturbation, resample
 from s2s2.pipeline.errors import DataError
 
@@ -118,8 +118,8 @@ def volume_perturbation(cfg: DataConfig, case: str, grid: Grid) -> RigidPerturba
 
 def _volume_case(case: str, image_paths: list[Path], label_path: Path, class_names: tuple[str, ...],
                  cfg: DataConfig) -> tuple[list[RawSlice], RigidPerturbation | None]:
-    """One 3-D case: volumes scaled per channel (0.5-99.5 %), moved by the case's rigid perturbation if
-    `data.perturb` asks for one, cut along `cfg.axis`, nearly empty slices skipped."""
+    """One 3-D case: volumes scaled per channel (data.intensity_window, else 0.5-99.5 %), moved by the case's
+    rigid perturbation if `data.perturb` asks for one, cut along `cfg.axis`, nearly empty slices skipped."""
     volumes = [(path, *read_nifti_volume(path)) for path in image_paths]
     label, label_affine = read_nifti_volume(label_path)
     for path, data, _ in volumes:
@@ -133,8 +133,10 @@ def _volume_case(case: str, image_paths: list[Path], label_path: Path, class_nam
     mask_volume = labels_from_values(label, class_names, label_path, cfg.binary_threshold)
     if transform is not None:
         mask_volume = resample(mask_volume, label_affine, grid, order=0, transform=transform).astype(np.uint8)
-    image_volume = np.stack([robust_scale(resample(data, affine, grid, order=1, transform=transform),
-                                          low_pct=0.5, high_pct=99.5) for _, data, affine in volumes])
+    # scaled before they move, so what moves in from outside the volume is the darkest value (0)
+    image_volume = np.stack([resample(windowed(data, cfg.intensity_window, path) if cfg.intensity_window
+                                      else robust_scale(data, low_pct=0.5, high_pct=99.5), affine, grid, order=1,
+                                      transform=transform) for path, data, affine in volumes])
     if image_volume.shape[0] not in (1, 3):
         raise DataError(f"case has {image_volume.shape[0]} image channels; s2s2 handles 1 (grey) or 3 (RGB)",
                         image_paths[0], "keep one channel file per case (or three for RGB)")

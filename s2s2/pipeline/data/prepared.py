@@ -44,6 +44,7 @@ class PreparedDataset:
     modality: str
     prompt_template: str  # formatted with {modality} and {classes}
     splits: dict[str, list[int]] = field(default_factory=dict)  # split name -> sample indices
+    prompt_names: tuple[str, ...] | None = None  # class names in prompts, if they differ from class_names
     cases: list[str] | None = None  # volume (patient) of each sample; None: every sample is its own case
     positions: np.ndarray | None = None  # int [N], slice index in its volume (or on the grid); None: all 0
     thickness: np.ndarray | None = None  # float32 [N], mm to the next slice of its volume; 0: a 2-D image
@@ -67,6 +68,10 @@ class PreparedDataset:
                             f"masks {self.masks.shape} disagree")
         if n == 0:
             raise DataError(f"dataset {self.name} is empty", fix="check the data path and the slice filters")
+        if self.prompt_names is not None and len(self.prompt_names) != len(self.class_names):
+            raise DataError(f"dataset {self.name}: {len(self.prompt_names)} prompt class names for "
+                            f"{len(self.class_names)} classes {list(self.class_names)}",
+                            fix="give data.prompt_class_names one name per class, class 0 first")
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -84,7 +89,8 @@ class PreparedDataset:
     def prompt(self, index: int) -> str:
         """The generator prompt of one sample: the template filled with the classes present."""
         present = sorted(int(c) for c in np.unique(self.masks[index]))
-        classes = ", ".join(self.class_names[c] for c in present)
+        names = self.prompt_names or self.class_names
+        classes = ", ".join(names[c] for c in present)
         return self.prompt_template.format(modality=self.modality, classes=classes)
 
     def sample(self, index: int) -> Sample:
@@ -133,6 +139,7 @@ class PreparedDataset:
             "modality": self.modality, "prompt_template": self.prompt_template, "splits": self.splits,
             "cases": self.cases, "spacing_unit": self.spacing_unit, "grid": self.grid,
             "perturbations": self.perturbations, "fingerprint": self.fingerprint(),
+            "prompt_names": list(self.prompt_names) if self.prompt_names is not None else None,
         }
         (folder / "meta.json").write_text(json.dumps(meta, indent=1))
 
@@ -149,7 +156,8 @@ class PreparedDataset:
                        class_names=tuple(meta["class_names"]), modality=meta["modality"],
                        prompt_template=meta["prompt_template"], splits=meta["splits"], cases=meta["cases"],
                        positions=positions, thickness=thickness, spacing_unit=meta["spacing_unit"],
-                       grid=meta["grid"], perturbations=meta["perturbations"])
+                       grid=meta["grid"], perturbations=meta["perturbations"],
+                       prompt_names=tuple(meta["prompt_names"]) if meta.get("prompt_names") else None)
         except (OSError, ValueError, KeyError) as err:
             raise DataError(f"cannot read prepared dataset: {err}", folder,
                             "delete the folder and run `s2s2 data prepare` again") from err

@@ -18,6 +18,7 @@ class RawSlice:
     case: str  # slices of one case (volume, patient) always land in one split
     position: int = 0  # slice index inside its volume (slab splits, volume metrics)
     thickness: float = 0.0  # distance (mm) to the next slice of its volume; 0: a 2-D image, not a slice
+    split: str | None = None  # a split fixed by the data's own lists (train/val/test); None = assigned
 
 
 @dataclass
