@@ -16,7 +16,6 @@ import numpy as np
 import torch
 
 from s2s2.pipeline.config.appearance import CorruptionConfig, LabelsToImageConfig
-from s2s2.pipeline.errors import ConfigError
 
 _MONAI_SEED_LIMIT = 2**32  # MONAI seeds a numpy RandomState, which takes 32-bit seeds
 
@@ -42,17 +41,17 @@ def corrupt(image: np.ndarray, rng: np.random.Generator, cfg: CorruptionConfig) 
 
 def label_means(num_labels: int, channels: int, rng: np.random.Generator,
                 cfg: LabelsToImageConfig) -> np.ndarray:
-    """Mean intensity of each label in each channel, [num_labels, C], ~ U(cfg.mean) and at least
-    `min_separation` apart per channel (uniform over such configurations: the spacing trick)."""
+    """Mean intensity of each label in each channel, [num_labels, C], ~ U(cfg.mean), any two at
+    least `separation` x (mean range / (labels - 1)) apart per channel. Drawn uniformly over such
+    configurations (sorted uniform draws on the range less the gaps, plus the gaps), then shuffled
+    over the labels."""
     low, high = cfg.mean
-    slack = (high - low) - (num_labels - 1) * cfg.min_separation
-    if slack < 0:
-        raise ConfigError(f"labels-to-image: {num_labels} labels cannot be {cfg.min_separation} apart inside "
-                          f"mean range {cfg.mean}; fix: lower min_separation or widen mean")
+    gap = cfg.separation * (high - low) / max(num_labels - 1, 1)
+    slack = (high - low) - (num_labels - 1) * gap
     draws = np.sort(rng.uniform(0.0, slack, size=(channels, num_labels)), axis=1)
-    spaced = low + draws + cfg.min_separation * np.arange(num_labels)
+    levels = low + draws + gap * np.arange(num_labels)
     order = np.stack([rng.permutation(num_labels) for _ in range(channels)])  # which label gets which level
-    return np.take_along_axis(spaced, order, axis=1).T
+    return np.take_along_axis(levels, order, axis=1).T
 
 
 def labels_to_image(mask: np.ndarray, num_labels: int, channels: int, rng: np.random.Generator,
