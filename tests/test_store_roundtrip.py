@@ -106,7 +106,7 @@ def test_bind_generator_refuses_another_generator_unless_overwrite(tmp_path):
     store.bind_generator(one_source())  # same identity: resume keeps the work
     assert store.pending_shards() == [1]
     assert StackStore.open(tmp_path / "s.zarr").manifest.generator == one_source()
-    with pytest.raises(StoreError, match=r"k 0..1 \(controlnet\): steps: 20 -> 50"):
+    with pytest.raises(StoreError, match=r"k 0-1 controlnet: steps: 20 -> 50"):
         store.bind_generator(one_source(steps=50))
     store.bind_generator(one_source(steps=50), overwrite=True)
     reopened = StackStore.open(tmp_path / "s.zarr", "r+")
@@ -116,3 +116,12 @@ def test_bind_generator_refuses_another_generator_unless_overwrite(tmp_path):
         reopened.write_shard(shard, fake_stack(reopened.shard_samples(shard), 2, (1, 16, 16)))
     assert reopened.refresh_status() == "complete"
     assert StackStore.open(tmp_path / "s.zarr").manifest.status == "complete"
+
+
+def test_a_schema_1_store_reads_as_one_controlnet_source(tmp_path):
+    store = StackStore.create(tmp_path / "s.zarr", synthetic_dataset(n=12), k=2, shard_size=2)
+    group = zarr.open_group(str(tmp_path / "s.zarr"), mode="r+")
+    group.attrs[MANIFEST_KEY] = {**group.attrs[MANIFEST_KEY], "schema_version": 1,
+                                 "generator": identity().model_dump(exclude={"kind"})}  # as schema 1 wrote it
+    generator = StackStore.open(tmp_path / "s.zarr").manifest.generator
+    assert generator == one_source(k=store.k) and generator.source_of_k() == ["controlnet", "controlnet"]

@@ -214,13 +214,13 @@ def stack_generator(cfg: ProjectConfig, k: int, prompt_template: str, resolution
 
 
 def describe_sources(generator: StackGenerator) -> str:
-    """e.g. 'k 0-1 controlnet (unipc 20 steps, guidance 1.0), k 2-3 synth'."""
+    """e.g. 'k 0-1 controlnet (unipc 20 steps, guidance 1.0, 64 px), k 2-3 synth'."""
     parts = []
     for source in generator.sources:
         identity = source.identity
         detail = (f" ({identity.scheduler} {identity.steps} steps, guidance {identity.guidance_scale}, "
                   f"{identity.resolution} px)" if identity.kind == "controlnet" else "")
-        parts.append(f"k {source.k_start}-{source.k_stop - 1} {identity.kind}{detail}")
+        parts.append(source.label + detail)
     return ", ".join(parts)
 
 

@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from s2s2.store.fidelity import mask_fidelity, normalised_fidelity, stack_appearance
 from s2s2.store.layout import to_unit_float
-from s2s2.store.manifest import utc_now
+from s2s2.store.manifest import StackGenerator, utc_now
 from s2s2.store.stack_store import StackStore
 
 FIDELITY_MIN_COMPLETE = 0.25  # below this completion the fidelity sample is too thin to report
@@ -84,12 +84,22 @@ def stack_quality(store: StackStore, seed: int = 0, skip_shards: tuple[int, ...]
     generator = store.manifest.generator
     if generator is not None and len(generator.sources) > 1:
         quality["by_source"] = [
-            {"kind": source.kind, "k_start": source.k_start, "k_stop": source.k_stop,
+            {"kind": source.kind, "k_start": source.k_start, "k_stop": source.k_stop, "label": source.label,
              "mask_fidelity": _fidelity(originals, masks, stack[:, source.k_start:source.k_stop], seed, num_classes,
                                         ceiling),
              "appearance": stack_appearance(originals, stack[:, source.k_start:source.k_stop], masks, num_classes)}
             for source in generator.sources]
     return quality
+
+
+def _generator_summary(generator: StackGenerator | None) -> dict | None:
+    """The manifest's generator as JSON, each source labelled with its k range and kind."""
+    if generator is None:
+        return None
+    summary = generator.model_dump(mode="json")
+    for entry, source in zip(summary["sources"], generator.sources):
+        entry["label"] = source.label
+    return summary
 
 
 def summarise(store: StackStore, with_fidelity: bool = True, storage_options: dict[str, Any] | None = None,
@@ -116,7 +126,7 @@ def summarise(store: StackStore, with_fidelity: bool = True, storage_options: di
         "complete_fraction": store.complete_fraction(),
         "bytes_on_disk": bytes_on_disk(store.path, storage_options) if isinstance(store.path, (str, Path)) else None,
         "status": m.status,
-        "generator": m.generator.model_dump(mode="json") if m.generator else None,
+        "generator": _generator_summary(m.generator),
         "schema_version": m.schema_version,
         "software_version": m.software_version,
         "created": m.created.isoformat(),
@@ -175,7 +185,7 @@ def format_summary(s: dict) -> str:
     if fid:
         lines += _quality_lines(fid, s["appearance"])
         for part in s.get("by_source", []):
-            lines.append(f"  source      k {part['k_start']}-{part['k_stop'] - 1} {part['kind']}:")
+            lines.append(f"  source      {part['label']}:")
             lines += ["    " + line[2:] for line in _quality_lines(part["mask_fidelity"], part["appearance"])
                       if not line.lstrip().startswith("ceiling")]
     elif "mask_fidelity_error" in s:
@@ -187,10 +197,10 @@ def format_summary(s: dict) -> str:
 
 def _source_lines(lead: str, source: dict) -> list[str]:
     """One source of the generator: its k range and what decides its pixels."""
-    ident, where = source["identity"], f"k {source['k_start']}-{source['k_stop'] - 1} "
+    ident, where = source["identity"], f"{source['label']}: "
     if ident["kind"] == "synth":
         p = ident["params"]
-        return [f"{lead}{where}synth labels-to-image, seed {ident['seed']}, label mean U{tuple(p['mean'])}, "
+        return [f"{lead}{where}labels-to-image, seed {ident['seed']}, label mean U{tuple(p['mean'])}, "
                 f"SD U{tuple(p['std'])}, separation {p['separation']}, MONAI {ident['monai_version']}"]
     return [f"{lead}{where}{ident['base_model']} + ControlNet {ident['controlnet_hash'][:12]}, {ident['scheduler']} "
             f"{ident['steps']} steps, guidance {ident['guidance_scale']}, eta {ident['eta']}, seed {ident['seed']}, "

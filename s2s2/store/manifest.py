@@ -60,6 +60,12 @@ class StackSource(_Frozen):
     def ks(self) -> range:
         return range(self.k_start, self.k_stop)
 
+    @property
+    def label(self) -> str:
+        """e.g. 'k 2-3 synth' (or 'k 2 synth' for one image per sample)."""
+        last = self.k_stop - 1
+        return f"k {self.k_start}{'' if last == self.k_start else f'-{last}'} {self.kind}"
+
 
 class StackGenerator(_Frozen):
     """What fills the stack: its sources, whose k ranges tile 0..K-1 in order."""
@@ -103,7 +109,7 @@ def changed_sources(recorded: StackGenerator, wanted: StackGenerator) -> tuple[l
         before = [old[k] for k in source.ks]
         if all(identity == source.identity for identity in before):
             continue
-        where = f"k {source.k_start}..{source.k_stop - 1} ({source.kind})"
+        where = source.label
         previous = before[0]
         if previous.kind != source.kind or any(identity != previous for identity in before):
             were = sorted({identity.kind for identity in before})
