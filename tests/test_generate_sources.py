@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import zarr
 
 from s2s2.pipeline.config.project import ProjectConfig
 from s2s2.pipeline.data.prepared import PreparedDataset
@@ -61,6 +62,13 @@ def test_synth_fills_the_default_data_in_worker_processes_reproducibly(tmp_path,
 
     again = toy_project_config(str(tmp_path / "b"), generator={"kind": "synth"}, store={"k": 2, "shard_size": 8})
     assert _stack(cfg.store.path).tobytes() == _fill_in_this_process(again, icbm152_dataset).tobytes()
+
+    complete = _stack(cfg.store.path)
+    group = zarr.open_group(cfg.store.path, mode="r+")
+    group["stack"][16:32] = 0  # shard 1 lost, as if its writer died before its done flags
+    group["done"][16:32] = False
+    resumed = run_generate(cfg, icbm152_dataset)
+    assert [r.shard for r in resumed] == [1] and _stack(cfg.store.path).tobytes() == complete.tobytes()
 
     summary = summarise(store)
     fidelity, look = summary["mask_fidelity"], summary["appearance"]
