@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,7 +25,7 @@ from s2s2.pipeline.config.generator import GenerateConfig
 from s2s2.pipeline.config.project import ProjectConfig
 from s2s2.pipeline.data.prepared import PreparedDataset
 from s2s2.pipeline.errors import ConfigError
-from s2s2.store.manifest import StackGenerator, StackSource
+from s2s2.store.manifest import GeneratorIdentity, SourceIdentity, StackGenerator, StackSource, SynthIdentity
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +96,11 @@ def sources_to_make(done: np.ndarray, generator: StackGenerator) -> list[StackSo
     return [source for source in generator.sources if not done[:, source.k_start:source.k_stop].all()]
 
 
+def images_to_make(done: np.ndarray, generator: StackGenerator) -> int:
+    """How many images a task makes for a shard whose ledger rows are `done` [S,K]."""
+    return len(done) * sum(len(source.ks) for source in sources_to_make(done, generator))
+
+
 def source_images(task: ShardTask, source: StackSource, masks: np.ndarray, prompts: list[str],
                   rows: range, num_classes: int, image_shape: tuple[int, int, int]) -> tuple[np.ndarray, int, int]:
     """Images of one source for the samples `rows`: [m, len(ks), C, H, W], regenerated, still bad."""
@@ -136,7 +142,7 @@ def generate_shard(task: ShardTask, shard: int) -> ShardResult:
         stack[:, source.k_start:source.k_stop] = to_store_dtype(images, manifest.dtype)
         regenerated, still_bad = regenerated + again, still_bad + bad
     store.write_shard(shard, stack)
-    return ShardResult(shard=shard, images=len(rows) * sum(len(s.ks) for s in todo),
+    return ShardResult(shard=shard, images=images_to_make(done, task.generator),
                        sources=tuple(s.kind for s in todo), regenerated=regenerated, still_bad=still_bad,
                        worker=f"{socket.gethostname()}:{os.getpid()}", seconds=time.monotonic() - started)
 
@@ -178,7 +184,7 @@ def run_shards(task: ShardTask, shards: list[int], images_per_shard: dict[int, i
     return results
 
 
-def controlnet_folder(cfg: ProjectConfig) -> Any:
+def controlnet_folder(cfg: ProjectConfig) -> Path:
     """The fine-tuned pipeline folder to sample from, checked to be one."""
     from s2s2.pipeline.generator.paths import sampling_generator_dir
 
@@ -194,13 +200,11 @@ def stack_generator(cfg: ProjectConfig, k: int, prompt_template: str, resolution
     """The sources that fill the K images of every sample, with each one's identity and k range."""
     from importlib.metadata import version
 
-    from s2s2.store.manifest import GeneratorIdentity, SynthIdentity
-
     settings = cfg.generate
     sources = []
     for kind, start, stop in cfg.generator.k_ranges(k):
         if kind == "synth":
-            identity: Any = SynthIdentity(params=cfg.generator.synth.model_dump(mode="json"), seed=settings.seed,
+            identity: SourceIdentity = SynthIdentity(params=cfg.generator.synth.model_dump(mode="json"), seed=settings.seed,
                                           monai_version=version("monai"))
         else:
             from s2s2.pipeline.generator.loading import controlnet_hash
@@ -260,14 +264,13 @@ def run_generate(cfg: ProjectConfig, dataset: PreparedDataset | None = None,
         sizes = {}
         for shard in pending:
             rows = store.shard_samples(shard)
-            todo = sources_to_make(done[rows.start:rows.stop], generator)
-            sizes[shard] = len(rows) * sum(len(source.ks) for source in todo)
+            sizes[shard] = images_to_make(done[rows.start:rows.stop], generator)
         started = time.monotonic()
         results = run_shards(task, pending, sizes)
         seconds = time.monotonic() - started
         images = sum(r.images for r in results)
         logger.info(f"generated {images} images in {seconds:.1f} s ({images / seconds:.2f} img/s) on "
-                    f"{len({r.worker for r in results})} worker(s); regenerated {sum(r.regenerated for r in results)} "
-                    f"NaN/black images, {sum(r.still_bad for r in results)} still bad after retries")
+              f"{len({r.worker for r in results})} worker(s); regenerated {sum(r.regenerated for r in results)} "
+              f"NaN/black images, {sum(r.still_bad for r in results)} still bad after retries")
     logger.info(f"store status: {store.refresh_status()}")
     return results

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from s2s2.store.fidelity import mask_fidelity, normalised_fidelity, stack_appearance
+from s2s2.store.fidelity import SCORES, mask_fidelity, normalised_fidelity, stack_appearance
 from s2s2.store.layout import to_unit_float
 from s2s2.store.manifest import StackGenerator, utc_now
 from s2s2.store.stack_store import StackStore
@@ -62,8 +62,7 @@ def _fidelity(originals: np.ndarray, masks: np.ndarray, stack: np.ndarray, seed:
     """Mask fidelity of `stack` with the ceiling (the originals' own scores) and the normalised scores.
     Every call with one seed pairs the samples with the same unrelated masks."""
     scores = mask_fidelity(originals, masks, stack, np.random.default_rng(seed), num_classes=num_classes)
-    ceiling_scores = {key: ceiling[key] for key in ("dice_own", "dice_chance", "dice_own_adaptive",
-                                                    "dice_chance_adaptive")}
+    ceiling_scores = {key: ceiling[key] for pair in SCORES.values() for key in pair}
     return {**scores, "ceiling": ceiling_scores, "normalised": normalised_fidelity(scores, ceiling)}
 
 
