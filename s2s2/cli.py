@@ -119,10 +119,11 @@ def stack_inspect(
     config: ConfigOpt = None,
     set_: SetOpt = None,
     json_: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
-    preview: Annotated[Optional[Path], typer.Option("--preview", help="Write a PNG grid: mask | original | K stack images.")] = None,
+    preview: Annotated[Optional[Path], typer.Option("--preview", help="Write a PNG grid: mask | original | K stack images, each titled with its source.")] = None,
     verify: Annotated[bool, typer.Option("--verify", help="Decode every chunk and check the images; exit 2 naming bad shards.")] = False,
 ) -> None:
-    """Summarise a stack store (layout, completion, generator, mask fidelity); optionally verify it."""
+    """Summarise a stack store (layout, completion, sources, mask fidelity against the originals,
+    appearance diversity); optionally verify it."""
     from s2s2.pipeline.config.base import load_config
     from s2s2.pipeline.config.project import ProjectConfig
     from s2s2.store.commands import run_inspect

@@ -32,7 +32,9 @@ from s2s2.store.manifest import (
     Compression,
     GeneratorIdentity,
     Manifest,
+    StackGenerator,
     StoreDtype,
+    changed_sources,
     utc_now,
 )
 
@@ -41,7 +43,7 @@ if TYPE_CHECKING:
 
     from s2s2.pipeline.data.prepared import PreparedDataset
 
-__all__ = ["GeneratorIdentity", "Manifest", "StackStore"]
+__all__ = ["GeneratorIdentity", "Manifest", "StackGenerator", "StackStore"]
 
 
 def _store_like(path: Any) -> Any:
@@ -305,20 +307,25 @@ class StackStore:
         self._group.attrs[MANIFEST_KEY] = manifest.model_dump(mode="json")
         self._manifest = manifest
 
-    def bind_generator(self, identity: GeneratorIdentity, overwrite: bool = False) -> None:
-        """Record which generator fills the stack; a different one is refused unless `overwrite`,
-        which clears the done ledger so every shard is generated again."""
+    def bind_generator(self, generator: StackGenerator, overwrite: bool = False) -> None:
+        """Record which sources fill the stack (each owns a range of k). A source that differs from
+        the recorded one is refused unless `overwrite`, which clears the done flags of its images
+        only, so the next run regenerates them and keeps the other sources' work."""
         self._require_writable()
+        if generator.k != self.k:
+            raise StoreError(f"{self.path}: the generator's sources fill K={generator.k} images per sample, "
+                             f"the store holds K={self.k}; fix: set store.k to {generator.k} or use another store")
         recorded = self._manifest.generator
-        if recorded is not None and recorded != identity:
+        if recorded is not None and recorded != generator:
+            changed, ks = changed_sources(recorded, generator)
             if not overwrite:
-                changed = [f"{key}: {getattr(recorded, key)!r} -> {getattr(identity, key)!r}"
-                           for key in GeneratorIdentity.model_fields if getattr(recorded, key) != getattr(identity, key)]
                 raise StoreError(f"{self.path}: the store was filled by another generator ("
-                                 + "; ".join(changed) + "); fix: pass --overwrite to regenerate every shard")
-            self._done[:] = False
+                                 + "; ".join(changed) + "); fix: pass --overwrite to regenerate those images")
+            done = self.done_ledger()
+            done[:, ks] = False
+            self._done[:] = done
         status = "complete" if self.complete_fraction() == 1.0 else "generating"
-        self._write_manifest(self._manifest.model_copy(update={"generator": identity, "status": status,
+        self._write_manifest(self._manifest.model_copy(update={"generator": generator, "status": status,
                                                                "updated": utc_now()}))
 
     def refresh_status(self) -> str:
