@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -150,24 +150,25 @@ def byte_source(store: Store) -> LocalFiles | StoreBytes:
 
 
 class ShardReader:
-    """Reads whole inner chunks (one image each) of the arrays of one store group.
+    """Reads whole inner chunks (one image each) of some arrays of one store, by name.
 
     `cache_indexes`: remember each shard's index after its first read (valid for shards that are
     never rewritten, i.e. done shards; a missing shard is never cached)."""
 
-    def __init__(self, group: zarr.Group, where: str, cache_indexes: bool = False, missing_is_error: bool = False):
+    def __init__(self, arrays: Mapping[str, zarr.Array], where: str, cache_indexes: bool = False,
+                 missing_is_error: bool = False):
         self.where = where
         self.cache_indexes = cache_indexes
         self.missing_is_error = missing_is_error
-        self.source = byte_source(group.store)
-        self._group = group
+        self.source = byte_source(next(iter(arrays.values())).store)
+        self._arrays = dict(arrays)
         self._layouts: dict[str, ShardLayout] = {}
         self._indexes: dict[tuple[str, tuple[int, ...]], np.ndarray] = {}
         self._checked: set[tuple[str, int]] = set()  # (array, leading dims) known to address whole images
 
     def layout(self, name: str) -> ShardLayout:
         if name not in self._layouts:
-            self._layouts[name] = shard_layout(self._group[name], self.where)
+            self._layouts[name] = shard_layout(self._arrays[name], self.where)
         return self._layouts[name]
 
     def _shard_of(self, name: str, lead: tuple[int, ...]) -> tuple[tuple[int, ...], int]:

@@ -82,7 +82,8 @@ class StackStore:
         self._done = group["done"]
         self._originals = group["originals"]
         self._masks = group["masks"]
-        self._reader = ShardReader(group, str(path), cache_indexes=reads_done_shards_only,
+        self._reader = ShardReader({"originals": self._originals, "masks": self._masks, "stack": self._stack}, str(path),
+                                   cache_indexes=reads_done_shards_only,
                                    missing_is_error=reads_done_shards_only)
 
     # --- creation and opening ------------------------------------------------------------------
