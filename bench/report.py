@@ -44,8 +44,10 @@ FIGURES: dict[str, FigureSpec] = {
         "bytes read per pair: authors' npz / our store", "x", ">=", 8.0, ">= 8",
         "bytes the process read per item (/proc/self/io rchar); bench/store_read.py"),
     "p3_loader_speedup": FigureSpec(
-        "pairs/s: our loader / authors'-layout loader, cold cache", "x", ">=", 5.0, ">= 5",
-        "one shuffled epoch through the same DataLoader, page cache dropped; bench/store_read.py"),
+        "pairs/s: our loader / authors'-layout loader, 192 px K=16, cold, local disk", "x", ">=", 3.0,
+        ">= 3 cold local, >= 5 on S3 with latency, >= 1 warm; read path >= 50 % of its floor",
+        "pairs/s per DataLoader worker, cold and warm, local disk and moto's S3 server behind a latency proxy, "
+        "against a raw read + zstd decode of the same bytes; bench/store_read.py"),
     "p4_gen_images_per_s": FigureSpec(
         "tiny CPU generator: images/s, batch K / one at a time", "x", ">=", None, "report",
         "images/s of the tiny pipeline, K images per call vs one; bench/gen_speed.py"),
