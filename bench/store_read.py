@@ -325,6 +325,34 @@ def single_process_rates(store_path: str, files: list[Path], layout: Layout, bat
     return out
 
 
+def cpu_per_pair(store_path: str, npz_files: list[str], layout: Layout, batch: int, seed: int = 1) -> dict[str, float]:
+    """CPU seconds per pair in one process with a warm page cache (robust where wall time is not,
+    e.g. on a shared machine): both loaders' item production (read + float conversion, batch by
+    batch) and, for reference, the same three images read through zarr-python's own API."""
+    import zarr
+
+    order = [int(i) for i in np.random.default_rng(seed).permutation(layout.n_cases)]
+    ours, theirs = StorePairDataset(store_path, layout.k, seed), NpzPairDataset(npz_files, layout.k, seed)
+    group = zarr.open_group(store_path, mode="r")
+    arrays = (group["originals"], group["stack"], group["masks"])
+
+    def zarr_pairs(items: list[int]) -> None:
+        for i in items:
+            arrays[0][i], arrays[1][i, visit_k(seed, i, layout.k)], arrays[2][i]
+
+    out = {}
+    for name, produce in (("ours", ours.__getitems__), ("npz", lambda items: [theirs[i] for i in items]),
+                          ("zarr", zarr_pairs)):
+        produce(order[:batch])  # open handles, warm the page cache
+        for b in range(0, len(order), batch):
+            produce(order[b:b + batch])
+        start = time.process_time()
+        for b in range(0, len(order), batch):
+            produce(order[b:b + batch])
+        out[f"cpu {name}"] = (time.process_time() - start) / len(order)
+    return out
+
+
 def _upload(store_path: str, npz_files: list[Path], options: dict[str, Any], prefix: str) -> tuple[str, list[str]]:
     """Copy the store folder and the npz files into the bucket; returns their S3 names."""
     import fsspec
@@ -367,7 +395,10 @@ def measure_layout(layout: Layout, root: Path, timings: bool, repeats: int = 1, 
                                   ("npz", NpzPairDataset(npz, layout.k, 0, options))):
                 for key, value in loader_rates(dataset, files, workers, batch, epochs).items():
                     runs.setdefault(f"{name} {key}", []).append(value)
-            for key, value in single_process_rates(path, files, layout, batch, options).items():
+            measured = single_process_rates(path, files, layout, batch, options)
+            if options is None:
+                measured.update(cpu_per_pair(path, npz, layout, batch))
+            for key, value in measured.items():
                 runs.setdefault(key, []).append(value)
         med = {key: float(np.median(values)) for key, values in runs.items()}
         row = {"layout": layout.name, "medium": medium, "px": layout.size, "C": layout.channels, "K": layout.k,
@@ -385,6 +416,11 @@ def measure_layout(layout: Layout, root: Path, timings: bool, repeats: int = 1, 
             row[f"read path {cache}"] = 1.0 / med[f"reader {cache}"]
             row[f"read path/floor {cache}"] = row[f"read path {cache}"] / floor
             row[f"loader/floor {cache}"] = row[f"ours {cache}"] / floor
+        if "cpu ours" in med:
+            row["CPU ms/pair warm: ours"] = 1e3 * med["cpu ours"]
+            row["npz"] = 1e3 * med["cpu npz"]
+            row["zarr-python"] = 1e3 * med["cpu zarr"]
+            row["CPU speedup vs npz"] = med["cpu npz"] / med["cpu ours"]
         row["raw read ms/pair cold"] = 1e3 * med["read cold"]
         row["decode ms/pair"] = 1e3 * med["decode"]
         row["raw"] = runs
@@ -457,7 +493,9 @@ def measure_loader_speedup(quick: bool = False) -> dict[str, Any]:
                     "running; S3 (moto's server behind a proxy adding the latency to every request): cold = the "
                     "first epoch of fresh workers; warm = later epochs. read path = StackStore.read_pairs per batch "
                     "in one process; floor = one process reading the same byte ranges raw plus zstd-decoding them "
-                    "(pairs/s, shard indexes known). Loader rates pool 2 cold and 2 warm epochs per loader (S3: 1 "
+                    "(pairs/s, shard indexes known). CPU ms/pair (local rows): process time per pair in one "
+                    "process, warm page cache, of each loader's item production and of zarr-python's own reads of "
+                    "the same three images. Loader rates pool 2 cold and 2 warm epochs per loader (S3: 1 "
                     "cold); S3 rows use half the cases. "
                     "Targets: " + ", ".join(f"{k}: {'met' if v else 'NOT met'}" for k, v in verdict.items())}
 

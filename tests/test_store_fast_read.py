@@ -131,7 +131,7 @@ def test_a_corrupted_chunk_is_a_clear_error(tmp_path):
     data = bytearray(shard_file(path, 0).read_bytes())
     data[30:34] = bytes(4)  # inside the first chunk's zstd frame; the index (at the end) stays intact
     shard_file(path, 0).write_bytes(bytes(data))
-    with pytest.raises(StoreError, match=r"shard 0 of 'stack' .* is damaged: chunk 0 does not decode"):
+    with pytest.raises(StoreError, match=r"shard 0 of 'stack' .* is damaged: the chunk of stack\[0, 0\] does not decode"):
         StackStore.open(path).read_stack(0, 0)
     np.testing.assert_array_equal(StackStore.open(path).read_stack(0, 1), fake_stack(range(3), K, (1, 16, 16))[0, 1])
 

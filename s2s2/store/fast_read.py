@@ -17,6 +17,7 @@ done shards only, e.g. training).
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -165,6 +166,7 @@ class ShardReader:
         self._layouts: dict[str, ShardLayout] = {}
         self._indexes: dict[tuple[str, tuple[int, ...]], np.ndarray] = {}
         self._checked: set[tuple[str, int]] = set()  # (array, leading dims) known to address whole images
+        self._keys: dict[tuple[str, tuple[int, ...]], str] = {}
 
     def layout(self, name: str) -> ShardLayout:
         if name not in self._layouts:
@@ -188,8 +190,12 @@ class ShardReader:
         return shard, position
 
     def _key(self, name: str, shard: tuple[int, ...]) -> str:
-        layout = self.layout(name)
-        return f"{layout.key_prefix}/{layout.encode_key(shard)}" if layout.key_prefix else layout.encode_key(shard)
+        key = self._keys.get((name, shard))
+        if key is None:
+            layout = self.layout(name)
+            key = f"{layout.key_prefix}/{layout.encode_key(shard)}" if layout.key_prefix else layout.encode_key(shard)
+            self._keys[(name, shard)] = key
+        return key
 
     def _damaged(self, name: str, shard: tuple[int, ...], reason: str) -> StoreError:
         return StoreError(f"{self.where}: shard {shard[0]} of {name!r} ({self._key(name, shard)}) is damaged: {reason}; "
@@ -223,33 +229,48 @@ class ShardReader:
                 self._indexes[(name, shard)] = found[(name, shard)]
         return [found[s] if s in found else self._indexes[s] for s in shards]
 
-    def read(self, requests: Sequence[Request]) -> list[np.ndarray]:
-        """The image of each (array, leading coordinates), exactly as `zarr_array[coords]` returns it."""
+    def locate(self, requests: Sequence[Request]) -> list[tuple[str, int, int] | None]:
+        """(key, start, end) of each image's inner chunk in the store; None for a chunk zarr did not
+        write (the image is the fill value). Indexes not known yet are fetched together."""
         located = [(name, *self._shard_of(name, lead)) for name, lead in requests]
         indexes = self.indexes([(name, shard) for name, shard, _ in located])
-        ranges: list[tuple[int, tuple[str, ByteRequest]]] = []
-        for r, ((name, shard, position), index) in enumerate(zip(located, indexes)):
-            if index is not None and index[position, 0] != EMPTY:
+        out: list[tuple[str, int, int] | None] = []
+        for (name, shard, position), index in zip(located, indexes):
+            if index is None or index[position, 0] == EMPTY:
+                out.append(None)
+            else:
                 start, length = (int(v) for v in index[position])
-                ranges.append((r, (self._key(name, shard), RangeByteRequest(start, start + length))))
-        chunks = dict(zip((r for r, _ in ranges), self.source.fetch([request for _, request in ranges])))
-        for r, raw in chunks.items():
-            if raw is None:
-                raise self._damaged(located[r][0], located[r][1], "the shard file vanished while it was read")
-        return [self._decode(name, shard, chunks[r] if r in chunks else None, position, len(lead))
-                for r, ((name, shard, position), (_, lead)) in enumerate(zip(located, requests))]
+                out.append((self._key(name, shard), start, start + length))
+        return out
 
-    def _decode(self, name: str, shard: tuple[int, ...], raw: Any, position: int, n_lead: int) -> np.ndarray:
+    def read(self, requests: Sequence[Request]) -> list[np.ndarray]:
+        """The image of each (array, leading coordinates), exactly as `zarr_array[coords]` returns it."""
+        ranges = self.locate(requests)
+        wanted = [r for r, where in enumerate(ranges) if where is not None]
+        fetched = self.source.fetch([(ranges[r][0], RangeByteRequest(ranges[r][1], ranges[r][2]))  # type: ignore[index]
+                                     for r in wanted])
+        chunks = dict(zip(wanted, fetched))
+        images = []
+        for r, (name, lead) in enumerate(requests):
+            raw = chunks.get(r)
+            if r in chunks and raw is None:
+                raise self._damaged(name, self._shard_of(name, lead)[0], "the shard file vanished while it was read")
+            images.append(self._decode(name, lead, raw))
+        return images
+
+    def _decode(self, name: str, lead: tuple[int, ...], raw: Any) -> np.ndarray:
         layout = self.layout(name)
-        shape = layout.chunk_shape[n_lead:]
+        shape = layout.chunk_shape[len(lead):]
         if raw is None:  # not written by zarr: the whole image is the fill value
             return np.full(shape, layout.fill_value, dtype=layout.native_dtype)
         try:
             data = raw if layout.decompress is None else layout.decompress(raw)
         except Exception as err:  # whatever the codec raises, the cause is damaged bytes
-            raise self._damaged(name, shard, f"chunk {position} does not decode ({type(err).__name__}: {err})") from err
-        nbytes = layout.dtype.itemsize * int(np.prod(shape))
+            raise self._damaged(name, self._shard_of(name, lead)[0],
+                                f"the chunk of {name}{list(lead)} does not decode ({type(err).__name__}: {err})") from err
+        nbytes = layout.dtype.itemsize * math.prod(shape)
         if len(data) != nbytes:
-            raise self._damaged(name, shard, f"chunk {position} holds {len(data)} bytes, not {nbytes}")
+            raise self._damaged(name, self._shard_of(name, lead)[0],
+                                f"the chunk of {name}{list(lead)} holds {len(data)} bytes, not {nbytes}")
         # a copy, so the image is writable like zarr's (and no longer holds the fetched buffer)
         return np.frombuffer(data, dtype=layout.dtype).reshape(shape).astype(layout.native_dtype)

@@ -268,11 +268,19 @@ class StackStore:
 
     def read_pairs(self, indices: Sequence[int], ks: Sequence[int]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """(original, stack image k, mask) of each (index, k), all requested together."""
-        requests = []
+        images = self._reader.read(self._pair_requests(indices, ks))
+        return [(images[j], images[j + 1], images[j + 2]) for j in range(0, len(images), 3)]
+
+    def pair_chunk_ranges(self, indices: Sequence[int], ks: Sequence[int]) -> list[tuple[str, int, int] | None]:
+        """(key, start, end) in the store of the original, stack image and mask chunks that
+        `read_pairs(indices, ks)` fetches, in that order (what a raw read of the same bytes reads)."""
+        return self._reader.locate(self._pair_requests(indices, ks))
+
+    def _pair_requests(self, indices: Sequence[int], ks: Sequence[int]) -> list[tuple[str, tuple[int, ...]]]:
+        requests: list[tuple[str, tuple[int, ...]]] = []
         for i, k in zip(indices, ks, strict=True):
             requests += [("originals", (int(i),)), ("stack", (int(i), int(k))), ("masks", (int(i),))]
-        images = self._reader.read(requests)
-        return [(images[j], images[j + 1], images[j + 2]) for j in range(0, len(images), 3)]
+        return requests
 
     def read_pair(self, index: int, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(original, stack image k, mask) of one sample: three ranged reads, requested together."""
