@@ -31,6 +31,8 @@ from typing import Any
 
 import numpy as np
 
+from bench.s3_latency import BUCKET, s3_endpoint
+
 AUTHORS_ROWS = ("ct_mri_192", "endoscopy_512")
 
 
@@ -111,8 +113,8 @@ def pair_item(image: np.ndarray, stack_image: np.ndarray, mask: np.ndarray, k: i
     import torch
 
     scale = np.float32(1 / 255) if image.dtype == np.uint8 else np.float32(1)
-    return {"original": torch.from_numpy(image.astype(np.float32) * scale),
-            "stack_image": torch.from_numpy(stack_image.astype(np.float32) * scale),
+    return {"original": torch.from_numpy(np.multiply(image, scale, dtype=np.float32)),  # one pass each
+            "stack_image": torch.from_numpy(np.multiply(stack_image, scale, dtype=np.float32)),
             "mask": torch.from_numpy(mask.astype(np.int64)), "k": k, "index": i}
 
 
@@ -386,7 +388,7 @@ def measure_layout(layout: Layout, root: Path, timings: bool, repeats: int = 1, 
         ("local disk", store_path, [str(p) for p in npz_files], None, store_files + npz_files)]
     if s3 is not None:
         media = [(f"S3 +{s3['latency_ms']:g} ms", *_upload(store_path, npz_files, s3["direct"],
-                                                           f"s2s2-bench/{layout.name}"), s3["proxied"], [])]
+                                                           f"{BUCKET}/{layout.name}"), s3["proxied"], [])]
     rows = []
     for medium, path, npz, options, files in media:
         runs: dict[str, list[float]] = {}
@@ -437,8 +439,6 @@ def measure(quick: bool = False, timings: bool = True, latency_ms: float = 10.0)
             with tempfile.TemporaryDirectory(prefix="s2s2-bench-store-") as tmp:
                 rows += measure_layout(layout, Path(tmp), timings=False, repeats=1)
         return rows
-    from bench.s3_latency import s3_endpoint
-
     rows = []
     with s3_endpoint(latency_ms) as (direct, proxied):
         s3 = {"direct": direct, "proxied": proxied, "latency_ms": latency_ms}
@@ -446,8 +446,26 @@ def measure(quick: bool = False, timings: bool = True, latency_ms: float = 10.0)
             with tempfile.TemporaryDirectory(prefix="s2s2-bench-store-") as tmp:
                 rows += measure_layout(layout, Path(tmp), True)
             with tempfile.TemporaryDirectory(prefix="s2s2-bench-store-") as tmp:
-                rows += measure_layout(replace(layout, n_cases=layout.n_cases // 2), Path(tmp), True, s3=s3)
+                remote = measure_layout(replace(layout, n_cases=layout.n_cases // 2), Path(tmp), True, s3=s3)
+            for row in remote:
+                row["server ms/GET, no added latency"] = server_ms_per_get(direct)
+            rows += remote
     return rows
+
+
+def server_ms_per_get(options: dict[str, Any], n: int = 20) -> float:
+    """Milliseconds per small ranged GET straight to moto's server (no proxy): the time the local
+    server itself takes per request, which a remote bucket spreads over many machines."""
+    import fsspec
+
+    fs = fsspec.filesystem("s3", **options, skip_instance_cache=True)
+    key = f"{BUCKET}/probe"
+    fs.pipe(key, bytes(4096))
+    fs.cat_file(key, 0, 1024)
+    start = time.perf_counter()
+    for _ in range(n):
+        fs.cat_file(key, 0, 1024)
+    return 1e3 * (time.perf_counter() - start) / n
 
 
 def _authors_min(rows: list[dict[str, Any]], key: str) -> float:
