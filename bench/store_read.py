@@ -461,10 +461,10 @@ def server_ms_per_get(options: dict[str, Any], n: int = 20) -> float:
     fs = fsspec.filesystem("s3", **options, skip_instance_cache=True)
     key = f"{BUCKET}/probe"
     fs.pipe(key, bytes(4096))
-    fs.cat_file(key, 0, 1024)
+    fs.cat_file(key, start=0, end=1024)
     start = time.perf_counter()
     for _ in range(n):
-        fs.cat_file(key, 0, 1024)
+        fs.cat_file(key, start=0, end=1024)
     return 1e3 * (time.perf_counter() - start) / n
 
 
