@@ -25,6 +25,7 @@ import csv
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -214,7 +215,8 @@ def run_phases(args: argparse.Namespace) -> list[dict[str, Any]]:
                 "--set", f"train.name={model}", "--set", "train.stack=true"]
         name = f"train {model} {'small' if args.dry_run else 'full'} {size} px B={batch} (S2S2)"
         if left() > 0:
-            code, tail = s2s2(["stack", "init", "-c", str(cfg_path), *sets, "--overwrite"], out / f"init-{model}.log", left())
+            shutil.rmtree(out / "train" / model, ignore_errors=True)  # a rerun trains afresh
+            code, _ = s2s2(["stack", "init", "-c", str(cfg_path), *sets, "--overwrite"], out / f"init-{model}.log", left())
             if code == 0:
                 fill_stand_in_stack(store)
 
