@@ -154,8 +154,9 @@ def run_phases(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Every phase in order, each within what is left of the budget."""
     out = args.out_dir
     out.mkdir(parents=True, exist_ok=True)
+    settings = config(out, args.dry_run)
     cfg_path = out / "smoke.yaml"
-    cfg_path.write_text(yaml.safe_dump(config(out, args.dry_run)))
+    cfg_path.write_text(yaml.safe_dump(settings))
     started = time.monotonic()
     cuda = not args.dry_run
     rows: list[dict[str, Any]] = []
@@ -163,18 +164,14 @@ def run_phases(args: argparse.Namespace) -> list[dict[str, Any]]:
     def left() -> float:
         return args.max_seconds - (time.monotonic() - started)
 
-    def phase(key: str, name: str, commands: list[list[str]], result: Any) -> None:
+    def phase(key: str, name: str, command: list[str], result: Any) -> None:
         if left() <= 0:
             rows.append({"phase": name, "status": f"skipped: past the {args.max_seconds:.0f} s budget"})
             return
         t0 = time.monotonic()
-        status = "ok"
         with MemoryPoll(cuda) as memory:
-            for i, command in enumerate(commands):
-                code, tail = s2s2(command, out / f"{key}-{i}.log", left())
-                if code != 0:
-                    status = f"failed (exit {code}): " + " | ".join(tail.strip().splitlines()[-3:])[-400:]
-                    break
+            code, tail = s2s2(command, out / f"{key}.log", left())
+        status = "ok" if code == 0 else f"failed (exit {code}): " + " | ".join(tail.strip().splitlines()[-3:])[-400:]
         row = {"phase": name, "status": status, "wall_s": round(time.monotonic() - t0, 1), "peak_gib": memory.gib}
         if status == "ok":
             row.update(result())
@@ -187,7 +184,7 @@ def run_phases(args: argparse.Namespace) -> list[dict[str, Any]]:
         write_base(base, args.dry_run)
         rows.append({"phase": "random base written", "status": "ok", "wall_s": round(time.monotonic() - t0, 1)})
 
-    ft = config(out, args.dry_run)["finetune"]
+    ft, gen = settings["finetune"], settings["generate"]
 
     def finetune_result() -> dict[str, Any]:
         summary = json.loads((out / "generator" / "s2s2_finetune.json").read_text())
@@ -195,15 +192,17 @@ def run_phases(args: argparse.Namespace) -> list[dict[str, Any]]:
         return {"steps": summary["steps"], "batch": ft["batch_size"], "px": summary["resolution"],
                 "s_per_step": round(s_per_step, 3), "images_per_s": round(ft["batch_size"] / s_per_step, 2)}
 
-    phase("finetune", "finetune (SD locked, bf16, gradient checkpointing)",
-          [["finetune", "-c", str(cfg_path), "--overwrite"]], finetune_result)
+    phase("finetune", f"finetune {ft['batch_size']}x{settings['data']['size']} px (SD locked, "
+                      f"mixed precision {ft['mixed_precision']}, gradient checkpointing)",
+          ["finetune", "-c", str(cfg_path), "--overwrite"], finetune_result)
 
     def generate_result() -> dict[str, Any]:
-        text = (out / "generate-0.log").read_text()
+        text = (out / "generate.log").read_text()
         found = re.findall(r"generated (\d+) images in ([\d.]+) s \(([\d.]+) img/s\)", text)
         return {"images": int(found[-1][0]), "images_per_s": float(found[-1][2])} if found else {}
 
-    phase("generate", "generate (UniPC 20 steps, guidance 9)", [["generate", "-c", str(cfg_path), "--overwrite"]],
+    phase("generate", f"generate K={settings['store']['k']} (UniPC {gen['steps']} steps, guidance 9, "
+                      f"{gen['precision']})", ["generate", "-c", str(cfg_path), "--overwrite"],
           generate_result)
 
     for model, size, batch in SEGMENTERS:
@@ -223,11 +222,11 @@ def run_phases(args: argparse.Namespace) -> list[dict[str, Any]]:
         def train_result(model: str = model, batch: int = batch) -> dict[str, Any]:
             log_csv = out / "train" / model / "log.csv"
             s_per_step = steady_seconds_per_step(log_csv)
-            return {"steps": config(out, args.dry_run)["train"]["steps"], "batch": batch,
+            return {"steps": settings["train"]["steps"], "batch": batch,
                     "s_per_step": round(s_per_step, 4) if s_per_step else None,
                     "images_per_s": round(2 * batch / s_per_step, 1) if s_per_step else None}
 
-        phase(f"train-{model}", name, [["train", "-c", str(cfg_path), *sets]], train_result)
+        phase(f"train-{model}", name, ["train", "-c", str(cfg_path), *sets], train_result)
     return rows
 
 
