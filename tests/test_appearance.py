@@ -43,14 +43,19 @@ def test_without_corruption_each_label_is_its_own_gaussian() -> None:
         assert np.allclose(pixels, means[label][:, None], atol=1e-6)  # constant per label and channel
 
 
-def test_min_separation_keeps_label_means_apart() -> None:
-    cfg = LabelsToImageConfig(min_separation=0.2)
-    for seed in range(50):
-        means = label_means(4, 2, np.random.default_rng(seed), cfg)
-        gaps = np.diff(np.sort(means, axis=0), axis=0)
-        assert gaps.min() >= 0.2 - 1e-9 and means.min() >= 0 and means.max() <= 1
-    with pytest.raises(ConfigError, match="min_separation"):
-        label_means(6, 1, np.random.default_rng(0), LabelsToImageConfig(min_separation=0.3))
+def test_separation_keeps_label_means_apart_for_any_number_of_labels() -> None:
+    for labels, separation in ((4, 0.45), (9, 0.9), (2, 1.0)):
+        cfg = LabelsToImageConfig(mean=(0.1, 0.9), separation=separation)
+        wanted = separation * 0.8 / (labels - 1)
+        for seed in range(30):
+            means = label_means(labels, 2, np.random.default_rng(seed), cfg)
+            gaps = np.diff(np.sort(means, axis=0), axis=0)
+            assert gaps.min() >= wanted - 1e-9 and means.min() >= 0.1 - 1e-9 and means.max() <= 0.9 + 1e-9
+    levels = label_means(4, 1, np.random.default_rng(0), LabelsToImageConfig(separation=1.0))[:, 0]
+    np.testing.assert_allclose(np.sort(levels), [0, 1 / 3, 2 / 3, 1])  # evenly spaced, in shuffled order
+    orders = {tuple(np.argsort(label_means(3, 1, np.random.default_rng(s), LabelsToImageConfig(separation=1.0))[:, 0]))
+              for s in range(40)}
+    assert len(orders) == 6  # every brightness order of three labels occurs
 
 
 def test_corrupt_changes_intensities_only_and_off_is_identity() -> None:
@@ -76,7 +81,7 @@ def test_bias_field_is_smooth_and_multiplicative() -> None:
 @pytest.mark.parametrize("field, value", [
     ("corruption.noise_p", -0.1), ("corruption.bias_p", 1.5), ("corruption.noise_std", -0.01),
     ("corruption.bias_coeff", -1), ("corruption.gamma", [0.0, 1.0]), ("corruption.blur_sigma", [1.0, 0.5]),
-    ("std", [-0.1, 0.1]), ("mean", [0.8, 0.2]), ("min_separation", -0.1),
+    ("std", [-0.1, 0.1]), ("mean", [0.8, 0.2]), ("separation", -0.1), ("separation", 1.5),
 ])
 def test_bad_values_are_config_errors_naming_the_field(field: str, value: object) -> None:
     with pytest.raises(ConfigError, match=field.split(".")[-1]):

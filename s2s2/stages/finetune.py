@@ -35,6 +35,7 @@ from s2s2.pipeline.atomic import atomic_path
 from s2s2.pipeline.config.appearance import AppearanceRemapConfig
 from s2s2.pipeline.config.project import ProjectConfig
 from s2s2.pipeline.data.prepared import PreparedDataset
+from s2s2.pipeline.distributed import any_process
 from s2s2.pipeline.errors import S2S2Error
 from s2s2.pipeline.generator.control import appearance_controls, control_images, to_generator_rgb
 from s2s2.pipeline.generator.loading import (
@@ -206,13 +207,6 @@ def _cast(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
     return module
 
 
-def _any_process(accelerator: Accelerator, flag: bool) -> bool:
-    """True on every process when `flag` is true on any (all ranks must stop at the same step)."""
-    if accelerator.num_processes == 1:
-        return flag
-    return bool(accelerator.reduce(torch.tensor([float(flag)], device=accelerator.device), reduction="sum").item() > 0)
-
-
 def _to_device(batch: Batch, device: torch.device) -> Batch:
     return Batch(*(getattr(batch, name).to(device) for name in Batch.__dataclass_fields__))
 
@@ -237,7 +231,7 @@ def save_validation(cfg: ProjectConfig, pipe: StableDiffusionControlNetPipeline,
     appearance = cfg.finetune.appearance if cfg.finetune.appearance.enabled else None
     stack, _, _ = generate_stack(sampler, dataset.masks[indices], [dataset.prompt(i) for i in indices], indices,
                                  2, dataset.num_classes, dataset.image_shape, cfg.generate, resolution,
-                                 dataset.images[indices], appearance)
+                                 originals=dataset.images[indices], appearance=appearance)
     rows = [[to_rgb_uint8(dataset.images[i]), overlay_mask(dataset.images[i], dataset.masks[i], dataset.num_classes, 1.0)]
             + [to_rgb_uint8(image.astype(np.float32) / 255.0) for image in stack[row]]
             for row, i in enumerate(indices)]
@@ -333,7 +327,7 @@ def run_finetune(cfg: ProjectConfig, dataset: PreparedDataset | None = None, res
     bar = tqdm(total=ft.steps, initial=start_step, desc="finetune", unit="step",
                disable=not accelerator.is_main_process)
     while step < ft.steps:
-        if ft.max_seconds is not None and _any_process(accelerator, time.monotonic() - started > ft.max_seconds):
+        if ft.max_seconds is not None and any_process(accelerator, time.monotonic() - started > ft.max_seconds):
             capped = True
             logger.warning(f"finetune.max_seconds={ft.max_seconds:g} reached at step {step} of {ft.steps}: the "
                            f"generator is saved and flagged stopped_by_max_seconds in {FINETUNE_SUMMARY}")

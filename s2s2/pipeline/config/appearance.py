@@ -7,15 +7,17 @@ low <= high.
 
 from __future__ import annotations
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 
 from s2s2.pipeline.config.base import StrictModel
 
 
-def _ordered(value: tuple[float, float], lowest: float, name: str) -> tuple[float, float]:
+def _range(value: tuple[float, float], info: ValidationInfo) -> tuple[float, float]:
+    """A (low, high) range with 0 <= low <= high; gamma exponents must also be > 0."""
     low, high = value
-    if low < lowest or high < low:
-        raise ValueError(f"{name} must be a range (low, high) with {lowest} <= low <= high, got {value}")
+    if low < 0 or high < low or (info.field_name == "gamma" and low <= 0):
+        lowest = "0 <" if info.field_name == "gamma" else "0 <="
+        raise ValueError(f"{info.field_name} must be a range (low, high) with {lowest} low <= high, got {value}")
     return value
 
 
@@ -33,18 +35,7 @@ class CorruptionConfig(StrictModel):
     noise_p: float = Field(0.5, ge=0, le=1)
     noise_std: float = Field(0.02, ge=0)  # noise SD ~ U(0, noise_std)
 
-    @field_validator("blur_sigma")
-    @classmethod
-    def _blur_range(cls, value: tuple[float, float]) -> tuple[float, float]:
-        return _ordered(value, 0.0, "blur_sigma")
-
-    @field_validator("gamma")
-    @classmethod
-    def _gamma_range(cls, value: tuple[float, float]) -> tuple[float, float]:
-        low, high = value
-        if low <= 0:
-            raise ValueError(f"gamma must be a range of positive exponents, got {value}")
-        return _ordered(value, 0.0, "gamma")
+    _ranges = field_validator("blur_sigma", "gamma")(_range)
 
 
 class LabelsToImageConfig(StrictModel):
@@ -63,15 +54,7 @@ class LabelsToImageConfig(StrictModel):
     separation: float = Field(0.5, ge=0, le=1)
     corruption: CorruptionConfig = Field(default_factory=CorruptionConfig)
 
-    @field_validator("mean")
-    @classmethod
-    def _mean_range(cls, value: tuple[float, float]) -> tuple[float, float]:
-        return _ordered(value, 0.0, "mean")
-
-    @field_validator("std")
-    @classmethod
-    def _std_range(cls, value: tuple[float, float]) -> tuple[float, float]:
-        return _ordered(value, 0.0, "std")
+    _ranges = field_validator("mean", "std")(_range)
 
 
 class AppearanceRemapConfig(StrictModel):
@@ -79,10 +62,10 @@ class AppearanceRemapConfig(StrictModel):
 
     Every label's pixels (but those of `keep_labels`) get a new mean intensity (drawn as in
     `LabelsToImageConfig`: uniform on `mean`, `separation` apart) while keeping the original's
-    within-label texture, scaled by a factor drawn per label from `texture`; then the corruptions. Off unless `enabled`: the
-    ControlNet then sees the mask alone, as in the paper. When on, the ControlNet also receives the
-    per-label mean intensities of its target painted into extra control channels, so it renders
-    the appearance it is asked for instead of an average of all of them.
+    within-label texture, scaled by a factor drawn per label from `texture`; then the corruptions.
+    Off unless `enabled`: the ControlNet then sees the mask alone, as in the paper. When on, the
+    ControlNet also receives the per-label mean intensities of its target painted into extra
+    control channels, so it renders the appearance it is asked for instead of an average of all.
     """
 
     enabled: bool = False
@@ -93,12 +76,4 @@ class AppearanceRemapConfig(StrictModel):
     keep_labels: tuple[int, ...] = ()  # labels that keep the original's intensities (e.g. 0: air around the body)
     corruption: CorruptionConfig = Field(default_factory=CorruptionConfig)
 
-    @field_validator("mean")
-    @classmethod
-    def _mean_range(cls, value: tuple[float, float]) -> tuple[float, float]:
-        return _ordered(value, 0.0, "mean")
-
-    @field_validator("texture")
-    @classmethod
-    def _texture_range(cls, value: tuple[float, float]) -> tuple[float, float]:
-        return _ordered(value, 0.0, "texture")
+    _ranges = field_validator("mean", "texture")(_range)
