@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from s2s2.pipeline.generator.loading import generator_appearance, load_base, mak
 from s2s2.pipeline.generator.paths import finetune_work_dir
 from s2s2.pipeline.generator.tiny import BUILD_STATS
 from s2s2.pipeline.generator.toy import toy_dataset, toy_project_config
-from s2s2.stages.finetune import run_finetune
+from s2s2.stages.finetune import learning_rate_schedule, run_finetune
 
 TINY = toy_project_config("unused").generator.tiny.model_dump()
 
@@ -126,3 +127,28 @@ def test_a_checkpoint_with_another_control_width_is_refused(tmp_path):
                              generator={"base_model": "tiny", "tiny": TINY, "controlnet": str(out / "controlnet")})
     with pytest.raises(S2S2Error, match="appearance"):
         run_finetune(cfg, dataset)
+
+
+def test_a_resumed_learning_rate_schedule_continues_the_uninterrupted_one():
+    ft = toy_project_config("unused", finetune={"steps": 6, "lr_schedule": "cosine", "lr_warmup_steps": 2}).finetune
+    weight = torch.nn.Parameter(torch.ones(2))
+
+    def optimizer() -> torch.optim.Optimizer:
+        return torch.optim.AdamW([weight], lr=ft.learning_rate)
+
+    whole, rates = optimizer(), []
+    schedule = learning_rate_schedule(whole, ft)
+    for step in range(6):
+        rates.append(whole.param_groups[0]["lr"])
+        whole.step(), schedule.step()
+        if step == 2:
+            saved = copy.deepcopy(whole.state_dict())
+    resumed = optimizer()
+    resumed.load_state_dict(saved)  # as a checkpoint at step 3 holds it
+    schedule = learning_rate_schedule(resumed, ft, start_step=3)
+    replayed = []
+    for _ in range(3):
+        replayed.append(resumed.param_groups[0]["lr"])
+        resumed.step(), schedule.step()
+    assert rates[0] == 0 and max(rates) == ft.learning_rate and rates[-1] < ft.learning_rate  # warmup, then decay
+    assert replayed == rates[3:]

@@ -27,12 +27,15 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 from diffusers import ControlNetModel, DDPMScheduler, StableDiffusionControlNetPipeline, UNet2DConditionModel
+from diffusers.optimization import get_scheduler
 from safetensors.torch import load_file, save_file
+from torch.optim.lr_scheduler import LambdaLR
 from tqdm.auto import tqdm
 
 from s2s2.pipeline.appearance import AppearanceSource
 from s2s2.pipeline.atomic import atomic_path
 from s2s2.pipeline.config.appearance import AppearanceRemapConfig
+from s2s2.pipeline.config.generator import FinetuneConfig
 from s2s2.pipeline.config.project import ProjectConfig
 from s2s2.pipeline.data.prepared import PreparedDataset
 from s2s2.pipeline.distributed import any_process
@@ -238,6 +241,18 @@ def save_validation(cfg: ProjectConfig, pipe: StableDiffusionControlNetPipeline,
     save_grid(rows, path, col_titles=["original", "mask", "k=0", "k=1"])
 
 
+def learning_rate_schedule(optimizer: torch.optim.Optimizer, ft: FinetuneConfig, start_step: int = 0) -> LambdaLR:
+    """diffusers' `finetune.lr_schedule` over `finetune.steps`, advanced to `start_step`.
+
+    The rate is a function of the step alone (stepped once per global step, also under DDP), so a
+    resumed run, whose optimizer state holds the initial rate, continues the schedule exactly.
+    """
+    schedule = get_scheduler(ft.lr_schedule, optimizer, num_warmup_steps=ft.lr_warmup_steps, num_training_steps=ft.steps)
+    for _ in range(start_step):
+        schedule.step()
+    return schedule
+
+
 def _write_log(path: Path, log: list[dict]) -> None:
     path.write_text("".join(json.dumps(row) + "\n" for row in log))
 
@@ -311,6 +326,7 @@ def run_finetune(cfg: ProjectConfig, dataset: PreparedDataset | None = None, res
     work.mkdir(parents=True, exist_ok=True)
     start_step, log = _load_checkpoint(work / CHECKPOINT, controlnet, parts.unet if ft.unlock_unet else None,
                                        optimizer) if resume else (0, [])
+    schedule = learning_rate_schedule(optimizer, ft, start_step)
     if ft.unlock_unet:
         parts.unet.train()
         unet, controlnet, optimizer = accelerator.prepare(parts.unet, controlnet, optimizer)
@@ -340,6 +356,7 @@ def run_finetune(cfg: ProjectConfig, dataset: PreparedDataset | None = None, res
         loss = diffusion_loss(unet, controlnet, noise_scheduler, _to_device(batch, device), weight_dtype, ft.snr_gamma)
         accelerator.backward(loss)
         optimizer.step()
+        schedule.step()
         optimizer.zero_grad(set_to_none=True)
         log.append({"step": step, "loss": loss.item()})
         bar.update(1)

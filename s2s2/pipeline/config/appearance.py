@@ -7,7 +7,7 @@ low <= high.
 
 from __future__ import annotations
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field, NonNegativeInt, ValidationInfo, field_validator
 
 from s2s2.pipeline.config.base import StrictModel
 
@@ -73,7 +73,7 @@ class AppearanceRemapConfig(StrictModel):
     mean: tuple[float, float] = (0.0, 1.0)
     separation: float = Field(0.5, ge=0, le=1)
     texture: tuple[float, float] = (0.5, 1.5)  # scale of the original's deviations from its label mean
-    keep_labels: tuple[int, ...] = ()  # labels that keep the original's intensities (e.g. 0: air around the body)
+    keep_labels: tuple[NonNegativeInt, ...] = ()  # labels that keep the original's intensities (e.g. 0: air)
     corruption: CorruptionConfig = Field(default_factory=CorruptionConfig)
 
     _ranges = field_validator("mean", "texture")(_range)

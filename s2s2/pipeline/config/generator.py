@@ -42,6 +42,7 @@ class TinyBaseConfig(StrictModel):
     vae_max_seconds: Optional[float] = Field(None, gt=0)  # optional cap; a build it stops is flagged
     vae_batch_size: int = Field(16, ge=1)
     vae_learning_rate: float = Field(1e-3, gt=0)
+    vae_lr_schedule: Literal["constant", "cosine"] = "cosine"  # diffusers' schedules; cosine decays to 0
     vae_kl_weight: float = Field(1e-6, ge=0)
     seed: int = 0
 
@@ -117,6 +118,9 @@ class FinetuneConfig(StrictModel):
     max_seconds: Optional[float] = Field(None, gt=0)  # optional cap: stop early, save, flag the run
     batch_size: int = Field(16, ge=1)
     learning_rate: float = Field(1e-5, gt=0)
+    # diffusers' schedules over `steps` (cosine and linear decay to 0; warmup where the name says so)
+    lr_schedule: Literal["constant", "constant_with_warmup", "cosine", "linear"] = "constant"
+    lr_warmup_steps: int = Field(0, ge=0)
     weight_decay: float = Field(1e-2, ge=0)
     unlock_unet: bool = False  # train the base UNet jointly (the tiny random base needs it)
     prompt_dropout: float = Field(0.0, ge=0, le=1)  # share of empty prompts, for guidance

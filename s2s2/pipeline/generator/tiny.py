@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers.optimization import get_scheduler
 from tqdm.auto import tqdm
 from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -94,6 +95,7 @@ def train_vae(vae: AutoencoderKL, images: np.ndarray, resolution: int, cfg: Tiny
     rng = np.random.default_rng(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_learning_rate, weight_decay=0.0)
+    schedule = get_scheduler(cfg.vae_lr_schedule, optimizer, num_warmup_steps=0, num_training_steps=cfg.vae_steps)
     vae.train()
     start, steps, capped = time.monotonic(), 0, False
     bar = tqdm(range(cfg.vae_steps), desc="tiny VAE", unit="step", leave=False)
@@ -112,6 +114,7 @@ def train_vae(vae: AutoencoderKL, images: np.ndarray, resolution: int, cfg: Tiny
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        schedule.step()
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.4f}")
         if cfg.vae_max_seconds is not None and steps < cfg.vae_steps and time.monotonic() - start > cfg.vae_max_seconds:
