@@ -140,15 +140,20 @@ def finetune(
     set_: SetOpt = None,
     base_model: Annotated[Optional[str], typer.Option(help="Hub id, local diffusers folder, or 'tiny' (generator.base_model).")] = None,
     steps: Annotated[Optional[int], typer.Option(help="Total optimizer steps (finetune.steps).")] = None,
-    max_seconds: Annotated[Optional[float], typer.Option(help="Stop and save after this many seconds (finetune.max_seconds).")] = None,
+    max_seconds: Annotated[Optional[float], typer.Option(help="Optional cap: stop, save and flag the run after this many seconds (finetune.max_seconds).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint at its exact step.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Train again even if the generator folder exists.")] = False,
 ) -> None:
     """Fine-tune the ControlNet on the masks; save a complete diffusers pipeline folder."""
+    import os
+
+    import torch
+
     from s2s2.pipeline.config.base import load_config
     from s2s2.pipeline.config.project import ProjectConfig
     from s2s2.stages.finetune import run_finetune
 
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))  # 1 unless asked: same bytes on every run
     overrides = {"generator.base_model": base_model, "finetune.steps": steps, "finetune.max_seconds": max_seconds}
     cfg = load_config(ProjectConfig, config, overrides=overrides, dotted=set_)
     typer.echo(f"generator: {run_finetune(cfg, resume=resume, overwrite=overwrite)}")
