@@ -15,6 +15,7 @@ from s2s2.pipeline.config.appearance import AppearanceRemapConfig
 from s2s2.pipeline.config.base import load_config
 from s2s2.pipeline.config.project import ProjectConfig
 from s2s2.pipeline.errors import ConfigError
+from s2s2.pipeline.generator.sampling import draw_appearances
 from s2s2.pipeline.generator.toy import toy_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,3 +83,17 @@ def test_the_cli_stops_on_a_negative_probability_with_exit_status_2(tmp_path):
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert "finetune.appearance.probability = -0.2" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_each_stack_image_draws_its_appearance_from_its_own_sample_and_k():
+    dataset = toy_dataset()
+    rows = [3, 4]
+    cfg = AppearanceRemapConfig(enabled=True)
+    originals = (dataset.images[rows] * 255).astype(np.uint8)  # as the store holds them
+    every = draw_appearances(originals, dataset.masks[rows], rows, range(0, 4), dataset.num_classes, cfg, 1.0, 0)
+    tail = draw_appearances(originals[1:], dataset.masks[rows[1:]], rows[1:], range(2, 4), dataset.num_classes,
+                            cfg, 1.0, 0)
+    assert np.array_equal(every[1:, 2:], tail)  # neither the other samples nor the other k matter
+    assert not np.array_equal(every[0, 0], every[0, 1])  # each k its own appearance
+    kept = draw_appearances(originals, dataset.masks[rows], rows, range(0, 2), dataset.num_classes, cfg, 0.0, 0)
+    np.testing.assert_allclose(kept, np.repeat(originals[:, None] / 255.0, 2, axis=1), atol=1e-6)

@@ -30,7 +30,7 @@ class TinyBaseConfig(StrictModel):
     latent_channels: int = Field(4, ge=1)
     unet_channels: tuple[int, ...] = (32, 64, 64)
     # which UNet levels (top = full latent resolution first) hold cross-/self-attention blocks
-    unet_attention: tuple[bool, ...] = (False, True, True)
+    unet_attention: tuple[bool, ...] = (False, False, True)
     layers_per_block: int = Field(1, ge=1)
     norm_num_groups: int = Field(16, ge=1)
     attention_head_dim: int = Field(8, ge=1)
@@ -38,11 +38,12 @@ class TinyBaseConfig(StrictModel):
     text_layers: int = Field(2, ge=1)
     max_prompt_tokens: int = Field(128, ge=8)  # prompts spell class names letter by letter
     prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"
-    vae_steps: int = Field(600, ge=1)
+    vae_steps: int = Field(1000, ge=1)
     vae_max_seconds: Optional[float] = Field(None, gt=0)  # optional cap; a build it stops is flagged
     vae_batch_size: int = Field(16, ge=1)
     vae_learning_rate: float = Field(1e-3, gt=0)
-    vae_lr_schedule: Literal["constant", "cosine"] = "cosine"  # diffusers' schedules; cosine decays to 0
+    # diffusers' schedules; on the default data cosine decay reconstructed appearance remaps worse
+    vae_lr_schedule: Literal["constant", "cosine"] = "constant"
     vae_kl_weight: float = Field(1e-6, ge=0)
     seed: int = 0
 
