@@ -2,8 +2,8 @@
 
 The authors keep one `.npz` per case holding the original, the mask and all K = 16 generated images
 in their dtypes (float32 for CT/MRI at 192 px, 1 channel; uint8 RGB at 512 px for endoscopy), and
-load it to use one image. Our reader reads one original chunk and one stack chunk from a sharded
-Zarr store. Both are read by the same DataLoader (same workers, batch size and sample order), with
+load it to use one image. Our training reader takes the original from the prepared data (in memory,
+as training does) and reads one stack chunk from a sharded Zarr store. Both are read by the same DataLoader (same workers, batch size and sample order), with
 a cold page cache (`/proc/sys/vm/drop_caches`, falling back to `posix_fadvise(DONTNEED)` on every
 file) and warm. Bytes are what the process really read (`rchar` of `/proc/self/io`).
 
@@ -57,8 +57,9 @@ def synthetic_images(n: int, channels: int, size: int, rng: np.random.Generator)
     return np.clip(blocks + rng.normal(0, 0.015, size=blocks.shape).astype(np.float32), 0, 1)
 
 
-def build(root: Path, layout: Layout, seed: int = 0) -> tuple[str, list[Path]]:
-    """Write the same cases both ways: our store (uint8, zstd) and one npz per case."""
+def build(root: Path, layout: Layout, seed: int = 0) -> tuple[Any, str, list[Path]]:
+    """Write the same cases both ways: our store (uint8, zstd) and one npz per case; returns the
+    prepared dataset (the training reader takes the originals from it), the store and the npz files."""
     from s2s2.pipeline.data.prepared import PreparedDataset
     from s2s2.store.stack_store import StackStore
 
@@ -83,7 +84,7 @@ def build(root: Path, layout: Layout, seed: int = 0) -> tuple[str, list[Path]]:
                 lambda a: np.rint(a * 255).astype(np.uint8))
             np.savez(path, image=as_dtype(dataset.images[i]), mask=masks[i], stack=as_dtype(stack[r]))
             files.append(path)
-    return store_path, files
+    return dataset, store_path, files
 
 
 class NpzPairDataset:
@@ -163,8 +164,8 @@ def measure_layout(layout: Layout, root: Path, timings: bool, repeats: int, work
     alternating epochs of each reader, median reported (the machine is shared and noisy)."""
     from s2s2.stages.train.datasets import StackPairDataset
 
-    store_path, npz_files = build(root, layout)
-    ours = StackPairDataset(store_path, seed=0)
+    dataset, store_path, npz_files = build(root, layout)
+    ours = StackPairDataset(dataset, store_path, seed=0)
     theirs = NpzPairDataset(npz_files, layout.k, seed=0)
     store_files = [p for p in Path(store_path).rglob("*") if p.is_file()]
     n = min(len(npz_files), 16)

@@ -179,9 +179,10 @@ def train(
     model: Annotated[Optional[str], typer.Option(help="Segmenter: unet, transunet or fcbformer.")] = None,
     stack: Annotated[Optional[bool], typer.Option("--stack/--baseline", help="S2S2 from the stack store, or the baseline without it.")] = None,
     steps: Annotated[Optional[int], typer.Option(help="Optimisation steps.")] = None,
-    max_seconds: Annotated[Optional[float], typer.Option(help="Stop (and checkpoint) once this much time is spent.")] = None,
+    max_seconds: Annotated[Optional[float], typer.Option(help="Optional wall-time cap: stop (checkpointed, flagged in summary.json) once spent.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed of weights, data order, k draws and augmentation.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue RUN_DIR/train/NAME at its last checkpoint.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the run already in RUN_DIR/train/NAME.")] = False,
     stop_after: Annotated[Optional[int], typer.Option(help="End this invocation after N steps (resumable).")] = None,
 ) -> None:
     """Train a segmenter: S2S2 from the stack store, or the baseline (--baseline). Works under torchrun."""
@@ -197,7 +198,7 @@ def train(
     cfg = load_config(ProjectConfig, config, overrides={"train.name": name, "model.name": model, "train.stack": stack,
                                                         "train.steps": steps, "train.max_seconds": max_seconds,
                                                         "train.seed": seed}, dotted=set_)
-    folder = run_train(cfg, resume=resume, stop_after=stop_after)
+    folder = run_train(cfg, resume=resume, stop_after=stop_after, overwrite=overwrite)
     typer.echo(f"run folder: {folder}")
 
 

@@ -25,7 +25,8 @@ def run_entry(folder: Path) -> dict[str, Any]:
                         "`s2s2 evaluate` for this run first") from None
     return {
         "name": summary["name"], "model": summary["model"], "method": summary["method"], "seed": summary["seed"],
-        "steps": summary["steps"], "seconds": summary["seconds"],
+        "steps": summary["steps"], "planned_steps": summary.get("planned_steps", summary["steps"]),
+        "stopped_by_time_cap": bool(summary.get("stopped_by_time_cap", False)), "seconds": summary["seconds"],
         "metrics": {name: {"dice_mean": entry["dice_mean"], "dice": entry["dice"], "hd95_mean": entry["hd95_mean"]}
                     for name, entry in metrics["test_sets"].items()},
     }
@@ -33,6 +34,13 @@ def run_entry(folder: Path) -> dict[str, Any]:
 
 def _fmt(value: float | None, digits: int = 3) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
+
+
+def steps_cell(run: dict[str, Any]) -> str:
+    """The steps a run trained; a run stopped by its time cap says so (its numbers are not comparable)."""
+    if run.get("stopped_by_time_cap"):
+        return f"{run['steps']} of {run['planned_steps']} (STOPPED BY TIME CAP)"
+    return str(run["steps"])
 
 
 def results_markdown(runs: list[dict[str, Any]]) -> str:
@@ -50,7 +58,7 @@ def results_markdown(runs: list[dict[str, Any]]) -> str:
                 continue
             per_class = " / ".join(_fmt(v) for v in entry["dice"].values())
             cells += [f"**{_fmt(entry['dice_mean'])}** ({per_class})", _fmt(entry["hd95_mean"], 2)]
-        lines.append(f"| {run['name']} | {run['model']} | {run['method']} | {run['seed']} | {run['steps']} | "
+        lines.append(f"| {run['name']} | {run['model']} | {run['method']} | {run['seed']} | {steps_cell(run)} | "
                      + " | ".join(cells) + " |")
     classes = next((list(e["dice"]) for r in runs for e in r["metrics"].values()), [])
     lines.append("")
