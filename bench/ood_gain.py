@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import statistics
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -118,7 +119,8 @@ class Method:
     @property
     def slug(self) -> str:
         """The method as a run-folder name: `ls+s2s2[synth]` -> `ls_s2s2-synth`."""
-        return self.name.replace("+", "_").replace("[", "-").replace("]", "")
+        name = self.name.replace("+", "_").replace("[", "-").replace("]", "")
+        return re.sub(r"[^A-Za-z0-9_.-]+", "-", name)
 
 
 # Every method states its intensity augmentations, so the config's defaults cannot decide what a row is.

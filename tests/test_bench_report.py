@@ -299,3 +299,23 @@ def test_stack_note_reports_fidelity_and_appearance() -> None:
                                          "appearance": look})
     assert "Dice 0.81 vs 0.40 by chance" in with_fidelity and "0.020" in with_fidelity and "25%" in with_fidelity
     assert "fidelity Dice not available" in ood_gain.stack_note({"inspect": {"mask_fidelity": None}, "appearance": look})
+
+
+def test_stack_kind_configs_apply_overlays_and_share_generators(tmp_path: Path) -> None:
+    from s2s2.pipeline.config.base import load_config
+    from s2s2.pipeline.errors import ConfigError
+
+    spec = tmp_path / "kinds.yaml"
+    spec.write_text("primary: a\nkinds:\n  a: {run_dir: runs/a, overlay: {store.k: 6}}\n"
+                    "  b: {run_dir: runs/b, store: elsewhere/b.zarr, generator_from: a}\n"
+                    "  c: {run_dir: runs/c, overlay: {generator.no_such_field: 1}}\n")
+    kinds = load_config(ood_gain.StackKinds, spec)
+    a = ood_gain.kind_config("a", kinds, quick=False)
+    assert (a.run_dir, a.store.path, a.store.k) == ("runs/a", "runs/a/stack.zarr", 6)
+    b = ood_gain.kind_config("b", kinds, quick=False)
+    assert b.store.path == "elsewhere/b.zarr" and b.generate.generator_dir == "runs/a/generator"
+    quick = ood_gain.kind_config("b", kinds, quick=True)  # throwaway: own folder, seconds of training
+    assert quick.store.path == f"{ood_gain.QUICK.run_dir}/stacks/b/stack.zarr" and quick.store.k == 2
+    assert quick.generate.generator_dir == f"{ood_gain.QUICK.run_dir}/stacks/a/generator"
+    with pytest.raises(ConfigError, match="no_such_field"):
+        ood_gain.kind_config("c", kinds, quick=True)
