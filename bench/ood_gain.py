@@ -36,7 +36,6 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, Optional
 
-import numpy as np
 from pydantic import Field, model_validator
 
 from s2s2.pipeline.config.base import StrictModel
@@ -267,22 +266,12 @@ def table_rows(runs: list[dict[str, Any]], methods: list[Method]) -> list[dict[s
     return rows
 
 
-def atlas_copy_metrics(cfg: Any) -> dict[str, dict[str, Any]] | None:
-    """The atlas-copy reference (the training label map at the same position, no image) per test set,
-    as `{test set: {"dice_mean": ...}}`.
-
-    HOOK: the evaluation stage provides this function; until it is on main this returns None and the
-    table shows the row as pending. Wire it here (one call), nothing else changes.
-    """
-    return None
-
-
-def atlas_copy_row(metrics: dict[str, dict[str, Any]] | None) -> dict[str, Any]:
-    """The atlas-copy row of the table (pending while its hook returns None)."""
+def atlas_copy_row(metrics: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The atlas-copy reference row (the training label map at each test slice's position, no image:
+    what position alone scores), from `s2s2.stages.evaluate.run_atlas_copy`'s test-set results."""
     row: dict[str, Any] = {"method": "atlas copy (label map, no image)", "stack": "none", "seeds": "–"}
     for column in COLUMNS:
-        name = "PD/T2 mean" if column == PD_T2 else column
-        row[name] = f"{column_value(metrics, column):.1f}" if metrics is not None else "pending"
+        row["PD/T2 mean" if column == PD_T2 else column] = f"{column_value(metrics, column):.1f}"
     return row
 
 
@@ -345,58 +334,29 @@ def ensure_stacks(kinds: StackKinds, fingerprint: str, quick: bool) -> tuple[dic
     return stores, unavailable, time.process_time() - started
 
 
-def stack_appearance(stack: np.ndarray, masks: np.ndarray, num_classes: int) -> dict[str, float]:
-    """How much the stack varies in appearance per tissue, and whether tissue order ever changes.
-
-    `stack` [N,K,C,H,W] (uint8 or [0,1] floats), `masks` [N,H,W]. Per image: the mean grey value of
-    each foreground class present. Returns the spread of those means across k (mean over samples
-    and classes, in [0,1] grey units), the gap between neighbouring class means (for scale), and the
-    share of images whose class brightness order differs from the sample's most common order.
-    """
-    grey = stack.astype(np.float64).mean(axis=2) / (255.0 if stack.dtype == np.uint8 else 1.0)  # [N,K,H,W]
-    spreads, gaps, flipped, total = [], [], 0, 0
-    for i in range(grey.shape[0]):
-        present = [c for c in range(1, num_classes) if (masks[i] == c).any()]
-        if len(present) < 2:
-            continue
-        means = np.array([[grey[i, j][masks[i] == c].mean() for c in present] for j in range(grey.shape[1])])
-        spreads.append(means.std(axis=0).mean())
-        gaps.append(np.abs(np.diff(np.sort(means.mean(axis=0)))).mean())
-        orders = [tuple(np.argsort(row)) for row in means]
-        common = max(set(orders), key=orders.count)
-        flipped += sum(order != common for order in orders)
-        total += len(orders)
-    return {
-        "class_mean_spread_across_k": float(np.mean(spreads)) if spreads else float("nan"),
-        "class_mean_gap": float(np.mean(gaps)) if gaps else float("nan"),
-        "order_changed_fraction": flipped / total if total else float("nan"),
-        "n_images": total,
-    }
-
-
 def describe_stack(store_path: str) -> dict[str, Any]:
-    """What `s2s2 stack inspect --json` reports (mask fidelity included), plus the appearance
-    spread of the stack next to that of the originals (for scale)."""
+    """What `s2s2 stack inspect --json` reports: mask fidelity (with its ceiling) and appearance."""
     from s2s2.store.inspect import summarise as inspect_summary
     from s2s2.store.stack_store import StackStore
 
-    store = StackStore.open(store_path, mode="r")
-    num_classes = len(store.manifest.class_names)
-    picked = np.arange(min(store.n_samples, 32))
-    masks = store.read_masks(picked)
-    stack = np.stack([np.stack([store.read_stack(int(i), k) for k in range(store.k)]) for i in picked])
-    return {"inspect": inspect_summary(store), "appearance": stack_appearance(stack, masks, num_classes),
-            "originals_appearance": stack_appearance(store.read_originals(picked)[:, None], masks, num_classes)}
+    summary = inspect_summary(StackStore.open(store_path, mode="r"))
+    return {"inspect": summary, "appearance": summary.get("appearance")}
 
 
 def stack_note(stack: dict[str, Any]) -> str:
     """One sentence on the stack's mask fidelity and appearance diversity (from `describe_stack`)."""
     fidelity = stack["inspect"].get("mask_fidelity")
-    shown = f"{fidelity['dice_own']:.2f} vs {fidelity['dice_chance']:.2f} by chance" if fidelity else "not available"
+    shown = "not available"
+    if fidelity:
+        normalised = fidelity["normalised"]["adaptive"]
+        shown = (f"{fidelity['dice_own']:.2f} vs {fidelity['dice_chance']:.2f} by chance (adaptive, normalised to "
+                 f"the originals: {'n/a' if normalised is None else f'{normalised:.2f}'})")
     look = stack["appearance"]
+    if not look:
+        return f"mask fidelity Dice {shown}; appearance not available."
     return (f"mask fidelity Dice {shown}; per-tissue mean grey value varies by {look['class_mean_spread_across_k']:.3f} "
             f"(std) across k, against a gap of {look['class_mean_gap']:.3f} between tissues; the tissue brightness "
-            f"order differs from the sample's usual one in {100 * look['order_changed_fraction']:.0f}% of stack images.")
+            f"order differs from the original's in {100 * look['order_changed_fraction']:.0f}% of stack images.")
 
 
 # --- running the trainings ----------------------------------------------------------------------
@@ -476,7 +436,7 @@ def measure_ood_gain(quick: bool = False, config: Path = DEFAULT_CONFIG, kinds_f
     from s2s2.pipeline.config.base import load_config
     from s2s2.pipeline.config.project import ProjectConfig
     from s2s2.pipeline.data.prepare import prepare_dataset
-    from s2s2.stages.evaluate import test_datasets
+    from s2s2.stages.evaluate import run_atlas_copy, test_datasets
 
     plan = plan or (QUICK if quick else FULL)
     kinds = load_stack_kinds(kinds_file)
@@ -489,7 +449,7 @@ def measure_ood_gain(quick: bool = False, config: Path = DEFAULT_CONFIG, kinds_f
     runs = run_jobs(make_jobs(methods, plan, config, stores), plan.parallel)
     primary = f"s2s2[{kinds.primary}]"
     judged = verdict(runs, primary) if primary in {run["method"] for run in runs} else None
-    atlas = atlas_copy_metrics(cfg)
+    atlas = run_atlas_copy(cfg.model_copy(update={"run_dir": plan.run_dir}))["test_sets"]
     rows = table_rows(runs, methods) + [atlas_copy_row(atlas)]
     capped = sum(bool(run["stopped_by_time_cap"]) for run in runs)
     train_cpu = sum(run["cpu_seconds"] for run in runs)

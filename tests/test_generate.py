@@ -15,7 +15,7 @@ import pytest
 from s2s2.pipeline.errors import ConfigError, StoreError
 from s2s2.pipeline.generator.toy import toy_dataset, toy_project_config
 from s2s2.stages.finetune import run_finetune
-from s2s2.stages.generate import ShardTask, generate_shard, run_generate
+from s2s2.stages.generate import ShardTask, generate_shard, run_generate, stack_generator
 from s2s2.store.stack_store import StackStore
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,8 +35,11 @@ def _config(tmp_path: Path, generator: Path, **generate):
 def _reference_stack(cfg, dataset, path: Path) -> np.ndarray:
     """The whole stack generated in this process, shard by shard, without dask or interruption."""
     store = StackStore.create(path, dataset, k=cfg.store.k, shard_size=cfg.store.shard_size)
+    resolution = dataset.image_shape[-1]
+    generator = stack_generator(cfg, store.k, store.manifest.prompt_template, resolution)
+    store.bind_generator(generator)
     task = ShardTask(store_path=str(path), storage_options={}, generator_dir=cfg.generate.generator_dir,
-                     settings=cfg.generate, resolution=dataset.image_shape[-1], attention="auto")
+                     settings=cfg.generate, resolution=resolution, attention="auto", generator=generator)
     for shard in range(store.num_shards):
         generate_shard(task, shard)
     return np.asarray(StackStore.open(path)._group["stack"][:])
@@ -52,8 +55,8 @@ def test_two_worker_processes_fill_every_shard_exactly_once(tmp_path, generator)
     assert store.done_ledger().all() and store.manifest.status == "complete"
     workers = {r.worker for r in results}
     assert len(workers) == 2 and not any(w.endswith(f":{os.getpid()}") for w in workers)
-    identity = store.manifest.generator
-    assert identity is not None and identity.scheduler == "unipc" and identity.steps == 2 and len(identity.controlnet_hash) == 64
+    identity = store.manifest.generator.sources[0].identity
+    assert len(store.manifest.generator.sources) == 1 and identity.scheduler == "unipc" and identity.steps == 2 and len(identity.controlnet_hash) == 64
     stack = np.asarray(store._group["stack"][:])
     assert np.array_equal(stack, _reference_stack(cfg, dataset, tmp_path / "reference.zarr"))
     assert run_generate(cfg, dataset) == []  # complete: a rerun does nothing

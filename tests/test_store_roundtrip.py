@@ -9,7 +9,8 @@ import zarr
 from s2s2.pipeline.errors import StoreError
 from s2s2.store.layout import to_unit_float
 from s2s2.store.manifest import SCHEMA_VERSION, MANIFEST_KEY
-from s2s2.store.stack_store import GeneratorIdentity, StackStore
+from s2s2.store.manifest import StackSource
+from s2s2.store.stack_store import GeneratorIdentity, StackGenerator, StackStore
 from test_store_support import fake_stack, synthetic_dataset
 
 
@@ -17,6 +18,11 @@ def identity(**changes) -> GeneratorIdentity:
     base = dict(base_model="runs/default/tiny-base", controlnet_hash="ab" * 32, scheduler="DDIM", steps=20,
                 guidance_scale=1.0, eta=0.0, prompt_template="{modality} with {classes}", seed=0, resolution=16)
     return GeneratorIdentity(**{**base, **changes})
+
+
+def one_source(k: int = 2, **changes) -> StackGenerator:
+    """A generator whose one ControlNet source fills all K images."""
+    return StackGenerator(sources=(StackSource(k_start=0, k_stop=k, identity=identity(**changes)),))
 
 
 def test_round_trip_layout_and_contents(tmp_path):
@@ -95,18 +101,27 @@ def test_open_refuses_missing_or_foreign_or_future_stores(tmp_path):
 def test_bind_generator_refuses_another_generator_unless_overwrite(tmp_path):
     ds = synthetic_dataset(n=12)
     store = StackStore.create(tmp_path / "s.zarr", ds, k=2, shard_size=2)
-    store.bind_generator(identity())
+    store.bind_generator(one_source())
     store.write_shard(0, fake_stack(store.shard_samples(0), 2, (1, 16, 16)))
-    store.bind_generator(identity())  # same identity: resume keeps the work
+    store.bind_generator(one_source())  # same identity: resume keeps the work
     assert store.pending_shards() == [1]
-    assert StackStore.open(tmp_path / "s.zarr").manifest.generator == identity()
-    with pytest.raises(StoreError, match=r"steps: 20 -> 50"):
-        store.bind_generator(identity(steps=50))
-    store.bind_generator(identity(steps=50), overwrite=True)
+    assert StackStore.open(tmp_path / "s.zarr").manifest.generator == one_source()
+    with pytest.raises(StoreError, match=r"k 0-1 controlnet: steps: 20 -> 50"):
+        store.bind_generator(one_source(steps=50))
+    store.bind_generator(one_source(steps=50), overwrite=True)
     reopened = StackStore.open(tmp_path / "s.zarr", "r+")
-    assert reopened.manifest.generator.steps == 50 and reopened.pending_shards() == [0, 1]
+    assert reopened.manifest.generator.sources[0].identity.steps == 50 and reopened.pending_shards() == [0, 1]
     assert reopened.manifest.status == "generating"
     for shard in reopened.pending_shards():
         reopened.write_shard(shard, fake_stack(reopened.shard_samples(shard), 2, (1, 16, 16)))
     assert reopened.refresh_status() == "complete"
     assert StackStore.open(tmp_path / "s.zarr").manifest.status == "complete"
+
+
+def test_a_schema_1_store_reads_as_one_controlnet_source(tmp_path):
+    store = StackStore.create(tmp_path / "s.zarr", synthetic_dataset(n=12), k=2, shard_size=2)
+    group = zarr.open_group(str(tmp_path / "s.zarr"), mode="r+")
+    group.attrs[MANIFEST_KEY] = {**group.attrs[MANIFEST_KEY], "schema_version": 1,
+                                 "generator": identity().model_dump(exclude={"kind"})}  # as schema 1 wrote it
+    generator = StackStore.open(tmp_path / "s.zarr").manifest.generator
+    assert generator == one_source(k=store.k) and generator.source_of_k() == ["controlnet", "controlnet"]

@@ -13,7 +13,7 @@ reader never sees a torn shard; object stores (S3) replace objects atomically by
 
 from __future__ import annotations
 
-import asyncio
+from collections.abc import Sequence
 from importlib.metadata import version as _package_version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,9 +22,9 @@ import numpy as np
 import zarr
 from pydantic import ValidationError
 from tqdm import tqdm
-from zarr.core.sync import sync
 
 from s2s2.pipeline.errors import StoreError
+from s2s2.store.fast_read import ShardReader
 from s2s2.store.layout import compressors, num_shards, shard_rows, to_store_dtype
 from s2s2.store.manifest import (
     MANIFEST_KEY,
@@ -32,7 +32,9 @@ from s2s2.store.manifest import (
     Compression,
     GeneratorIdentity,
     Manifest,
+    StackGenerator,
     StoreDtype,
+    changed_sources,
     utc_now,
 )
 
@@ -41,7 +43,7 @@ if TYPE_CHECKING:
 
     from s2s2.pipeline.data.prepared import PreparedDataset
 
-__all__ = ["GeneratorIdentity", "Manifest", "StackStore"]
+__all__ = ["GeneratorIdentity", "Manifest", "StackGenerator", "StackStore"]
 
 
 def _store_like(path: Any) -> Any:
@@ -72,7 +74,8 @@ def _read_manifest(group: zarr.Group, path: Any) -> Manifest:
 class StackStore:
     """Handle on one stack store; create with `StackStore.create`, open with `StackStore.open`."""
 
-    def __init__(self, group: zarr.Group, manifest: Manifest, path: Any, writable: bool):
+    def __init__(self, group: zarr.Group, manifest: Manifest, path: Any, writable: bool,
+                 reads_done_shards_only: bool = False):
         self._group = group
         self._manifest = manifest
         self.path = path
@@ -81,6 +84,9 @@ class StackStore:
         self._done = group["done"]
         self._originals = group["originals"]
         self._masks = group["masks"]
+        self._reader = ShardReader({"originals": self._originals, "masks": self._masks, "stack": self._stack}, str(path),
+                                   cache_indexes=reads_done_shards_only,
+                                   missing_is_error=reads_done_shards_only)
 
     # --- creation and opening ------------------------------------------------------------------
 
@@ -174,22 +180,19 @@ class StackStore:
              cache_shard_indexes: bool = False) -> StackStore:
         """Open an existing store read-only ("r") or for writing shards ("r+").
 
-        `cache_shard_indexes` (read-only): remember each shard's index after its first read, for
-        readers that visit shards many times (the training reader)."""
+        `cache_shard_indexes` (read-only): a handle that reads done shards only (the training
+        reader): each shard's index is read once and remembered (a done shard is never rewritten),
+        and a missing shard is an error rather than the fill value zarr would return."""
         if mode not in ("r", "r+"):
             raise StoreError(f"open mode {mode!r}: use 'r' or 'r+'")
         if cache_shard_indexes and mode != "r":
             raise StoreError("shard indexes may only be cached by read-only handles (mode='r')")
         try:
-            if cache_shard_indexes:
-                from s2s2.store.index_cache import read_only_cached
-
-                group = zarr.open_group(store=read_only_cached(path, storage_options), mode="r")
-            else:
-                group = _open_group(path, mode, storage_options)
+            group = _open_group(path, mode, storage_options)
         except (FileNotFoundError, zarr.errors.GroupNotFoundError) as err:
             raise StoreError(f"{path}: no stack store there; fix: create it with `s2s2 stack init`") from err
-        return cls(group, _read_manifest(group, path), path, writable=mode == "r+")
+        return cls(group, _read_manifest(group, path), path, writable=mode == "r+",
+                   reads_done_shards_only=cache_shard_indexes)
 
     # --- description -----------------------------------------------------------------------------
 
@@ -250,27 +253,40 @@ class StackStore:
         return np.asarray(self._originals.oindex[np.asarray(indices, dtype=np.int64)])
 
     def read_stack(self, index: int, k: int) -> np.ndarray:
-        """One stack image [C,H,W] in the store dtype (reads one inner chunk)."""
-        return np.asarray(self._stack[index, k])
+        """One stack image [C,H,W] in the store dtype (one ranged read of its inner chunk)."""
+        return self._reader.read([("stack", (int(index), int(k)))])[0]
+
+    def read_stack_images(self, indices: Sequence[int], ks: Sequence[int]) -> list[np.ndarray]:
+        """Stack image ks[j] of sample indices[j] for every j, requested together (one trip to
+        an object store for the whole list, e.g. a training batch)."""
+        return self._reader.read([("stack", (int(i), int(k))) for i, k in zip(indices, ks, strict=True)])
 
     def read_original(self, index: int) -> np.ndarray:
-        """One original [C,H,W] in the store dtype (reads one inner chunk)."""
-        return np.asarray(self._originals[index])
+        """One original [C,H,W] in the store dtype (one ranged read of its inner chunk)."""
+        return self._reader.read([("originals", (int(index),))])[0]
 
     def read_mask(self, index: int) -> np.ndarray:
-        return np.asarray(self._masks[index])
+        return self._reader.read([("masks", (int(index),))])[0]
+
+    def read_pairs(self, indices: Sequence[int], ks: Sequence[int]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """(original, stack image k, mask) of each (index, k), all requested together."""
+        images = self._reader.read(self._pair_requests(indices, ks))
+        return [(images[j], images[j + 1], images[j + 2]) for j in range(0, len(images), 3)]
+
+    def pair_chunk_ranges(self, indices: Sequence[int], ks: Sequence[int]) -> list[tuple[str, int, int] | None]:
+        """(key, start, end) in the store of the original, stack image and mask chunks that
+        `read_pairs(indices, ks)` fetches, in that order (what a raw read of the same bytes reads)."""
+        return self._reader.locate(self._pair_requests(indices, ks))
+
+    def _pair_requests(self, indices: Sequence[int], ks: Sequence[int]) -> list[tuple[str, tuple[int, ...]]]:
+        requests: list[tuple[str, tuple[int, ...]]] = []
+        for i, k in zip(indices, ks, strict=True):
+            requests += [("originals", (int(i),)), ("stack", (int(i), int(k))), ("masks", (int(i),))]
+        return requests
 
     def read_pair(self, index: int, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(original, stack image k, mask) of one sample: three inner chunks fetched concurrently in
-        one trip through zarr's event loop (three separate reads cost ~3x the latency)."""
-
-        async def gather() -> list[Any]:
-            return await asyncio.gather(self._originals.async_array.getitem(index),
-                                        self._stack.async_array.getitem((index, k)),
-                                        self._masks.async_array.getitem(index))
-
-        original, stack_image, mask = sync(gather())
-        return np.asarray(original), np.asarray(stack_image), np.asarray(mask)
+        """(original, stack image k, mask) of one sample: three ranged reads, requested together."""
+        return self.read_pairs([index], [k])[0]
 
     def read_shard_stack(self, shard: int) -> np.ndarray:
         """All stack images of one shard [S,K,C,H,W] (decodes the whole shard file)."""
@@ -305,20 +321,25 @@ class StackStore:
         self._group.attrs[MANIFEST_KEY] = manifest.model_dump(mode="json")
         self._manifest = manifest
 
-    def bind_generator(self, identity: GeneratorIdentity, overwrite: bool = False) -> None:
-        """Record which generator fills the stack; a different one is refused unless `overwrite`,
-        which clears the done ledger so every shard is generated again."""
+    def bind_generator(self, generator: StackGenerator, overwrite: bool = False) -> None:
+        """Record which sources fill the stack (each owns a range of k). A source that differs from
+        the recorded one is refused unless `overwrite`, which clears the done flags of its images
+        only, so the next run regenerates them and keeps the other sources' work."""
         self._require_writable()
+        if generator.k != self.k:
+            raise StoreError(f"{self.path}: the generator's sources fill K={generator.k} images per sample, "
+                             f"the store holds K={self.k}; fix: set store.k to {generator.k} or use another store")
         recorded = self._manifest.generator
-        if recorded is not None and recorded != identity:
+        if recorded is not None and recorded != generator:
+            changed, ks = changed_sources(recorded, generator)
             if not overwrite:
-                changed = [f"{key}: {getattr(recorded, key)!r} -> {getattr(identity, key)!r}"
-                           for key in GeneratorIdentity.model_fields if getattr(recorded, key) != getattr(identity, key)]
                 raise StoreError(f"{self.path}: the store was filled by another generator ("
-                                 + "; ".join(changed) + "); fix: pass --overwrite to regenerate every shard")
-            self._done[:] = False
+                                 + "; ".join(changed) + "); fix: pass --overwrite to regenerate those images")
+            done = self.done_ledger()
+            done[:, ks] = False
+            self._done[:] = done
         status = "complete" if self.complete_fraction() == 1.0 else "generating"
-        self._write_manifest(self._manifest.model_copy(update={"generator": identity, "status": status,
+        self._write_manifest(self._manifest.model_copy(update={"generator": generator, "status": status,
                                                                "updated": utc_now()}))
 
     def refresh_status(self) -> str:

