@@ -6,6 +6,7 @@ best validation Dice (mean ± std over seeds), the paired difference to the base
 t-interval, and the size of L_enc at the end of training. No test set is read.
 
     python -m bench.sc_stages                                  # unet, 3 seeds, the config's steps
+    python -m bench.sc_stages --store runs/bench/stacks/synth/stack.zarr --run-dir runs/bench/sc_stages_synth
     python -m bench.sc_stages --model transunet --seeds 0 1 --candidates tokens stage2 stage2+tokens
 """
 
@@ -75,9 +76,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, help="steps per run (default: the config's)")
     parser.add_argument("--store", default="runs/default/stack.zarr", help="the stack S2S2 trains against")
     parser.add_argument("--parallel", type=int, default=2)
+    parser.add_argument("--run-dir", default=RUN_DIR, help="where the runs go")
     args = parser.parse_args(argv)
     methods = candidate_methods(args.model, args.candidates or list(CANDIDATES[args.model]))
-    plan = Plan(seeds=tuple(args.seeds), steps=None, parallel=args.parallel, run_dir=RUN_DIR)
+    plan = Plan(seeds=tuple(args.seeds), steps=None, parallel=args.parallel, run_dir=args.run_dir)
     jobs = make_jobs(methods, plan, DEFAULT_CONFIG, {"default": args.store})
     for job in jobs:
         job["evaluate"] = False  # the choice is made on the validation split only

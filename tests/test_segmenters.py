@@ -15,7 +15,7 @@ from test_train_support import blob_dataset
 
 # Documented shapes at 32 px, batch 2, 1 channel, 4 classes (small presets).
 SHAPES = {
-    "unet": ([(2, 512, 1, 1)], (2, 16, 32, 32)),  # resnet18 stage 5; smp decoder output
+    "unet": ([(2, 256, 2, 2)], (2, 16, 32, 32)),  # resnet18 stage 4 (the default sc_stages); smp decoder output
     "transunet": ([(2, 4, 192)], (2, 16, 32, 32)),  # tokens [B, (32/16)^2, 192]; DecoderCup output
     "fcbformer": ([(2, 32, 8, 8), (2, 128, 2, 2)], (2, 32, 32, 32)),  # TB output (stride 4), FCB bottleneck
 }
