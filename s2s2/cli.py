@@ -158,15 +158,16 @@ def generate(
     workers: Annotated[Optional[int], typer.Option(help="Dask worker processes of the local cluster (generate.workers).")] = None,
     scheduler: Annotated[Optional[str], typer.Option(help="Join an existing dask scheduler, tcp://host:port.")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Regenerate every shard if the store was filled by another generator.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="With --overwrite: take over a store that another generate run is still writing (it stops at its next shard).")] = False,
 ) -> None:
-    """Fill the stack store with K images per mask (resumes pending shards by default)."""
+    """Fill the stack store with K images per mask (resumes pending shards by default; several runs on one store split the shards)."""
     from s2s2.pipeline.config.base import load_config
     from s2s2.pipeline.config.project import ProjectConfig
     from s2s2.stages.generate import run_generate
 
     overrides = {"store.k": k, "generate.workers": workers, "generate.scheduler_address": scheduler}
     cfg = load_config(ProjectConfig, config, overrides=overrides, dotted=set_)
-    run_generate(cfg, overwrite=overwrite)
+    run_generate(cfg, overwrite=overwrite, force=force)
 
 # --- stage two commands: train, evaluate ----------------------------------------------
 

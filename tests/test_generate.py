@@ -15,7 +15,7 @@ import pytest
 from s2s2.pipeline.errors import ConfigError, StoreError
 from s2s2.pipeline.generator.toy import toy_dataset, toy_project_config
 from s2s2.stages.finetune import run_finetune
-from s2s2.stages.generate import ShardTask, generate_shard, run_generate
+from s2s2.stages.generate import ShardTask, generate_shard, generator_identity, run_generate
 from s2s2.store.stack_store import StackStore
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,10 +35,12 @@ def _config(tmp_path: Path, generator: Path, **generate):
 def _reference_stack(cfg, dataset, path: Path) -> np.ndarray:
     """The whole stack generated in this process, shard by shard, without dask or interruption."""
     store = StackStore.create(path, dataset, k=cfg.store.k, shard_size=cfg.store.shard_size)
-    task = ShardTask(store_path=str(path), storage_options={}, generator_dir=cfg.generate.generator_dir,
-                     settings=cfg.generate, resolution=dataset.image_shape[-1], attention="auto")
+    generator = Path(cfg.generate.generator_dir)
+    task = ShardTask(store_path=str(path), storage_options={}, generator_dir=str(generator),
+                     settings=cfg.generate, resolution=dataset.image_shape[-1], attention="auto",
+                     identity=generator_identity(cfg, generator, store.manifest), writer="reference")
     for shard in range(store.num_shards):
-        generate_shard(task, shard)
+        assert generate_shard(task, shard) is not None
     return np.asarray(StackStore.open(path)._group["stack"][:])
 
 

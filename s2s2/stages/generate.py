@@ -1,9 +1,11 @@
 """Stage one, part two: fill the stack store with K generated images per training mask.
 
-The unit of work is a store shard: a dask task opens the store, generates all K images of every
-sample in the shard and writes them in one call (images first, then the done flags). Each worker
-process loads the pipeline once and keeps it. The coordinator submits only pending shards, so an
-interrupted run resumes where it stopped, and per-image seeds make the resumed pixels identical.
+The unit of work is a store shard: a dask task claims the shard (see `s2s2.store.claims`),
+generates all K images of every sample in it and writes them in one call (images first, then the
+done flags). Each worker process loads the pipeline once and keeps it. The coordinator submits
+only pending shards that no other run holds, and repeats until every shard is done, so an
+interrupted run resumes where it stopped, several `generate` runs on one store split the work,
+and per-image seeds make the resumed pixels identical.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
@@ -20,7 +23,7 @@ from tqdm.auto import tqdm
 from s2s2.pipeline.config.generator import GenerateConfig
 from s2s2.pipeline.config.project import ProjectConfig
 from s2s2.pipeline.data.prepared import PreparedDataset
-from s2s2.pipeline.errors import ConfigError
+from s2s2.store.manifest import GeneratorIdentity
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +32,8 @@ _PIPELINES: dict[tuple, Any] = {}  # per worker process: the loaded pipeline, ke
 
 @dataclass(frozen=True)
 class ShardTask:
-    """What a worker needs to generate one shard (picklable; no open handles)."""
+    """What a worker needs to generate one shard (picklable; no open handles; paths absolute or URLs,
+    since workers may run in another directory or on another host)."""
 
     store_path: str
     storage_options: dict[str, Any]
@@ -37,6 +41,9 @@ class ShardTask:
     settings: GenerateConfig
     resolution: int
     attention: str
+    identity: GeneratorIdentity
+    writer: str  # this `generate` run: the owner of its shard claims
+    replaces: int | None = None  # the binding this run may replace (--overwrite), else None
 
 
 @dataclass(frozen=True)
@@ -83,26 +90,35 @@ def worker_pipeline(task: ShardTask) -> Any:
     return _PIPELINES[key]
 
 
-def generate_shard(task: ShardTask, shard: int) -> ShardResult:
-    """Generate and write all K images of every sample of one shard (runs on a worker)."""
-    import os
-    import socket
+def generate_shard(task: ShardTask, shard: int) -> ShardResult | None:
+    """Claim, generate and write all K images of every sample of one shard (runs on a worker).
 
+    None when there was nothing to do: another run holds the shard or has finished it."""
     from s2s2.pipeline.generator.sampling import generate_stack
+    from s2s2.store.claims import this_process
     from s2s2.store.stack_store import StackStore
 
     started = time.monotonic()
-    pipe = worker_pipeline(task)
     store = StackStore.open(task.store_path, mode="r+", storage_options=task.storage_options or None)
-    rows = store.shard_samples(shard)
-    manifest = store.manifest
-    prompts = store.prompts[rows.start:rows.stop]
-    stack, regenerated, still_bad = generate_stack(
-        pipe, store.read_masks(list(rows)), prompts, list(rows), store.k, len(manifest.class_names),
-        manifest.image_shape, task.settings, task.resolution)
-    store.write_shard(shard, stack)
+    store.refuse_other_generator(task.identity, task.replaces)  # before the expensive part
+    seconds = task.settings.claim_seconds
+    claim = store.claims.claim(shard, task.writer, seconds)
+    if claim is None:
+        return None
+    with store.claims.holding(claim, seconds):
+        if store.bound_to(task.identity) and store.shard_done(shard):  # another run of this generator finished it
+            return None
+        pipe = worker_pipeline(task)
+        rows = store.shard_samples(shard)
+        manifest = store.manifest
+        prompts = store.prompts[rows.start:rows.stop]
+        stack, regenerated, still_bad = generate_stack(
+            pipe, store.read_masks(list(rows)), prompts, list(rows), store.k, len(manifest.class_names),
+            manifest.image_shape, task.settings, task.resolution)
+        if not store.write_claimed_shard(claim, task.identity, task.replaces, stack, stale_seconds=seconds):
+            return None
     return ShardResult(shard=shard, images=len(rows) * store.k, regenerated=regenerated, still_bad=still_bad,
-                       worker=f"{socket.gethostname()}:{os.getpid()}", seconds=time.monotonic() - started)
+                       worker=this_process(), seconds=time.monotonic() - started)
 
 
 @contextmanager
@@ -123,68 +139,116 @@ def dask_client(settings: GenerateConfig) -> Iterator[Any]:
         yield client
 
 
-def run_shards(task: ShardTask, shards: list[int], images_per_shard: dict[int, int]) -> list[ShardResult]:
-    """Run one task per shard on the dask cluster, with a progress bar of images/s and ETA."""
+def dashboard_link(client: Any) -> str | None:
+    """The scheduler's dashboard address, or None when it runs none (no bokeh, or disabled)."""
+    services = client.scheduler_info().get("services", {})
+    if "dashboard" not in services:
+        return None
+    return client.dashboard_link or None
+
+
+def run_shards(task: ShardTask, store: Any) -> list[ShardResult]:
+    """Generate every pending shard of `store` on the dask cluster, in rounds: submit the pending
+    shards no other run holds, collect, re-read the ledger; wait while the only pending shards are
+    held by another run (until it finishes them or its claims expire). Progress bar of images/s."""
     from dask.distributed import as_completed
 
     results: list[ShardResult] = []
-    with dask_client(task.settings) as client:
-        if client.dashboard_link:
-            logger.info(f"dask dashboard: {client.dashboard_link}")
-        futures = [client.submit(generate_shard, task, shard, pure=False, key=f"shard-{shard}-{time.time_ns()}")
-                   for shard in shards]
-        with tqdm(total=sum(images_per_shard[s] for s in shards), desc="generate", unit="img") as bar:
-            for future in as_completed(futures):
-                result = future.result()
-                results.append(result)
-                bar.update(result.images)
-                bar.set_postfix(shards=f"{len(results)}/{len(shards)}", regenerated=sum(r.regenerated for r in results))
+    pending = store.pending_for(task.identity)
+    images_of = {shard: len(store.shard_samples(shard)) * store.k for shard in pending}
+    poll = min(task.settings.claim_seconds / 4, 5.0)
+    waiting_logged = False
+    with dask_client(task.settings) as client, \
+            tqdm(total=sum(images_of.values()), desc="generate", unit="img") as bar:
+        link = dashboard_link(client)
+        if link:
+            logger.info(f"dask dashboard: {link}")
+        while pending:
+            held = store.claims.live_claims(pending, except_writer=task.writer)
+            free = [shard for shard in pending if shard not in held]
+            if not free:
+                if not waiting_logged:
+                    logger.info(f"waiting for {len(held)} shard(s) claimed by another run "
+                                f"({', '.join(sorted({c.worker for c in held.values()}))}): taken over if their claims expire")
+                    waiting_logged = True
+                time.sleep(poll)
+            else:
+                futures = [client.submit(generate_shard, task, shard, pure=False, key=f"shard-{shard}-{time.time_ns()}")
+                           for shard in free]
+                for future in as_completed(futures):
+                    result = future.result()
+                    if result is not None:
+                        results.append(result)
+                        bar.set_postfix(shards=len(results), regenerated=sum(r.regenerated for r in results))
+            still = store.pending_for(task.identity)
+            bar.update(sum(images_of.get(shard, 0) for shard in pending if shard not in still))
+            pending = still
     return results
 
 
-def run_generate(cfg: ProjectConfig, dataset: PreparedDataset | None = None,
-                 overwrite: bool = False) -> list[ShardResult]:
-    """Create or reopen the store at `cfg.store.path`, bind the generator, generate pending shards.
-
-    Returns one result per shard generated in this run (none when the store was already complete).
-    """
+def generator_identity(cfg: ProjectConfig, generator: Path, manifest: Any) -> GeneratorIdentity:
+    """What decides the pixels of this run's generator (recorded as the store's binding)."""
     from s2s2.pipeline.generator.loading import controlnet_hash
-    from s2s2.pipeline.generator.paths import resolution_of, sampling_generator_dir
-    from s2s2.store.stack_store import GeneratorIdentity, StackStore
+    from s2s2.pipeline.generator.paths import resolution_of
 
-    generator = sampling_generator_dir(cfg)
-    if not (generator / "model_index.json").is_file():
-        raise ConfigError(f"generator folder {generator} has no model_index.json\n"
-                          "fix: run `s2s2 finetune` first, or set generate.generator_dir to a fine-tuned pipeline")
+    settings = cfg.generate
+    return GeneratorIdentity(
+        base_model=cfg.generator.base_model, controlnet_hash=controlnet_hash(generator), scheduler=settings.scheduler,
+        steps=settings.steps, guidance_scale=settings.guidance_scale, eta=settings.eta,
+        prompt_template=manifest.prompt_template, seed=settings.seed,
+        resolution=resolution_of(cfg, manifest.image_shape[-1]))
+
+
+def absolute(path: str | Path) -> str:
+    """A local path made absolute (dask workers may run in another directory); URLs unchanged."""
+    return str(path) if "://" in str(path) else str(Path(path).expanduser().resolve())
+
+
+def run_generate(cfg: ProjectConfig, dataset: PreparedDataset | None = None,
+                 overwrite: bool = False, force: bool = False) -> list[ShardResult]:
+    """Create or reopen the store at `cfg.store.path`, check the generator against it, generate the
+    pending shards (together with any other run on the same store).
+
+    `overwrite` regenerates a store bound to another generator (refused while another run writes
+    it, unless `force`). Returns one result per shard this run generated (none when complete).
+    """
+    from s2s2.pipeline.generator.loading import check_pipeline_folder
+    from s2s2.pipeline.generator.paths import resolution_of, sampling_generator_dir
+    from s2s2.store.claims import new_writer_id
+    from s2s2.store.stack_store import StackStore
+
+    generator = Path(absolute(sampling_generator_dir(cfg)))
+    check_pipeline_folder(generator)
     if dataset is None:
         from s2s2.pipeline.data.prepare import prepare_dataset
 
         dataset = prepare_dataset(cfg.data)
     sc = cfg.store
-    store = StackStore.create(sc.path, dataset, k=sc.k, split=sc.split, shard_size=sc.shard_size, dtype=sc.dtype,
+    store_path = absolute(sc.path)
+    store = StackStore.create(store_path, dataset, k=sc.k, split=sc.split, shard_size=sc.shard_size, dtype=sc.dtype,
                               compression=sc.compression, compression_level=sc.compression_level,
                               storage_options=sc.storage_options or None)
     settings = cfg.generate
+    identity = generator_identity(cfg, generator, store.manifest)
+    writer = new_writer_id()
+    replaces = store.check_generator(identity, writer, overwrite=overwrite, force=force)
+    pending = store.pending_for(identity)
     resolution = resolution_of(cfg, store.manifest.image_shape[-1])
-    identity = GeneratorIdentity(
-        base_model=cfg.generator.base_model, controlnet_hash=controlnet_hash(generator), scheduler=settings.scheduler,
-        steps=settings.steps, guidance_scale=settings.guidance_scale, eta=settings.eta,
-        prompt_template=store.manifest.prompt_template, seed=settings.seed, resolution=resolution)
-    store.bind_generator(identity, overwrite=overwrite)
-    pending = store.pending_shards()
-    logger.info(f"{sc.path}: {store.n_samples} samples x K={store.k}, {len(pending)} of {store.num_shards} shards pending; "
-          f"{settings.scheduler} {settings.steps} steps, guidance {settings.guidance_scale}, {resolution} px")
+    logger.info(f"{sc.path}: {store.n_samples} samples x K={store.k}, {len(pending)} of {store.num_shards} shards "
+                f"to generate; {settings.scheduler} {settings.steps} steps, guidance {settings.guidance_scale}, "
+                f"{resolution} px")
     results: list[ShardResult] = []
     if pending:
-        task = ShardTask(store_path=str(sc.path), storage_options=dict(sc.storage_options), generator_dir=str(generator),
-                         settings=settings, resolution=resolution, attention=cfg.generator.attention)
-        sizes = {shard: len(store.shard_samples(shard)) * store.k for shard in pending}
+        task = ShardTask(store_path=store_path, storage_options=dict(sc.storage_options), generator_dir=str(generator),
+                         settings=settings, resolution=resolution, attention=cfg.generator.attention,
+                         identity=identity, writer=writer, replaces=replaces)
         started = time.monotonic()
-        results = run_shards(task, pending, sizes)
+        with store.claims.running(writer, settings.claim_seconds):
+            results = run_shards(task, store)
         seconds = time.monotonic() - started
         images = sum(r.images for r in results)
         logger.info(f"generated {images} images in {seconds:.1f} s ({images / seconds:.2f} img/s) on "
-              f"{len({r.worker for r in results})} worker(s); regenerated {sum(r.regenerated for r in results)} "
-              f"NaN/black images, {sum(r.still_bad for r in results)} still bad after retries")
+                    f"{len({r.worker for r in results})} worker(s); regenerated {sum(r.regenerated for r in results)} "
+                    f"NaN/black images, {sum(r.still_bad for r in results)} still bad after retries")
     logger.info(f"store status: {store.refresh_status()}")
     return results

@@ -14,6 +14,7 @@ reader never sees a torn shard; object stores (S3) replace objects atomically by
 from __future__ import annotations
 
 import asyncio
+import time
 from importlib.metadata import version as _package_version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,6 +26,7 @@ from tqdm import tqdm
 from zarr.core.sync import sync
 
 from s2s2.pipeline.errors import StoreError
+from s2s2.store.claims import Binding, Claim, ClaimBook
 from s2s2.store.layout import compressors, num_shards, shard_rows, to_store_dtype
 from s2s2.store.manifest import (
     MANIFEST_KEY,
@@ -72,11 +74,13 @@ def _read_manifest(group: zarr.Group, path: Any) -> Manifest:
 class StackStore:
     """Handle on one stack store; create with `StackStore.create`, open with `StackStore.open`."""
 
-    def __init__(self, group: zarr.Group, manifest: Manifest, path: Any, writable: bool):
+    def __init__(self, group: zarr.Group, manifest: Manifest, path: Any, writable: bool,
+                 storage_options: dict[str, Any] | None = None):
         self._group = group
         self._manifest = manifest
         self.path = path
         self.writable = writable
+        self.storage_options = storage_options
         self._stack = group["stack"]
         self._done = group["done"]
         self._originals = group["originals"]
@@ -149,7 +153,7 @@ class StackStore:
             dtype=dtype, shard_size=shard_size, compression=compression, created=now, updated=now,  # type: ignore[arg-type]
         )
         group.attrs[MANIFEST_KEY] = manifest.model_dump(mode="json")  # last: marks the store as usable
-        return cls(group, manifest, path, writable=True)
+        return cls(group, manifest, path, writable=True, storage_options=storage_options)
 
     @classmethod
     def _existing(cls, path: Any, storage_options: dict[str, Any] | None) -> StackStore | None:
@@ -158,7 +162,7 @@ class StackStore:
         except (FileNotFoundError, zarr.errors.GroupNotFoundError):
             return None
         manifest = _read_manifest(group, path)
-        return cls(group, manifest, path, writable=True)
+        return cls(group, manifest, path, writable=True, storage_options=storage_options)
 
     def _reopen_if_matching(self, wanted: dict[str, Any]) -> StackStore:
         have = self._manifest.model_dump()
@@ -189,7 +193,7 @@ class StackStore:
                 group = _open_group(path, mode, storage_options)
         except (FileNotFoundError, zarr.errors.GroupNotFoundError) as err:
             raise StoreError(f"{path}: no stack store there; fix: create it with `s2s2 stack init`") from err
-        return cls(group, _read_manifest(group, path), path, writable=mode == "r+")
+        return cls(group, _read_manifest(group, path), path, writable=mode == "r+", storage_options=storage_options)
 
     # --- description -----------------------------------------------------------------------------
 
@@ -305,28 +309,149 @@ class StackStore:
         self._group.attrs[MANIFEST_KEY] = manifest.model_dump(mode="json")
         self._manifest = manifest
 
-    def bind_generator(self, identity: GeneratorIdentity, overwrite: bool = False) -> None:
-        """Record which generator fills the stack; a different one is refused unless `overwrite`,
-        which clears the done ledger so every shard is generated again."""
+    def _update_manifest(self, **changes: Any) -> Manifest:
+        """Re-read the manifest (other writers update it too), apply `changes`, write it back."""
+        fresh = _read_manifest(_open_group(self.path, "r", self.storage_options), self.path)
+        manifest = fresh.model_copy(update={**changes, "updated": utc_now()})
+        self._write_manifest(manifest)
+        return manifest
+
+    # --- generator binding and shard claims (see s2s2.store.claims) ------------------------------
+
+    @property
+    def claims(self) -> ClaimBook:
+        """The claim, binding and writer records of this store."""
+        if not isinstance(self.path, (str, Path)):
+            raise StoreError(f"{self.path!r}: shard claims need a store path or URL, not a Store object")
+        return ClaimBook(self.path, self.storage_options)
+
+    def current_binding(self) -> Binding | None:
+        """The generator binding in force. A store bound before claim records existed reports its
+        manifest's generator as binding number -1."""
+        binding = self.claims.binding()
+        if binding is None and self._manifest.generator is not None:
+            return Binding(seq=-1, identity=self._manifest.generator.model_dump(mode="json"), ready=True, created=0.0)
+        return binding
+
+    def _other_generator(self, binding: Binding, identity: GeneratorIdentity) -> str:
+        wanted = identity.model_dump(mode="json")
+        changed = [f"{key}: {binding.identity.get(key)!r} -> {wanted.get(key)!r}"
+                   for key in wanted if binding.identity.get(key) != wanted.get(key)]
+        return f"{self.path}: the store is bound to another generator (" + "; ".join(changed) + ")"
+
+    def check_generator(self, identity: GeneratorIdentity, writer: str, overwrite: bool = False,
+                        force: bool = False) -> int | None:
+        """Before a `generate` run: may `identity` fill this store? Returns the number of the binding
+        that the run will replace (with `overwrite`, at its first shard write), or None.
+
+        Refuses another generator unless `overwrite`, and `overwrite` while another run is writing
+        (a running writer or a live shard claim) unless `force`."""
+        binding = self.current_binding()
+        if binding is None or binding.identity == identity.model_dump(mode="json"):
+            return None
+        if not overwrite:
+            raise StoreError(self._other_generator(binding, identity) + "; its images would mix with this "
+                             "generator's; fix: pass --overwrite to regenerate every shard")
+        book = self.claims
+        others = book.running_writers(except_writer=writer)
+        held = book.live_claims(list(range(self.num_shards)), except_writer=writer)
+        if (others or held) and not force:
+            who = sorted({f"{w.host} pid {w.pid}" for w in others} | {c.worker.replace(":", " pid ") for c in held.values()})
+            raise StoreError(f"{self.path}: another `s2s2 generate` is writing this store ({', '.join(who)}; "
+                             f"{len(held)} shard(s) claimed); --overwrite now would mix two generators; fix: wait "
+                             "for it to finish (or stop it and wait for its claims to expire), then rerun with "
+                             "--overwrite; or add --force to take over (the other run stops at its next shard)")
+        return binding.seq
+
+    def refuse_other_generator(self, identity: GeneratorIdentity, replaces: int | None) -> None:
+        """Raise if the store is bound to another generator than `identity` and the binding in force
+        is not the one this run was allowed to replace (a writer checks before generating)."""
+        binding = self.current_binding()
+        if binding is not None and binding.identity != identity.model_dump(mode="json") and binding.seq != replaces:
+            raise StoreError(self._other_generator(binding, identity) + " since this run started (another "
+                             "`generate --overwrite` took it over); this run stops, its unfinished shards stay "
+                             "pending; fix: rerun with the generator you want to keep (with --overwrite if it changed)")
+
+    def bind_for_write(self, identity: GeneratorIdentity, replaces: int | None, stale_seconds: float) -> None:
+        """Make sure the store is bound to `identity` before a shard is written: bind an unbound
+        store, rebind (clearing the done ledger) when `replaces` is the binding in force, wait for a
+        peer's rebinding to `identity` to finish; raise if another generator is bound.
+
+        Binding happens here, at the first shard write, so a run whose generator fails to load or
+        sample never binds the store. `stale_seconds`: a rebinding left unfinished this long (its
+        writer died) is finished by this writer."""
         self._require_writable()
-        recorded = self._manifest.generator
-        if recorded is not None and recorded != identity:
-            if not overwrite:
-                changed = [f"{key}: {getattr(recorded, key)!r} -> {getattr(identity, key)!r}"
-                           for key in GeneratorIdentity.model_fields if getattr(recorded, key) != getattr(identity, key)]
-                raise StoreError(f"{self.path}: the store was filled by another generator ("
-                                 + "; ".join(changed) + "); fix: pass --overwrite to regenerate every shard")
-            self._done[:] = False
-        status = "complete" if self.complete_fraction() == 1.0 else "generating"
-        self._write_manifest(self._manifest.model_copy(update={"generator": identity, "status": status,
-                                                               "updated": utc_now()}))
+        wanted = identity.model_dump(mode="json")
+        book = self.claims
+        while True:
+            binding = self.current_binding()
+            if binding is None:
+                if book.create_binding(0, wanted, ready=True) is not None:
+                    self._update_manifest(generator=identity, status="generating")
+                    return
+            elif binding.identity == wanted:
+                if binding.ready:
+                    return
+                if time.time() - binding.created > stale_seconds:
+                    self._finish_rebinding(binding, identity)
+                    return
+                time.sleep(0.05)
+            elif binding.seq == replaces:
+                created = book.create_binding(binding.seq + 1, wanted, ready=False)
+                if created is not None:
+                    self._finish_rebinding(created, identity)
+                    return
+            else:
+                self.refuse_other_generator(identity, replaces)
+
+    def _finish_rebinding(self, binding: Binding, identity: GeneratorIdentity) -> None:
+        """Clear the done ledger (every shard is generated again), then declare the binding ready."""
+        self._done[:] = False
+        self.claims.mark_ready(binding)
+        self._update_manifest(generator=identity, status="generating")
+
+    def bound_to(self, identity: GeneratorIdentity) -> bool:
+        """True when `identity` is the generator in force (and its rebinding, if any, is finished):
+        only then do the done flags record its images."""
+        binding = self.current_binding()
+        return binding is not None and binding.ready and binding.identity == identity.model_dump(mode="json")
+
+    def pending_for(self, identity: GeneratorIdentity) -> list[int]:
+        """Shards that `identity` still has to generate: the pending ones if it is the generator in
+        force, else every shard (the done flags belong to another generator)."""
+        return self.pending_shards() if self.bound_to(identity) else list(range(self.num_shards))
+
+    def shard_done(self, shard: int) -> bool:
+        """True when every image of `shard` is marked done (reads the shard's own ledger chunk)."""
+        rows = self.shard_samples(shard)
+        return bool(np.asarray(self._done[rows.start:rows.stop]).all())
+
+    def write_claimed_shard(self, claim: Claim, identity: GeneratorIdentity, replaces: int | None,
+                            stack_images: np.ndarray, stale_seconds: float) -> bool:
+        """Write a shard generated under `claim` by the generator `identity`; False (nothing written)
+        if another writer has taken the shard over.
+
+        Order: bind, check the claim, write the images, mark them done, then check the binding
+        again: a rebinding by a forced `--overwrite` that slipped in between clears the flags this
+        writer just set (the shard stays pending), so images of two generators never count as done."""
+        self.bind_for_write(identity, replaces, stale_seconds)
+        if not self.claims.holds(claim):
+            return False
+        self.write_shard(claim.shard, stack_images)
+        binding = self.current_binding()
+        if binding is None or binding.identity != identity.model_dump(mode="json"):
+            rows = self.shard_samples(claim.shard)
+            self._done[rows.start:rows.stop] = False
+            self.refuse_other_generator(identity, None)
+        return True
 
     def refresh_status(self) -> str:
-        """Recompute the status from the ledger and record it (call from one coordinator only)."""
+        """Recompute the status from the ledger, the generator from the binding, and record both."""
         self._require_writable()
+        binding = self.current_binding()
+        generator = GeneratorIdentity.model_validate(binding.identity) if binding is not None else None
         if self.complete_fraction() == 1.0:
             status = "complete"
         else:
-            status = "generating" if self._manifest.generator is not None else "initialised"
-        self._write_manifest(self._manifest.model_copy(update={"status": status, "updated": utc_now()}))
-        return status
+            status = "generating" if generator is not None else "initialised"
+        return self._update_manifest(generator=generator, status=status).status
