@@ -134,8 +134,9 @@ def dask_client(settings: GenerateConfig) -> Iterator[Any]:
         return
     gpus = torch.cuda.device_count() if settings.device != "cpu" else 0
     workers = settings.workers or max(gpus, 1)
+    # Worker logs only at CRITICAL: a task's error reaches the coordinator, which reports it once.
     with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
-                      silence_logs=40) as cluster, Client(cluster) as client:
+                      silence_logs=logging.CRITICAL) as cluster, Client(cluster) as client:
         yield client
 
 

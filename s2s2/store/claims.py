@@ -141,7 +141,8 @@ class Claim:
     seq: int
     writer: str  # the `generate` run
     worker: str  # host:pid of the process generating the shard
-    expires: float  # wall-clock seconds since the epoch
+    claimed: float  # wall-clock seconds since the epoch
+    expires: float  # pushed forward by every renewal
     released: bool = False
 
     def live(self, now: float | None = None) -> bool:
@@ -197,8 +198,9 @@ class ClaimBook:
         current = self.current(shard)
         if current is not None and current.live() and current.writer != writer:
             return None
+        now = time.time()
         new = Claim(shard=shard, seq=0 if current is None else current.seq + 1, writer=writer,
-                    worker=this_process(), expires=time.time() + seconds)
+                    worker=this_process(), claimed=now, expires=now + seconds)
         created = self.records.create(f"{self._shard_folder(shard)}/{_seq_name(new.seq)}", asdict(new))
         return new if created else None
 
