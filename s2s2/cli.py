@@ -206,10 +206,10 @@ def train(
 def evaluate(
     config: ConfigOpt = None,
     set_: SetOpt = None,
-    run: Annotated[Optional[Path], typer.Option(help="Run folder; its config.yaml is used unless --config is given.")] = None,
+    run: Annotated[Optional[Path], typer.Option(help="Run folder: read and written as given; its config.yaml is used unless --config is given.")] = None,
     name: Annotated[Optional[str], typer.Option(help="Run name (RUN_DIR/train/NAME) when --run is not given.")] = None,
     checkpoint: Annotated[Optional[Path], typer.Option(help="Weights to evaluate (default: the run's model.safetensors).")] = None,
-    test_set: Annotated[Optional[list[str]], typer.Option("--test-set", help="Only these test sets (repeatable): in_domain, spm_t1, ...")] = None,
+    test_set: Annotated[Optional[list[str]], typer.Option("--test-set", help="Only these test sets (repeatable; added to metrics.json, the others kept): in_domain, spm_t1, ...")] = None,
 ) -> None:
     """Dice and HD95 per case and class, in-domain and out-of-domain; writes metrics.json and predictions.png."""
     import os
@@ -224,7 +224,7 @@ def evaluate(
     if run is not None and config is None:
         config = run / "config.yaml"
     cfg = load_config(ProjectConfig, config, overrides={"train.name": name}, dotted=set_)
-    for line in summary_lines(run_evaluate(cfg, checkpoint=checkpoint, sets=test_set)):
+    for line in summary_lines(run_evaluate(cfg, checkpoint=checkpoint, sets=test_set, folder=run)):
         typer.echo(line)
 
 

@@ -4,8 +4,14 @@ without mixing."""
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import shutil
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -82,3 +88,40 @@ def test_a_second_generator_is_refused_while_the_first_runs_and_replaces_it_only
     assert replaced.current_binding().seq == 1
     reference = reference_stack(second, dataset, tmp_path / "reference.zarr")
     assert np.array_equal(np.asarray(replaced._group["stack"][:]), reference)  # nothing of the first generator left
+
+
+def test_generate_on_an_external_scheduler_with_workers_started_elsewhere(tmp_path, toy_generator):
+    """The README's cluster recipe with the relative paths of configs/default.yaml: the scheduler and
+    both workers run in another directory, so every path a task needs must arrive absolute."""
+    project, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    config = toy_project(project, None, steps=2)
+    shutil.copytree(toy_generator, project / "run" / "generator")  # {run_dir}/generator, relative
+    cfg = load_project(config)
+    dask = Path(sys.executable).parent / "dask"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    address_file = elsewhere / "scheduler.json"
+    started = [subprocess.Popen([str(dask), "scheduler", "--port", "0", "--scheduler-file", str(address_file)],
+                                cwd=elsewhere, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    try:
+        deadline = time.monotonic() + 120
+        while not address_file.is_file() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        address = json.loads(address_file.read_text())["address"]
+        started += [subprocess.Popen([str(dask), "worker", address, "--nthreads", "1", "--nworkers", "1",
+                                      "--no-dashboard", "--name", f"elsewhere-{i}"], cwd=elsewhere, env=env,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for i in range(2)]
+        run = Cli("generate", "--config", "config.yaml", "--scheduler", address, cwd=project)
+        code, stderr = run.finish()
+    finally:
+        for process in reversed(started):
+            process.terminate()
+        for process in started:
+            process.wait(timeout=60)
+    assert code == 0, stderr[-3000:]
+    assert "on 2 worker(s)" in stderr  # both external workers generated shards
+    assert "dask dashboard" not in stderr  # this scheduler serves no dashboard (no bokeh)
+    store = StackStore.open(cfg.store.path)
+    assert store.done_ledger().all() and store.manifest.status == "complete"
+    stack = np.asarray(store._group["stack"][:])
+    assert np.array_equal(stack, reference_stack(cfg, prepare_dataset(cfg.data), tmp_path / "reference.zarr"))

@@ -33,17 +33,18 @@ def reference_stack(cfg: ProjectConfig, dataset: PreparedDataset, path: Path) ->
     return np.asarray(StackStore.open(path)._group["stack"][:])
 
 
-def toy_project(folder: Path, generator: Path, n: int = 16, run_dir: str = "run", **generate: object) -> Path:
+def toy_project(folder: Path, generator: Path | None, n: int = 16, run_dir: str = "run", **generate: object) -> Path:
     """`folder/config.yaml` for toy npz slices in `folder/slices`: run_dir, data root and cache are
-    relative to `folder` (as in configs/default.yaml), the generator folder is absolute. Returns the
-    config path; `load_project` reads it back as seen from `folder`."""
+    relative to `folder` (as in configs/default.yaml); the generator folder is `generator`, or with
+    None the default {run_dir}/generator (relative too). Returns the config path; `load_project`
+    reads it back as seen from `folder`."""
     toy = toy_dataset(n=n, size=16)
     slices = folder / "slices"
     slices.mkdir(parents=True, exist_ok=True)
     for i in range(len(toy)):
         np.savez(slices / f"case{i:02d}_slice0.npz", image=toy.images[i, 0], label=toy.masks[i])
     cfg = toy_project_config(run_dir, store={"shard_size": 1, "path": None},
-                             generate={"generator_dir": str(generator), **generate})
+                             generate={"generator_dir": str(generator) if generator else None, **generate})
     tree = cfg.model_dump(mode="json")
     tree["store"].pop("path")  # follows run_dir
     tree["data"].update({"adapter": "npz", "root": "slices", "size": 16, "class_names": list(TOY_CLASSES),
@@ -58,6 +59,8 @@ def load_project(config: Path) -> ProjectConfig:
     tree = yaml.safe_load(config.read_text())
     base = config.parent
     tree["run_dir"] = str(base / tree["run_dir"])
+    if tree["generate"]["generator_dir"] is None:
+        tree["generate"]["generator_dir"] = str(base / tree["run_dir"] / "generator")
     tree["data"]["root"] = str(base / tree["data"]["root"])
     tree["data"]["cache_dir"] = str(base / tree["data"]["cache_dir"])
     return ProjectConfig.model_validate(tree)

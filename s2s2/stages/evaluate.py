@@ -109,17 +109,36 @@ def summary_lines(results: dict[str, Any]) -> list[str]:
     return lines
 
 
-def run_evaluate(cfg: ProjectConfig, checkpoint: str | Path | None = None, sets: list[str] | None = None,
-                 datasets: dict[str, tuple[PreparedDataset, list[int]]] | None = None) -> dict[str, Any]:
-    """Evaluate the run's best checkpoint (or `checkpoint`) on the test sets; returns and writes metrics.json.
+def merge_metrics(previous: dict[str, Any] | None, results: dict[str, Any]) -> dict[str, Any]:
+    """`results` plus the test sets of an earlier evaluation of the same checkpoint that this one
+    did not redo (evaluating one set adds it to metrics.json instead of dropping the others)."""
+    if not previous or Path(previous.get("checkpoint", "")).resolve() != Path(results["checkpoint"]).resolve():
+        return results
+    return {**results, "test_sets": {**previous.get("test_sets", {}), **results["test_sets"]}}
 
+
+def read_metrics(path: Path) -> dict[str, Any] | None:
+    """An existing metrics.json, or None if there is none or it cannot be read (it is then replaced)."""
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+
+
+def run_evaluate(cfg: ProjectConfig, checkpoint: str | Path | None = None, sets: list[str] | None = None,
+                 datasets: dict[str, tuple[PreparedDataset, list[int]]] | None = None,
+                 folder: str | Path | None = None) -> dict[str, Any]:
+    """Evaluate the run's best checkpoint (or `checkpoint`) on the test sets; returns the results and
+    merges them into the run's metrics.json.
+
+    `folder` is the run folder for every read and write (default {run_dir}/train/{train.name}).
     `datasets` replaces `test_datasets(cfg, sets)` (tests that hold the data in memory); its first
     entry must be the training data's in-domain split (it defines the model's classes).
     """
     from s2s2.pipeline.viz import save_grid
     from s2s2.stages.train.loop import run_folder
 
-    folder = run_folder(cfg)
+    folder = Path(folder) if folder is not None else run_folder(cfg)
     checkpoint = Path(checkpoint) if checkpoint else folder / "model.safetensors"
     datasets = datasets or test_datasets(cfg, sets)
     train_data, _ = next(iter(datasets.values()))
@@ -145,8 +164,9 @@ def run_evaluate(cfg: ProjectConfig, checkpoint: str | Path | None = None, sets:
             rows.append(row)
             titles.append(name)
     folder.mkdir(parents=True, exist_ok=True)
+    merged = merge_metrics(read_metrics(folder / "metrics.json"), json_safe(results))
     with atomic_path(folder / "metrics.json") as tmp:
-        tmp.write_text(json.dumps(json_safe(results), indent=1, allow_nan=False))
+        tmp.write_text(json.dumps(merged, indent=1, allow_nan=False))
     if rows:
         save_grid(rows, folder / "predictions.png", row_titles=titles, col_titles=["image", "truth", "prediction"])
     return results

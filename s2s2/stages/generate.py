@@ -10,6 +10,7 @@ and per-image seeds make the resumed pixels identical.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import time
 from collections.abc import Iterator
@@ -141,11 +142,15 @@ def dask_client(settings: GenerateConfig) -> Iterator[Any]:
 
 
 def dashboard_link(client: Any) -> str | None:
-    """The scheduler's dashboard address, or None when it runs none (no bokeh, or disabled)."""
-    services = client.scheduler_info().get("services", {})
-    if "dashboard" not in services:
+    """The scheduler's dashboard address, or None when it has none: disabled, or bokeh missing on
+    the scheduler's machine (its page would only say that bokeh is needed)."""
+    if "dashboard" not in client.scheduler_info().get("services", {}):
         return None
-    return client.dashboard_link or None
+    try:  # a lambda travels by value: the scheduler needs no s2s2 installed to answer
+        has_bokeh = client.run_on_scheduler(lambda: importlib.util.find_spec("bokeh") is not None)
+    except Exception:  # an informational line only: say nothing rather than something wrong
+        return None
+    return (client.dashboard_link or None) if has_bokeh else None
 
 
 def run_shards(task: ShardTask, store: Any) -> list[ShardResult]:
