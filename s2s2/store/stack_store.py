@@ -14,7 +14,10 @@ reader never sees a torn shard; object stores (S3) replace objects atomically by
 from __future__ import annotations
 
 import asyncio
+import functools
+import json
 import time
+from collections.abc import Callable
 from importlib.metadata import version as _package_version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -51,9 +54,38 @@ def _store_like(path: Any) -> Any:
     return str(path) if isinstance(path, Path) else path
 
 
+def _is_local(path: Any) -> bool:
+    return isinstance(path, (str, Path)) and "://" not in str(path)
+
+
+def _unreadable_metadata_file(path: Any) -> str:
+    """The first zarr.json of a local store that is not valid JSON (a generic name elsewhere)."""
+    if _is_local(path):
+        for candidate in [Path(path) / "zarr.json", *(Path(path) / array / "zarr.json" for array in ARRAYS)]:
+            try:
+                json.loads(candidate.read_bytes())
+            except (OSError, ValueError):
+                return str(candidate)
+    return f"{path}/.../zarr.json"
+
+
+def _damaged_metadata(path: Any, err: Exception) -> StoreError:
+    return StoreError(f"{_unreadable_metadata_file(path)}: the stack store's metadata cannot be read "
+                      f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}): it is truncated or "
+                      "corrupt; fix: re-create the store with `s2s2 stack init --overwrite` (same config), then "
+                      "`s2s2 generate`")
+
+
 def _open_group(path: Any, mode: str, storage_options: dict[str, Any] | None) -> zarr.Group:
+    """Open the store's group; a plain file in the way or unreadable metadata is a StoreError."""
+    if _is_local(path) and Path(path).exists() and not Path(path).is_dir():
+        raise StoreError(f"{path} is a file, not a stack store (a Zarr folder); fix: choose another path "
+                         "(store.path or the PATH argument) or move the file away")
     options = storage_options if storage_options and isinstance(path, str) and "://" in path else None
-    return zarr.open_group(store=_store_like(path), mode=mode, storage_options=options)
+    try:
+        return zarr.open_group(store=_store_like(path), mode=mode, storage_options=options)
+    except (ValueError, TypeError, KeyError) as err:  # JSONDecodeError is a ValueError
+        raise _damaged_metadata(path, err) from None
 
 
 def _read_manifest(group: zarr.Group, path: Any) -> Manifest:
@@ -71,6 +103,45 @@ def _read_manifest(group: zarr.Group, path: Any) -> Manifest:
         raise StoreError(f"{path}: manifest does not validate: {err}") from err
 
 
+# What zarr raises for a shard file that does not decode: its crc32c index checksum (ValueError),
+# zstd's content checksum or a garbled frame (RuntimeError).
+DECODE_ERRORS = (ValueError, RuntimeError)
+ARRAYS = ("originals", "masks", "stack", "done")
+
+
+def repair_advice(path: Any, damaged: list[tuple[str, int]], shard_file: Callable[[str, int], str]) -> str:
+    """How to repair the damaged (array, shard) files: originals and masks come from the dataset
+    (only re-creating the store restores them); stack images and ledger flags are regenerated once
+    their files are gone, because a shard without done flags is pending."""
+    if any(array in ("originals", "masks") for array, _ in damaged):
+        return ("the originals and masks come from the dataset and `s2s2 generate` cannot restore them: re-create "
+                "the store with `s2s2 stack init --overwrite` (same config), then run `s2s2 generate`")
+    shards = sorted({shard for _, shard in damaged})
+    files = [shard_file(array, shard) for shard in shards for array in ("stack", "done")]
+    return (f"delete {', '.join(files)} (the shard(s) become pending), then run `s2s2 generate` to regenerate "
+            f"them; `s2s2 stack inspect {path} --verify` lists every damaged shard")
+
+
+def _names_damage(arrays: tuple[str, ...], samples: Callable[..., Any]) -> Callable:
+    """Decorate a read: a shard file that fails to decode becomes a StoreError naming the store, the
+    file and the fix (`samples(self, *args)` are the samples the read touched)."""
+
+    def decorate(read: Callable) -> Callable:
+        @functools.wraps(read)
+        def checked(self: StackStore, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return read(self, *args, **kwargs)
+            except DECODE_ERRORS:
+                damaged = self.damaged_shards(samples(self, *args, **kwargs), arrays)
+                if not damaged:
+                    raise
+                raise self.damage_error(damaged) from None
+
+        return checked
+
+    return decorate
+
+
 class StackStore:
     """Handle on one stack store; create with `StackStore.create`, open with `StackStore.open`."""
 
@@ -81,10 +152,16 @@ class StackStore:
         self.path = path
         self.writable = writable
         self.storage_options = storage_options
-        self._stack = group["stack"]
-        self._done = group["done"]
-        self._originals = group["originals"]
-        self._masks = group["masks"]
+        try:
+            self._stack = group["stack"]
+            self._done = group["done"]
+            self._originals = group["originals"]
+            self._masks = group["masks"]
+        except (ValueError, TypeError) as err:
+            raise _damaged_metadata(path, err) from None
+        except KeyError as err:
+            raise StoreError(f"{path}: array {err} is missing from the store; fix: re-create the store with "
+                             "`s2s2 stack init --overwrite` (same config), then `s2s2 generate`") from None
 
     # --- creation and opening ------------------------------------------------------------------
 
@@ -232,6 +309,40 @@ class StackStore:
         """Index of each store sample in the PreparedDataset it was made from."""
         return np.asarray(self._group["source_index"][:])
 
+    # --- damaged shard files ----------------------------------------------------------------------
+
+    def shard_file(self, array: str, shard: int) -> str:
+        """Where one shard of `array` lives (a file, or an object key under a URL)."""
+        chunks = self._group[array].metadata
+        key = chunks.encode_chunk_key((shard,) + (0,) * (len(chunks.shape) - 1))
+        return f"{str(self.path).rstrip('/')}/{array}/{key}"
+
+    def decode_shard(self, array: str, shard: int) -> np.ndarray:
+        """Every value of one shard of `array` (raises what the codecs raise if it is damaged)."""
+        rows = self.shard_samples(shard)
+        return np.asarray(self._group[array][rows.start:rows.stop])
+
+    def damaged_shards(self, samples: Any, arrays: tuple[str, ...] = ARRAYS) -> list[tuple[str, int, Exception]]:
+        """(array, shard, error) of every shard file holding `samples` that fails to decode."""
+        size = self._manifest.shard_size
+        found = []
+        for shard in sorted({int(i) // size for i in np.atleast_1d(np.asarray(samples, dtype=np.int64))}):
+            for array in arrays:
+                try:
+                    self.decode_shard(array, shard)
+                except DECODE_ERRORS as err:
+                    found.append((array, shard, err))
+        return found
+
+    def damage_error(self, damaged: list[tuple[str, int, Exception]]) -> StoreError:
+        """One message naming every damaged file and how to repair it."""
+        lines = [f"{self.path}: damaged shard file(s) that cannot be decoded:"]
+        lines += [f"  {self.shard_file(array, shard)} ({array} of shard {shard}): {type(err).__name__}: "
+                  f"{str(err)[:120]}" for array, shard, err in damaged]
+        lines.append("fix: " + repair_advice(self.path, [(a, s) for a, s, _ in damaged], self.shard_file))
+        return StoreError("\n".join(lines))
+
+    @_names_damage(("done",), lambda self: range(self.n_samples))
     def done_ledger(self) -> np.ndarray:
         """bool [N, K]: which stack images are written."""
         return np.asarray(self._done[:], dtype=bool)
@@ -247,23 +358,29 @@ class StackStore:
 
     # --- reading ---------------------------------------------------------------------------------
 
+    @_names_damage(("masks",), lambda self, indices: indices)
     def read_masks(self, indices: Any) -> np.ndarray:
         return np.asarray(self._masks.oindex[np.asarray(indices, dtype=np.int64)])
 
+    @_names_damage(("originals",), lambda self, indices: indices)
     def read_originals(self, indices: Any) -> np.ndarray:
         return np.asarray(self._originals.oindex[np.asarray(indices, dtype=np.int64)])
 
+    @_names_damage(("stack",), lambda self, index, k: [index])
     def read_stack(self, index: int, k: int) -> np.ndarray:
         """One stack image [C,H,W] in the store dtype (reads one inner chunk)."""
         return np.asarray(self._stack[index, k])
 
+    @_names_damage(("originals",), lambda self, index: [index])
     def read_original(self, index: int) -> np.ndarray:
         """One original [C,H,W] in the store dtype (reads one inner chunk)."""
         return np.asarray(self._originals[index])
 
+    @_names_damage(("masks",), lambda self, index: [index])
     def read_mask(self, index: int) -> np.ndarray:
         return np.asarray(self._masks[index])
 
+    @_names_damage(("originals", "stack", "masks"), lambda self, index, k: [index])
     def read_pair(self, index: int, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(original, stack image k, mask) of one sample: three inner chunks fetched concurrently in
         one trip through zarr's event loop (three separate reads cost ~3x the latency)."""
@@ -276,6 +393,7 @@ class StackStore:
         original, stack_image, mask = sync(gather())
         return np.asarray(original), np.asarray(stack_image), np.asarray(mask)
 
+    @_names_damage(("stack",), lambda self, shard: self.shard_samples(shard))
     def read_shard_stack(self, shard: int) -> np.ndarray:
         """All stack images of one shard [S,K,C,H,W] (decodes the whole shard file)."""
         rows = self.shard_samples(shard)
@@ -421,6 +539,7 @@ class StackStore:
         force, else every shard (the done flags belong to another generator)."""
         return self.pending_shards() if self.bound_to(identity) else list(range(self.num_shards))
 
+    @_names_damage(("done",), lambda self, shard: self.shard_samples(shard))
     def shard_done(self, shard: int) -> bool:
         """True when every image of `shard` is marked done (reads the shard's own ledger chunk)."""
         rows = self.shard_samples(shard)

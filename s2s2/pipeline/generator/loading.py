@@ -49,7 +49,8 @@ def _load_error(name: str, what: str, err: Exception) -> S2S2Error:
     else:
         hint = ("it is neither a local folder nor a cached hub id; download it once with network "
                 "access (or set HF_HUB_OFFLINE=0), or point the config at a local diffusers folder")
-    return S2S2Error(f"cannot load the {what} from {name!r}: {type(err).__name__}: {str(err).splitlines()[0]}\n"
+    first_line = (str(err).splitlines() or [""])[0]
+    return S2S2Error(f"cannot load the {what} from {name!r}: {type(err).__name__}: {first_line}\n"
                      f"fix: {hint}")
 
 
@@ -183,8 +184,11 @@ def load_pipeline(folder: str | Path, scheduler: str, device: torch.device, dtyp
     check_pipeline_folder(folder)
     diffusers_logging.disable_progress_bar()
     transformers_logging.disable_progress_bar()
-    pipe = StableDiffusionControlNetPipeline.from_pretrained(folder, safety_checker=None, dtype=dtype,
-                                                             use_safetensors=True)
+    try:
+        pipe = StableDiffusionControlNetPipeline.from_pretrained(folder, safety_checker=None, dtype=dtype,
+                                                                 use_safetensors=True)
+    except (OSError, ValueError, RuntimeError) as err:  # a damaged config or weights file (JSON errors are ValueErrors)
+        raise _load_error(str(folder), "generator", err) from None
     pipe.scheduler = make_scheduler(scheduler, pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     pipe = pipe.to(device)

@@ -100,7 +100,7 @@ class StackPairDataset(Dataset):
         if fraction < 1.0 and not allow_incomplete:
             raise StoreError(f"{path}: the stack is {100 * fraction:.1f}% generated "
                              f"({len(store.pending_shards())} of {store.num_shards} shards pending); "
-                             "fix: finish `s2s2 generate`, or pass --allow-incomplete to train on done samples")
+                             "fix: finish `s2s2 generate`, or add `--set store.allow_incomplete=true` to train on the done samples only")
         self.samples = np.flatnonzero(done.any(axis=1))
         if len(self.samples) == 0:
             raise StoreError(f"{path}: no generated images yet; fix: run `s2s2 generate` first")
