@@ -112,3 +112,21 @@ def test_running_writers_are_listed_while_they_run(where):
         assert [w.writer for w in book.running_writers()] == ["host:1:abc"]
         assert book.running_writers(except_writer="host:1:abc") == []
     assert book.running_writers() == []
+
+
+def test_stack_init_overwrite_and_inspect_see_a_running_generate(tmp_path):
+    from s2s2.pipeline.errors import StoreError
+    from s2s2.store.inspect import format_summary, summarise
+    from s2s2.store.stack_store import StackStore
+    from test_store_support import synthetic_dataset
+
+    path = tmp_path / "s.zarr"
+    store = StackStore.create(path, synthetic_dataset(n=12), k=2, shard_size=2)
+    with store.claims.running("elsewhere:42:run", seconds=60):
+        claim = store.claims.claim(1, "elsewhere:42:run", seconds=60)
+        text = format_summary(summarise(StackStore.open(path), with_fidelity=False))
+        assert "writing     1 generate run(s)" in text and "1 shard(s) claimed" in text
+        with pytest.raises(StoreError, match="`s2s2 generate` is writing this store"):
+            StackStore.create(path, synthetic_dataset(n=12), k=2, shard_size=2, overwrite=True)
+        store.claims.release(claim)
+    StackStore.create(path, synthetic_dataset(n=12), k=2, shard_size=2, overwrite=True)  # once it has stopped

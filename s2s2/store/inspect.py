@@ -38,6 +38,15 @@ def stale_temporaries(path: Any, storage_options: dict[str, Any] | None = None) 
     return sorted(p for p in fs.find(root) if fnmatch.fnmatch(p, "*.partial"))
 
 
+def writers_now(store: StackStore) -> dict[str, Any] | None:
+    """The `generate` runs writing the store now and the shards they hold (None for Store objects)."""
+    if not isinstance(store.path, (str, Path)):
+        return None
+    book = store.claims
+    held = book.live_claims(store.pending_shards())
+    return {"running": [f"{w.host} pid {w.pid}" for w in book.running_writers()], "claimed_shards": sorted(held)}
+
+
 def class_pixel_share(masks: np.ndarray, num_classes: int) -> list[float]:
     """Fraction of all mask pixels in each class."""
     counts = np.bincount(masks.ravel().astype(np.int64), minlength=num_classes)[:num_classes]
@@ -88,6 +97,7 @@ def summarise(store: StackStore, with_fidelity: bool = True, storage_options: di
         "complete_fraction": store.complete_fraction(),
         "bytes_on_disk": bytes_on_disk(store.path, storage_options) if isinstance(store.path, (str, Path)) else None,
         "status": m.status,
+        "writers": writers_now(store),
         "generator": m.generator.model_dump() if m.generator else None,
         "schema_version": m.schema_version,
         "software_version": m.software_version,
@@ -133,6 +143,10 @@ def format_summary(s: dict) -> str:
         f"status {s['status']}",
         f"  created     {s['created']} ({s['age_hours']:.1f} h ago), updated {s['updated']}",
     ]
+    writers = s.get("writers")
+    if writers and (writers["running"] or writers["claimed_shards"]):
+        lines.append(f"  writing     {len(writers['running'])} generate run(s) ({', '.join(writers['running'])}), "
+                     f"{len(writers['claimed_shards'])} shard(s) claimed")
     gen = s["generator"]
     if gen:
         lines.append(f"  generator   {gen['base_model']} + ControlNet {gen['controlnet_hash'][:12]}, "

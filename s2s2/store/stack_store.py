@@ -84,6 +84,8 @@ def _open_group(path: Any, mode: str, storage_options: dict[str, Any] | None) ->
     options = storage_options if storage_options and isinstance(path, str) and "://" in path else None
     try:
         return zarr.open_group(store=_store_like(path), mode=mode, storage_options=options)
+    except zarr.errors.GroupNotFoundError:  # no store there (callers decide what that means)
+        raise
     except (ValueError, TypeError, KeyError) as err:  # JSONDecodeError is a ValueError
         raise _damaged_metadata(path, err) from None
 
@@ -192,6 +194,13 @@ class StackStore:
         if not indices:
             raise StoreError(f"dataset {dataset.name} has no samples in split {split!r}")
         fingerprint = dataset.fingerprint()
+        if overwrite and isinstance(path, (str, Path)):
+            running = ClaimBook(path, storage_options).running_writers()
+            if running:
+                who = ", ".join(f"{w.host} pid {w.pid}" for w in running)
+                raise StoreError(f"{path}: `s2s2 generate` is writing this store ({who}); replacing it now would "
+                                 "pull it from under that run; fix: wait for it to finish or stop it (its record "
+                                 "lapses generate.claim_seconds later), then rerun")
         if not overwrite:
             existing = cls._existing(path, storage_options)
             if existing is not None:
