@@ -162,8 +162,9 @@ def run_shards(task: ShardTask, store: Any) -> list[ShardResult]:
     results: list[ShardResult] = []
     pending = store.pending_for(task.identity)
     images_of = {shard: len(store.shard_samples(shard)) * store.k for shard in pending}
+    counted: set[int] = set()  # shards whose images the bar shows as done
     poll = min(task.settings.claim_seconds / 4, 5.0)
-    waiting_logged = False
+    waiting = False
     with dask_client(task.settings) as client, \
             tqdm(total=sum(images_of.values()), desc="generate", unit="img") as bar:
         link = dashboard_link(client)
@@ -173,21 +174,27 @@ def run_shards(task: ShardTask, store: Any) -> list[ShardResult]:
             held = store.claims.live_claims(pending, except_writer=task.writer)
             free = [shard for shard in pending if shard not in held]
             if not free:
-                if not waiting_logged:
-                    logger.info(f"waiting for {len(held)} shard(s) claimed by another run "
-                                f"({', '.join(sorted({c.worker for c in held.values()}))}): taken over if their claims expire")
-                    waiting_logged = True
+                if not waiting:
+                    workers = ", ".join(sorted({claim.worker for claim in held.values()}))
+                    logger.info(f"waiting for {len(held)} shard(s) claimed by another run ({workers}): "
+                                "taken over if their claims expire")
+                waiting = True
                 time.sleep(poll)
             else:
+                waiting = False
                 futures = [client.submit(generate_shard, task, shard, pure=False, key=f"shard-{shard}-{time.time_ns()}")
                            for shard in free]
                 for future in as_completed(futures):
                     result = future.result()
                     if result is not None:
                         results.append(result)
+                        counted.add(result.shard)
+                        bar.update(images_of.get(result.shard, 0))
                         bar.set_postfix(shards=len(results), regenerated=sum(r.regenerated for r in results))
             still = store.pending_for(task.identity)
-            bar.update(sum(images_of.get(shard, 0) for shard in pending if shard not in still))
+            done_elsewhere = [shard for shard in pending if shard not in still and shard not in counted]
+            bar.update(sum(images_of.get(shard, 0) for shard in done_elsewhere))
+            counted.update(done_elsewhere)
             pending = still
     return results
 
