@@ -26,7 +26,7 @@ import torch
 from s2s2.pipeline.config.project import ProjectConfig
 from s2s2.pipeline.data.prepared import PreparedDataset
 from s2s2.pipeline.losses import s2s2_loss
-from s2s2.stages.train.loop import Distributed, Trainer
+from s2s2.stages.train.loop import Trainer, make_accelerator
 
 CLASSES = ("background", "csf", "grey matter", "white matter")
 
@@ -54,14 +54,13 @@ def authors_step(trainer: Trainer, batch: dict[str, torch.Tensor]) -> None:
 def time_preset(model: str, size: int, batch: int, warmup: int, steps: int) -> dict[str, Any]:
     """Interleaved timings (seconds per step) of the three step kinds for one model preset."""
     dataset = synthetic_dataset(2 * batch, size)
-    cpu = torch.device("cpu")
     trainers = {}
     for kind in ("s2s2", "baseline_2b", "authors"):
         torch.manual_seed(0)
         every_term = {"w_seg_gen": 1.0, "a_enc": 1.0, "a_dec": 1.0}  # the full step, whatever the defaults
-        cfg = ProjectConfig.model_validate({"model": {"name": model},
-                                            "train": {"stack": kind != "baseline_2b", "loss": every_term}})
-        trainers[kind] = Trainer(cfg, dataset, Distributed(), cpu)
+        cfg = ProjectConfig.model_validate({"model": {"name": model}, "train": {
+            "stack": kind != "baseline_2b", "loss": every_term, "device": "cpu"}})
+        trainers[kind] = Trainer(cfg, dataset, make_accelerator(cfg.train))
         trainers[kind].model.train()
     images = torch.from_numpy(dataset.images)
     masks = torch.from_numpy(dataset.masks).long()

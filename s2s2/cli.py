@@ -22,8 +22,11 @@ app = typer.Typer(
 )
 stack_app = typer.Typer(help="Create and inspect stack stores (Zarr).", no_args_is_help=True)
 data_app = typer.Typer(help="Prepare and look at datasets.", no_args_is_help=True)
+paper_app = typer.Typer(help="The paper's settings (configs/paper): what each reproduces and the data it needs.",
+                        no_args_is_help=True)
 app.add_typer(stack_app, name="stack")
 app.add_typer(data_app, name="data")
+app.add_typer(paper_app, name="paper")
 
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config file; explicit options override it.")]
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override any config field: --set train.steps=100 (repeatable).")]
@@ -116,10 +119,11 @@ def stack_inspect(
     config: ConfigOpt = None,
     set_: SetOpt = None,
     json_: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
-    preview: Annotated[Optional[Path], typer.Option("--preview", help="Write a PNG grid: mask | original | K stack images.")] = None,
+    preview: Annotated[Optional[Path], typer.Option("--preview", help="Write a PNG grid: mask | original | K stack images, each titled with its source.")] = None,
     verify: Annotated[bool, typer.Option("--verify", help="Decode every chunk and check the images; exit 2 naming bad shards.")] = False,
 ) -> None:
-    """Summarise a stack store (layout, completion, generator, mask fidelity); optionally verify it."""
+    """Summarise a stack store (layout, completion, sources, mask fidelity against the originals,
+    appearance diversity); optionally verify it."""
     from s2s2.pipeline.config.base import load_config
     from s2s2.pipeline.config.project import ProjectConfig
     from s2s2.store.commands import run_inspect
@@ -185,7 +189,7 @@ def train(
     resume: Annotated[bool, typer.Option("--resume", help="Continue RUN_DIR/train/NAME at its last checkpoint.")] = False,
     stop_after: Annotated[Optional[int], typer.Option(help="End this invocation after N steps (resumable).")] = None,
 ) -> None:
-    """Train a segmenter: S2S2 from the stack store, or the baseline (--baseline). Works under torchrun."""
+    """Train a segmenter: S2S2 from the stack store, or the baseline (--baseline). Works under torchrun and accelerate launch."""
     import os
 
     import torch
@@ -208,7 +212,7 @@ def evaluate(
     set_: SetOpt = None,
     run: Annotated[Optional[Path], typer.Option(help="Run folder: read and written as given; its config.yaml is used unless --config is given.")] = None,
     name: Annotated[Optional[str], typer.Option(help="Run name (RUN_DIR/train/NAME) when --run is not given.")] = None,
-    checkpoint: Annotated[Optional[Path], typer.Option(help="Weights to evaluate (default: the run's model.safetensors).")] = None,
+    checkpoint: Annotated[Optional[Path], typer.Option(help="Weights to evaluate (default: evaluate.checkpoint: the run's model.safetensors or last.safetensors).")] = None,
     test_set: Annotated[Optional[list[str]], typer.Option("--test-set", help="Only these test sets (repeatable; added to metrics.json, the others kept): in_domain, spm_t1, ...")] = None,
 ) -> None:
     """Dice and HD95 per case and class, in-domain and out-of-domain; writes metrics.json and predictions.png."""
@@ -242,6 +246,29 @@ def report(
     cfg = load_config(ProjectConfig, config, dotted=set_)
     _, table = write_report(cfg.run_dir, runs)
     typer.echo(table)
+
+
+# --- the paper's settings ---------------------------------------------------------------
+
+
+@paper_app.command("list")
+def paper_list() -> None:
+    """Print every paper setting: its config, the paper's numbers, the data it expects and where to put it."""
+    from s2s2.stages.paper import describe_settings
+
+    typer.echo(describe_settings())
+
+
+@paper_app.command("steps")
+def paper_steps(
+    name: Annotated[str, typer.Argument(help="Setting name, e.g. slaug_ct_to_mri (see `s2s2 paper list`).")],
+    set_: SetOpt = None,
+) -> None:
+    """Prepare the setting's data and print epoch-exact step counts as --set options for its commands."""
+    from s2s2.stages.paper import exact_steps
+
+    steps = exact_steps(name, set_)
+    typer.echo(" ".join(f"--set {key}={value}" for key, value in steps.items()))
 
 
 def _log_to_stderr() -> None:

@@ -215,23 +215,9 @@ def test_p5_jobs_cover_methods_seeds_and_ablations(tmp_path: Path) -> None:
         ProjectConfig.model_validate(tree)
 
 
-def test_stack_appearance_spread_and_order_changes() -> None:
-    masks = np.zeros((1, 4, 4), np.uint8)
-    masks[0, :, :2], masks[0, :, 2:] = 2, 3  # grey matter left, white matter right
-    stack = np.zeros((1, 2, 1, 4, 4), np.float32)
-    stack[0, 0, 0, :, :2], stack[0, 0, 0, :, 2:] = 0.4, 0.8  # T1 order: WM brighter
-    stack[0, 1, 0, :, :2], stack[0, 1, 0, :, 2:] = 0.6, 0.2  # flipped, as in T2
-    got = ood_gain.stack_appearance(stack, masks, num_classes=4)
-    assert got["order_changed_fraction"] == pytest.approx(0.5) and got["n_images"] == 2
-    assert got["class_mean_spread_across_k"] == pytest.approx((0.1 + 0.3) / 2)
-    assert got["class_mean_gap"] == pytest.approx(0.0, abs=1e-6)  # mean GM 0.5, mean WM 0.5
-    same = ood_gain.stack_appearance(np.repeat(stack[:, :1], 3, axis=1), masks, num_classes=4)
-    assert same["order_changed_fraction"] == 0.0 and same["class_mean_spread_across_k"] == pytest.approx(0.0, abs=1e-6)
-
-
 def test_stack_note_reports_fidelity_and_appearance() -> None:
     look = {"class_mean_spread_across_k": 0.02, "class_mean_gap": 0.2, "order_changed_fraction": 0.25}
-    with_fidelity = ood_gain.stack_note({"inspect": {"mask_fidelity": {"dice_own": 0.81, "dice_chance": 0.4}},
-                                         "appearance": look})
-    assert "Dice 0.81 vs 0.40 by chance" in with_fidelity and "0.020" in with_fidelity and "25%" in with_fidelity
+    fidelity = {"dice_own": 0.81, "dice_chance": 0.4, "normalised": {"global": 0.9, "adaptive": 0.95}}
+    with_fidelity = ood_gain.stack_note({"inspect": {"mask_fidelity": fidelity}, "appearance": look})
+    assert "Dice 0.81 vs 0.40 by chance" in with_fidelity and "originals: 0.95" in with_fidelity and "0.020" in with_fidelity and "25%" in with_fidelity
     assert "fidelity Dice not available" in ood_gain.stack_note({"inspect": {"mask_fidelity": None}, "appearance": look})

@@ -18,7 +18,7 @@ from s2s2.pipeline.config.project import ProjectConfig
 from s2s2.pipeline.errors import ConfigError, S2S2Error, StoreError
 from s2s2.pipeline.generator.toy import toy_dataset, toy_project_config
 from s2s2.stages.evaluate import run_evaluate
-from s2s2.stages.generate import generator_identity, run_generate
+from s2s2.stages.generate import run_generate, stack_generator
 from s2s2.stages.train.loop import run_train
 from s2s2.store.inspect import verify
 from s2s2.store.stack_store import StackStore
@@ -255,5 +255,5 @@ def test_a_failed_generate_does_not_bind_the_store(tmp_path, toy_generator):
     assert store.current_binding() is None and store.manifest.generator is None
     assert store.pending_shards() == list(range(store.num_shards))
     good = toy_project_config(str(tmp_path), generate={"generator_dir": str(toy_generator)})
-    identity = generator_identity(good, toy_generator, store.manifest)
-    assert store.check_generator(identity, "next-run") is None  # not refused as "filled by another generator"
+    generator = stack_generator(good, store.k, store.manifest.prompt_template, 16)
+    assert store.check_generator(generator, "next-run") is None  # not refused as "filled by another generator"

@@ -40,8 +40,8 @@ def test_two_worker_processes_fill_every_shard_exactly_once(tmp_path, generator)
     assert store.done_ledger().all() and store.manifest.status == "complete"
     workers = {r.worker for r in results}
     assert len(workers) == 2 and not any(w.endswith(f":{os.getpid()}") for w in workers)
-    identity = store.manifest.generator
-    assert identity is not None and identity.scheduler == "unipc" and identity.steps == 2 and len(identity.controlnet_hash) == 64
+    identity = store.manifest.generator.sources[0].identity
+    assert len(store.manifest.generator.sources) == 1 and identity.scheduler == "unipc" and identity.steps == 2 and len(identity.controlnet_hash) == 64
     stack = np.asarray(store._group["stack"][:])
     assert np.array_equal(stack, reference_stack(cfg, dataset, tmp_path / "reference.zarr"))
     assert run_generate(cfg, dataset) == []  # complete: a rerun does nothing

@@ -44,7 +44,7 @@ def test_finetune_then_generate_from_one_config_file(tmp_path):
     generate = _s2s2("generate", "--config", str(config), "--k", "2")
     assert generate.returncode == 0, generate.stderr[-3000:]
     store = StackStore.open(cfg.store.path)
-    assert store.k == 2 and store.done_ledger().all() and store.manifest.generator.steps == cfg.generate.steps
+    assert store.k == 2 and store.done_ledger().all() and store.manifest.generator.sources[0].identity.steps == cfg.generate.steps
     stack = np.asarray(store._group["stack"][:])
     assert stack.shape[1:] == (2, 1, 16, 16) and stack.max() > 0
 

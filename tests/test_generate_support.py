@@ -15,7 +15,7 @@ import yaml
 from s2s2.pipeline.config.project import ProjectConfig
 from s2s2.pipeline.data.prepared import PreparedDataset
 from s2s2.pipeline.generator.toy import TOY_CLASSES, toy_dataset, toy_project_config
-from s2s2.stages.generate import ShardTask, generate_shard, generator_identity
+from s2s2.stages.generate import ShardTask, generate_shard, stack_generator
 from s2s2.store.stack_store import StackStore
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,10 +24,11 @@ ROOT = Path(__file__).resolve().parents[1]
 def reference_stack(cfg: ProjectConfig, dataset: PreparedDataset, path: Path) -> np.ndarray:
     """The whole stack generated in this process, shard by shard, without dask or interruption."""
     store = StackStore.create(path, dataset, k=cfg.store.k, shard_size=cfg.store.shard_size)
-    generator = Path(cfg.generate.generator_dir)
-    task = ShardTask(store_path=str(path), storage_options={}, generator_dir=str(generator),
-                     settings=cfg.generate, resolution=dataset.image_shape[-1], attention="auto",
-                     identity=generator_identity(cfg, generator, store.manifest), writer="reference")
+    resolution = dataset.image_shape[-1]
+    task = ShardTask(store_path=str(path), storage_options={}, generator_dir=cfg.generate.generator_dir,
+                     settings=cfg.generate, resolution=resolution, attention="auto",
+                     generator=stack_generator(cfg, store.k, store.manifest.prompt_template, resolution),
+                     writer="reference")
     for shard in range(store.num_shards):
         assert generate_shard(task, shard) is not None
     return np.asarray(StackStore.open(path)._group["stack"][:])

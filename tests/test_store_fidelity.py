@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from s2s2.store.fidelity import class_means, derangement, dice_per_class, mask_fidelity
+from s2s2.store.fidelity import (
+    class_means,
+    derangement,
+    dice_per_class,
+    mask_fidelity,
+    normalised_fidelity,
+    stack_appearance,
+)
 from test_store_support import CLASS_LEVELS, blob_masks
 
 
@@ -66,3 +73,38 @@ def test_uint8_inputs_give_the_same_scores_as_floats():
     as_uint8 = mask_fidelity(np.rint(originals * 255).astype(np.uint8), masks,
                              np.rint(stack * 255).astype(np.uint8), np.random.default_rng(0), 4)
     assert abs(as_float["dice_own"] - as_uint8["dice_own"]) < 0.02
+
+
+def test_normalised_fidelity_reads_the_stack_against_the_originals():
+    rng = np.random.default_rng(4)
+    masks = blob_masks(12, 32, rng)
+    originals = make_stack(masks, 1, rng, follow=True)[:, 0]
+    ceiling = mask_fidelity(originals, masks, originals[:, None], np.random.default_rng(0), 4)
+    itself = normalised_fidelity(ceiling, ceiling)
+    assert itself == {"global": 1.0, "adaptive": 1.0}
+    unrelated = mask_fidelity(originals, masks, make_stack(masks, 2, rng, follow=False), np.random.default_rng(0), 4)
+    assert abs(normalised_fidelity(unrelated, ceiling)["adaptive"]) < 0.2
+    flat = {**ceiling, "dice_chance": ceiling["dice_own"]}  # originals no better than chance: no ceiling
+    assert normalised_fidelity(unrelated, flat)["global"] is None
+
+
+def test_stack_appearance_spread_and_order_against_the_original():
+    masks = np.zeros((1, 4, 4), np.uint8)
+    masks[0, :, :2], masks[0, :, 2:] = 2, 3  # grey matter left, white matter right
+    original = np.zeros((1, 1, 4, 4), np.float32)
+    original[0, 0, :, :2], original[0, 0, :, 2:] = 0.3, 0.7  # T1 order: WM brighter
+    stack = np.zeros((1, 2, 1, 4, 4), np.float32)
+    stack[0, 0, 0, :, :2], stack[0, 0, 0, :, 2:] = 0.4, 0.8  # T1 order kept
+    stack[0, 1, 0, :, :2], stack[0, 1, 0, :, 2:] = 0.6, 0.2  # flipped, as in T2
+    got = stack_appearance(original, stack, masks, num_classes=4)
+    assert got["order_changed_fraction"] == pytest.approx(0.5) and got["n_images"] == 2
+    assert got["class_mean_spread_across_k"] == pytest.approx((0.1 + 0.3) / 2)
+    assert got["class_mean_gap"] == pytest.approx(0.0, abs=1e-6)  # mean GM 0.5, mean WM 0.5
+    all_flipped = stack_appearance(original, np.repeat(stack[:, 1:], 3, axis=1), masks, num_classes=4)
+    assert all_flipped["order_changed_fraction"] == 1.0  # the reference is the original, not the majority
+    assert all_flipped["class_mean_spread_across_k"] == pytest.approx(0.0, abs=1e-6)
+    as_uint8 = stack_appearance(np.rint(original * 255).astype(np.uint8), np.rint(stack * 255).astype(np.uint8),
+                                masks, num_classes=4)
+    assert as_uint8["order_changed_fraction"] == pytest.approx(0.5)
+    one_tissue = stack_appearance(original, stack, np.full((1, 4, 4), 2, np.uint8), num_classes=4)
+    assert one_tissue["n_images"] == 0 and one_tissue["order_changed_fraction"] is None

@@ -8,10 +8,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import zarr
 from PIL import Image
 
 from s2s2.store.inspect import format_summary, summarise, verify
+from s2s2.store.manifest import GeneratorIdentity, StackGenerator, StackSource, SynthIdentity
 from s2s2.store.stack_store import StackStore
 from test_store_support import REPO_DIR, fake_stack, python_env, synthetic_dataset
 
@@ -109,3 +111,37 @@ def test_verify_finds_nan_images_in_a_float16_store(tmp_path):
     store.write_shard(0, images)
     problems = [p for p in verify(StackStore.open(tmp_path / "f.zarr")) if p.fatal]
     assert [p.message for p in problems] == ["shard 0: sample 0 image k=1 has NaN pixels"]
+
+
+def _two_sources() -> StackGenerator:
+    controlnet = GeneratorIdentity(base_model="tiny", controlnet_hash="ab" * 32, scheduler="unipc", steps=2,
+                                   guidance_scale=1.0, eta=0.0, prompt_template="{classes}", seed=0, resolution=16)
+    synth = SynthIdentity(params={"mean": [0, 1], "std": [0, 0.05], "separation": 0.5}, seed=0, monai_version="1.6.0")
+    return StackGenerator(sources=(StackSource(k_start=0, k_stop=1, identity=controlnet),
+                                   StackSource(k_start=1, k_stop=2, identity=synth)))
+
+
+def test_fidelity_is_read_against_the_originals_and_per_source(tmp_path):
+    """k=0 copies the originals (the ceiling itself), k=1 inverts their contrast (T1 -> T2-like)."""
+    store = StackStore.create(tmp_path / "s.zarr", synthetic_dataset(n=36), k=2, shard_size=4)  # 12 samples
+    store.bind_generator(_two_sources())
+    for shard in store.pending_shards():
+        rows = store.shard_samples(shard)
+        originals = store.read_originals(list(rows))
+        store.write_shard(shard, np.stack([originals, 255 - originals], axis=1))
+    summary = summarise(StackStore.open(tmp_path / "s.zarr"))
+    whole, (copied, inverted) = summary["mask_fidelity"], summary["by_source"]
+    assert whole["ceiling"]["dice_own_adaptive"] > whole["ceiling"]["dice_chance_adaptive"] + 0.3
+    assert (copied["kind"], inverted["kind"]) == ("controlnet", "synth")
+    assert copied["mask_fidelity"]["normalised"] == {"global": pytest.approx(1.0), "adaptive": pytest.approx(1.0)}
+    assert copied["appearance"]["order_changed_fraction"] == 0.0
+    assert inverted["mask_fidelity"]["normalised"]["adaptive"] > 0.9  # adaptive means follow the inversion
+    assert inverted["mask_fidelity"]["normalised"]["global"] < 0.3  # T1's class means do not
+    assert inverted["appearance"]["order_changed_fraction"] == 1.0
+    assert summary["appearance"]["order_changed_fraction"] == pytest.approx(0.5)
+    assert summary["appearance"]["class_mean_spread_across_k"] > 0.1
+    assert json.loads(json.dumps(summary))["by_source"][1]["k_start"] == 1  # JSON-ready
+    text = format_summary(summary)
+    assert "  generator   k 0 controlnet: tiny + ControlNet abababababab" in text and "k 1 synth: labels-to-image" in text
+    assert "ceiling     the originals score" in text and "source      k 1 synth:" in text
+    assert "tissue brightness order differs from the original's in 100%" in text

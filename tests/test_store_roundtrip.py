@@ -9,7 +9,8 @@ import zarr
 from s2s2.pipeline.errors import StoreError
 from s2s2.store.layout import to_unit_float
 from s2s2.store.manifest import SCHEMA_VERSION, MANIFEST_KEY
-from s2s2.store.stack_store import GeneratorIdentity, StackStore
+from s2s2.store.manifest import StackSource
+from s2s2.store.stack_store import GeneratorIdentity, StackGenerator, StackStore
 from test_store_support import fake_stack, synthetic_dataset
 
 
@@ -17,6 +18,11 @@ def identity(**changes) -> GeneratorIdentity:
     base = dict(base_model="runs/default/tiny-base", controlnet_hash="ab" * 32, scheduler="DDIM", steps=20,
                 guidance_scale=1.0, eta=0.0, prompt_template="{modality} with {classes}", seed=0, resolution=16)
     return GeneratorIdentity(**{**base, **changes})
+
+
+def one_source(k: int = 2, **changes) -> StackGenerator:
+    """A generator whose one ControlNet source fills all K images."""
+    return StackGenerator(sources=(StackSource(k_start=0, k_stop=k, identity=identity(**changes)),))
 
 
 def test_round_trip_layout_and_contents(tmp_path):
@@ -92,7 +98,7 @@ def test_open_refuses_missing_or_foreign_or_future_stores(tmp_path):
         StackStore.open(tmp_path / "s.zarr")
 
 
-def write_as(store: StackStore, shard: int, ident: GeneratorIdentity, writer: str = "run-a",
+def write_as(store: StackStore, shard: int, ident: StackGenerator, writer: str = "run-a",
              replaces: int | None = None) -> bool:
     """One shard written through the claim protocol by the generator `ident`."""
     claim = store.claims.claim(shard, writer, seconds=60)
@@ -105,27 +111,27 @@ def write_as(store: StackStore, shard: int, ident: GeneratorIdentity, writer: st
 def test_binding_happens_at_the_first_write_and_refuses_another_generator_unless_overwrite(tmp_path):
     ds = synthetic_dataset(n=12)
     store = StackStore.create(tmp_path / "s.zarr", ds, k=2, shard_size=2)
-    assert store.check_generator(identity(), "run-a") is None  # checking binds nothing
+    assert store.check_generator(one_source(), "run-a") is None  # checking binds nothing
     assert store.current_binding() is None and store.manifest.generator is None
-    assert write_as(store, 0, identity())
+    assert write_as(store, 0, one_source())
     assert store.current_binding().seq == 0 and store.pending_shards() == [1]
-    assert StackStore.open(tmp_path / "s.zarr").manifest.generator == identity()
-    assert store.check_generator(identity(), "run-b") is None  # same identity: resume keeps the work
-    with pytest.raises(StoreError, match=r"steps: 20 -> 50.*--overwrite"):
-        store.check_generator(identity(steps=50), "run-b")
+    assert StackStore.open(tmp_path / "s.zarr").manifest.generator == one_source()
+    assert store.check_generator(one_source(), "run-b") is None  # same identity: resume keeps the work
+    with pytest.raises(StoreError, match=r"k 0-1 controlnet: steps: 20 -> 50.*--overwrite"):
+        store.check_generator(one_source(steps=50), "run-b")
     with pytest.raises(StoreError, match=r"steps: 20 -> 50"):  # a writer that was not allowed to replace it
-        write_as(store, 1, identity(steps=50), writer="run-b")
-    replaces = store.check_generator(identity(steps=50), "run-b", overwrite=True)
-    assert replaces == 0 and store.pending_for(identity(steps=50)) == [0, 1]
-    assert StackStore.open(tmp_path / "s.zarr").manifest.generator == identity()  # not rebound before a write
-    assert write_as(store, 1, identity(steps=50), writer="run-b", replaces=replaces)
+        write_as(store, 1, one_source(steps=50), writer="run-b")
+    replaces = store.check_generator(one_source(steps=50), "run-b", overwrite=True)
+    assert replaces == 0 and store.pending_for(one_source(steps=50)) == [0, 1]
+    assert StackStore.open(tmp_path / "s.zarr").manifest.generator == one_source()  # not rebound before a write
+    assert write_as(store, 1, one_source(steps=50), writer="run-b", replaces=replaces)
     reopened = StackStore.open(tmp_path / "s.zarr", "r+")
-    assert reopened.manifest.generator.steps == 50 and reopened.current_binding().seq == 1
+    assert reopened.manifest.generator.sources[0].identity.steps == 50 and reopened.current_binding().seq == 1
     assert reopened.pending_shards() == [0]  # the rebinding cleared shard 0, written by the old generator
     assert reopened.manifest.status == "generating"
     with pytest.raises(StoreError, match="another `generate --overwrite` took it over"):
-        write_as(reopened, 0, identity(), writer="run-a")  # the old run cannot write any more
-    assert write_as(reopened, 0, identity(steps=50), writer="run-b", replaces=replaces)
+        write_as(reopened, 0, one_source(), writer="run-a")  # the old run cannot write any more
+    assert write_as(reopened, 0, one_source(steps=50), writer="run-b", replaces=replaces)
     assert reopened.refresh_status() == "complete"
     assert StackStore.open(tmp_path / "s.zarr").manifest.status == "complete"
 
@@ -133,10 +139,19 @@ def test_binding_happens_at_the_first_write_and_refuses_another_generator_unless
 def test_a_store_bound_before_claim_records_keeps_its_generator(tmp_path):
     ds = synthetic_dataset(n=12)
     store = StackStore.create(tmp_path / "s.zarr", ds, k=2, shard_size=2)
-    store._update_manifest(generator=identity(), status="generating")  # as older versions recorded it
+    store._update_manifest(generator=one_source(), status="generating")  # as older versions recorded it
     legacy = StackStore.open(tmp_path / "s.zarr", "r+")
-    assert legacy.current_binding().seq == -1 and legacy.bound_to(identity())
+    assert legacy.current_binding().seq == -1 and legacy.bound_to(one_source())
     with pytest.raises(StoreError, match="seed: 0 -> 3"):
-        legacy.check_generator(identity(seed=3), "run-a")
-    assert write_as(legacy, 0, identity())
+        legacy.check_generator(one_source(seed=3), "run-a")
+    assert write_as(legacy, 0, one_source())
     assert legacy.pending_shards() == [1]
+
+
+def test_a_schema_1_store_reads_as_one_controlnet_source(tmp_path):
+    store = StackStore.create(tmp_path / "s.zarr", synthetic_dataset(n=12), k=2, shard_size=2)
+    group = zarr.open_group(str(tmp_path / "s.zarr"), mode="r+")
+    group.attrs[MANIFEST_KEY] = {**group.attrs[MANIFEST_KEY], "schema_version": 1,
+                                 "generator": identity().model_dump(exclude={"kind"})}  # as schema 1 wrote it
+    generator = StackStore.open(tmp_path / "s.zarr").manifest.generator
+    assert generator == one_source(k=store.k) and generator.source_of_k() == ["controlnet", "controlnet"]

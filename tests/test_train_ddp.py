@@ -1,4 +1,5 @@
-"""DDP through torchrun: 2 CPU processes with gloo train one S2S2 run and end with identical weights."""
+"""DDP through accelerate: 2 CPU processes with gloo, started by torchrun or by `accelerate launch`, train
+one S2S2 run and end with identical weights."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
 from safetensors.torch import load_file
 
 from test_train_support import blob_dataset, filled_store
@@ -27,14 +29,24 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_two_process_gloo_run(tmp_path):
+ACCELERATE = str(Path(sys.executable).with_name("accelerate"))
+LAUNCHERS = {
+    "torchrun": [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"],
+    # --multi_gpu selects accelerate's torchrun-based launcher; the trainer picks gloo without GPUs
+    "accelerate": [ACCELERATE, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                   "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0"],
+}
+
+
+@pytest.mark.parametrize("launcher", list(LAUNCHERS))
+def test_two_process_gloo_run(tmp_path, launcher):
     dataset = blob_dataset(n=24, size=32)
     filled_store(tmp_path / "stack.zarr", dataset, k=3)
     script = tmp_path / "ddp_train.py"
     script.write_text(SCRIPT)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                             str(script), TESTS, str(tmp_path)], capture_output=True, text=True, env=env, timeout=300)
+    result = subprocess.run([*LAUNCHERS[launcher], str(script), TESTS, str(tmp_path)], capture_output=True,
+                            text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     folder = tmp_path / "run" / "train" / "s2s2"
     summary = json.loads((folder / "summary.json").read_text())

@@ -49,7 +49,7 @@ def filled_store(path: Path, dataset: PreparedDataset, k: int = 3, complete: boo
         images = np.zeros((len(rows), k, *dataset.image_shape), np.uint8)
         for j, row in enumerate(rows):
             for kk in range(k):
-                levels = rng.uniform(0, 1, 4).astype(np.float32)
+                levels = rng.uniform(0, 1, dataset.num_classes).astype(np.float32)
                 image = levels[masks[row]] + rng.normal(0, 0.05, masks[row].shape)
                 images[j, kk, 0] = np.clip(image * 255, 0, 255).astype(np.uint8)
         store.write_shard(shard, images)

@@ -40,7 +40,8 @@ def json_safe(value: Any) -> Any:
 
 
 def test_datasets(cfg: ProjectConfig, names: list[str] | None = None) -> dict[str, tuple[PreparedDataset, list[int]]]:
-    """{test-set name: (dataset, indices)}: the in-domain test split and the out-of-domain sets (all slices)."""
+    """{test-set name: (dataset, indices)}: the in-domain test split and the out-of-domain sets (all
+    slices, or the split named by their `eval_split`)."""
     from s2s2.pipeline.data.prepare import prepare_dataset
 
     wanted = names or ["in_domain", *cfg.evaluate.out_of_domain]
@@ -51,8 +52,9 @@ def test_datasets(cfg: ProjectConfig, names: list[str] | None = None) -> dict[st
             out[name] = (dataset, dataset.indices("test"))
         elif name in cfg.evaluate.out_of_domain:
             fields = {"size": cfg.data.size, "cache_dir": cfg.data.cache_dir, **cfg.evaluate.out_of_domain[name]}
-            dataset = prepare_dataset(DataConfig.model_validate(fields))
-            out[name] = (dataset, dataset.indices("all"))
+            data_cfg = DataConfig.model_validate(fields)
+            dataset = prepare_dataset(data_cfg)
+            out[name] = (dataset, dataset.indices(data_cfg.eval_split))
         else:
             raise ConfigError(f"unknown test set {name!r}; known: in_domain, {', '.join(cfg.evaluate.out_of_domain)} "
                               "(add it under evaluate.out_of_domain)")
@@ -128,8 +130,8 @@ def read_metrics(path: Path) -> dict[str, Any] | None:
 def run_evaluate(cfg: ProjectConfig, checkpoint: str | Path | None = None, sets: list[str] | None = None,
                  datasets: dict[str, tuple[PreparedDataset, list[int]]] | None = None,
                  folder: str | Path | None = None) -> dict[str, Any]:
-    """Evaluate the run's best checkpoint (or `checkpoint`) on the test sets; returns the results and
-    merges them into the run's metrics.json.
+    """Evaluate the run's best or last checkpoint (`evaluate.checkpoint`, or `checkpoint`) on the test
+    sets; returns the results and merges them into the run's metrics.json.
 
     `folder` is the run folder for every read and write (default {run_dir}/train/{train.name}).
     `datasets` replaces `test_datasets(cfg, sets)` (tests that hold the data in memory); its first
@@ -139,7 +141,8 @@ def run_evaluate(cfg: ProjectConfig, checkpoint: str | Path | None = None, sets:
     from s2s2.stages.train.loop import run_folder
 
     folder = Path(folder) if folder is not None else run_folder(cfg)
-    checkpoint = Path(checkpoint) if checkpoint else folder / "model.safetensors"
+    default = "model.safetensors" if cfg.evaluate.checkpoint == "best" else "last.safetensors"
+    checkpoint = Path(checkpoint) if checkpoint else folder / default
     datasets = datasets or test_datasets(cfg, sets)
     train_data, _ = next(iter(datasets.values()))
     c, size = train_data.image_shape[0], train_data.image_shape[1]

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from s2s2.pipeline.atomic import atomic_path
 from s2s2.pipeline.config.project import ProjectConfig
 from s2s2.pipeline.data.prepared import PreparedDataset
+from s2s2.pipeline.distributed import any_process
 from s2s2.pipeline.errors import S2S2Error
 from s2s2.pipeline.generator.control import control_images, to_generator_rgb
 from s2s2.pipeline.generator.loading import BaseParts, load_base, make_controlnet, make_scheduler, set_attention
@@ -151,13 +152,6 @@ def _cast(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
     return module
 
 
-def _any_process(accelerator: Accelerator, flag: bool) -> bool:
-    """True on every process when `flag` is true on any (all ranks must stop at the same step)."""
-    if accelerator.num_processes == 1:
-        return flag
-    return bool(accelerator.reduce(torch.tensor([float(flag)], device=accelerator.device), reduction="sum").item() > 0)
-
-
 def _to_device(batch: Batch, device: torch.device) -> Batch:
     return Batch(*(getattr(batch, name).to(device) for name in Batch.__dataclass_fields__))
 
@@ -273,7 +267,7 @@ def run_finetune(cfg: ProjectConfig, dataset: PreparedDataset | None = None, res
     bar = tqdm(total=ft.steps, initial=start_step, desc="finetune", unit="step",
                disable=not accelerator.is_main_process)
     while step < ft.steps:
-        if ft.max_seconds is not None and _any_process(accelerator, time.monotonic() - started > ft.max_seconds):
+        if ft.max_seconds is not None and any_process(accelerator, time.monotonic() - started > ft.max_seconds):
             logger.warning(f"time budget of {ft.max_seconds:.0f} s reached at step {step}")
             break
         step += 1

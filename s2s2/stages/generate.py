@@ -1,11 +1,13 @@
 """Stage one, part two: fill the stack store with K generated images per training mask.
 
-The unit of work is a store shard: a dask task claims the shard (see `s2s2.store.claims`),
-generates all K images of every sample in it and writes them in one call (images first, then the
-done flags). Each worker process loads the pipeline once and keeps it. The coordinator submits
-only pending shards that no other run holds, and repeats until every shard is done, so an
-interrupted run resumes where it stopped, several `generate` runs on one store split the work,
-and per-image seeds make the resumed pixels identical.
+The stack's sources (`generator.kind`: the fine-tuned ControlNet, the training-free synth source,
+or a mix of both) each own a range of k. The unit of work is a store shard: a dask task claims it
+(see `s2s2.store.claims`), makes the missing images of every source in the shard and writes the
+whole shard in one call (images first, then the done flags). Each worker process loads the
+ControlNet pipeline once and keeps it. The coordinator submits only pending shards that no other
+run holds, and repeats until every shard is done, so an interrupted run resumes where it stopped,
+several `generate` runs on one store split the work, and per-image seeds make the resumed pixels
+identical.
 """
 
 from __future__ import annotations
@@ -19,12 +21,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from s2s2.pipeline.config.generator import GenerateConfig
 from s2s2.pipeline.config.project import ProjectConfig
 from s2s2.pipeline.data.prepared import PreparedDataset
-from s2s2.store.manifest import GeneratorIdentity
+from s2s2.pipeline.errors import ConfigError
+from s2s2.store.manifest import GeneratorIdentity, SourceIdentity, StackGenerator, StackSource, SynthIdentity
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +46,7 @@ class ShardTask:
     settings: GenerateConfig
     resolution: int
     attention: str
-    identity: GeneratorIdentity
+    generator: StackGenerator  # the sources that fill the store, each with its k range
     writer: str  # this `generate` run: the owner of its shard claims
     replaces: int | None = None  # the binding this run may replace (--overwrite), else None
 
@@ -51,6 +55,7 @@ class ShardTask:
 class ShardResult:
     shard: int
     images: int
+    sources: tuple[str, ...]  # kinds of the sources whose images this task made
     regenerated: int
     still_bad: int
     worker: str
@@ -91,34 +96,68 @@ def worker_pipeline(task: ShardTask) -> Any:
     return _PIPELINES[key]
 
 
-def generate_shard(task: ShardTask, shard: int) -> ShardResult | None:
-    """Claim, generate and write all K images of every sample of one shard (runs on a worker).
+def sources_to_make(done: np.ndarray, generator: StackGenerator) -> list[StackSource]:
+    """The sources with any image not done in a shard's ledger rows `done` [S,K]: a task remakes
+    all of their images (same seeds, same pixels) and keeps the other sources' images."""
+    return [source for source in generator.sources if not done[:, source.k_start:source.k_stop].all()]
 
-    None when there was nothing to do: another run holds the shard or has finished it."""
+
+def images_to_make(done: np.ndarray, generator: StackGenerator) -> int:
+    """How many images a task makes for a shard whose ledger rows are `done` [S,K]."""
+    return len(done) * sum(len(source.ks) for source in sources_to_make(done, generator))
+
+
+def source_images(task: ShardTask, source: StackSource, masks: np.ndarray, prompts: list[str],
+                  rows: range, num_classes: int, image_shape: tuple[int, int, int]) -> tuple[np.ndarray, int, int]:
+    """Images of one source for the samples `rows`: [m, len(ks), C, H, W], regenerated, still bad."""
+    if source.identity.kind == "synth":
+        from s2s2.pipeline.config.appearance import LabelsToImageConfig
+        from s2s2.pipeline.generator.synth import synth_stack
+
+        cfg = LabelsToImageConfig.model_validate(source.identity.params)
+        images = synth_stack(masks, list(rows), source.ks, num_classes, image_shape[0], cfg, source.identity.seed)
+        return images, 0, 0
     from s2s2.pipeline.generator.sampling import generate_stack
+
+    return generate_stack(worker_pipeline(task), masks, prompts, list(rows), len(source.ks), num_classes,
+                          image_shape, task.settings, task.resolution, first_k=source.k_start)
+
+
+def generate_shard(task: ShardTask, shard: int) -> ShardResult | None:
+    """Claim one shard, make the missing images of every source in it and write the whole shard
+    (runs on a worker). None when there was nothing to do: another run holds or finished the shard."""
     from s2s2.store.claims import this_process
+    from s2s2.store.layout import to_store_dtype
     from s2s2.store.stack_store import StackStore
 
     started = time.monotonic()
     store = StackStore.open(task.store_path, mode="r+", storage_options=task.storage_options or None)
-    store.refuse_other_generator(task.identity, task.replaces)  # before the expensive part
+    store.refuse_other_generator(task.generator, task.replaces)  # before the expensive part
     seconds = task.settings.claim_seconds
     claim = store.claims.claim(shard, task.writer, seconds)
     if claim is None:
         return None
     with store.claims.holding(claim, seconds):
-        if store.bound_to(task.identity) and store.shard_done(shard):  # another run of this generator finished it
-            return None
-        pipe = worker_pipeline(task)
         rows = store.shard_samples(shard)
-        manifest = store.manifest
-        prompts = store.prompts[rows.start:rows.stop]
-        stack, regenerated, still_bad = generate_stack(
-            pipe, store.read_masks(list(rows)), prompts, list(rows), store.k, len(manifest.class_names),
-            manifest.image_shape, task.settings, task.resolution)
-        if not store.write_claimed_shard(claim, task.identity, task.replaces, stack, stale_seconds=seconds):
+        done = store.done_for(task.generator, rows)
+        todo = sources_to_make(done, task.generator)
+        if not todo:  # another run of this generator finished it since it was submitted
             return None
-    return ShardResult(shard=shard, images=len(rows) * store.k, regenerated=regenerated, still_bad=still_bad,
+        manifest = store.manifest
+        shape = (len(rows), store.k, *manifest.image_shape)
+        stack = store.read_shard_stack(shard) if done.any() else np.zeros(shape, dtype=manifest.dtype)
+        masks = store.read_masks(list(rows))
+        prompts = store.prompts[rows.start:rows.stop]
+        regenerated = still_bad = 0
+        for source in todo:
+            images, again, bad = source_images(task, source, masks, prompts, rows, len(manifest.class_names),
+                                               manifest.image_shape)
+            stack[:, source.k_start:source.k_stop] = to_store_dtype(images, manifest.dtype)
+            regenerated, still_bad = regenerated + again, still_bad + bad
+        if not store.write_claimed_shard(claim, task.generator, task.replaces, stack, stale_seconds=seconds):
+            return None
+    return ShardResult(shard=shard, images=images_to_make(done, task.generator),
+                       sources=tuple(s.kind for s in todo), regenerated=regenerated, still_bad=still_bad,
                        worker=this_process(), seconds=time.monotonic() - started)
 
 
@@ -160,8 +199,10 @@ def run_shards(task: ShardTask, store: Any) -> list[ShardResult]:
     from dask.distributed import as_completed
 
     results: list[ShardResult] = []
-    pending = store.pending_for(task.identity)
-    images_of = {shard: len(store.shard_samples(shard)) * store.k for shard in pending}
+    done = store.done_for(task.generator)
+    pending = store.pending_for(task.generator)
+    rows = {shard: store.shard_samples(shard) for shard in pending}
+    images_of = {shard: images_to_make(done[rows[shard].start:rows[shard].stop], task.generator) for shard in pending}
     counted: set[int] = set()  # shards whose images the bar shows as done
     poll = min(task.settings.claim_seconds / 4, 5.0)
     waiting = False
@@ -191,7 +232,7 @@ def run_shards(task: ShardTask, store: Any) -> list[ShardResult]:
                         counted.add(result.shard)
                         bar.update(images_of.get(result.shard, 0))
                         bar.set_postfix(shards=len(results), regenerated=sum(r.regenerated for r in results))
-            still = store.pending_for(task.identity)
+            still = store.pending_for(task.generator)
             done_elsewhere = [shard for shard in pending if shard not in still and shard not in counted]
             bar.update(sum(images_of.get(shard, 0) for shard in done_elsewhere))
             counted.update(done_elsewhere)
@@ -199,62 +240,95 @@ def run_shards(task: ShardTask, store: Any) -> list[ShardResult]:
     return results
 
 
-def generator_identity(cfg: ProjectConfig, generator: Path, manifest: Any) -> GeneratorIdentity:
-    """What decides the pixels of this run's generator (recorded as the store's binding)."""
-    from s2s2.pipeline.generator.loading import controlnet_hash
-    from s2s2.pipeline.generator.paths import resolution_of
-
-    settings = cfg.generate
-    return GeneratorIdentity(
-        base_model=cfg.generator.base_model, controlnet_hash=controlnet_hash(generator), scheduler=settings.scheduler,
-        steps=settings.steps, guidance_scale=settings.guidance_scale, eta=settings.eta,
-        prompt_template=manifest.prompt_template, seed=settings.seed,
-        resolution=resolution_of(cfg, manifest.image_shape[-1]))
-
-
 def absolute(path: str | Path) -> str:
     """A local path made absolute (dask workers may run in another directory); URLs unchanged."""
     return str(path) if "://" in str(path) else str(Path(path).expanduser().resolve())
 
 
+def controlnet_folder(cfg: ProjectConfig) -> Path:
+    """The fine-tuned pipeline folder to sample from (absolute), checked to be one whose weights load
+    safely."""
+    from s2s2.pipeline.generator.loading import check_pipeline_folder
+    from s2s2.pipeline.generator.paths import sampling_generator_dir
+
+    generator = Path(absolute(sampling_generator_dir(cfg)))
+    if not (generator / "model_index.json").is_file():
+        raise ConfigError(f"generator folder {generator} has no model_index.json\n"
+                          "fix: run `s2s2 finetune` first, or set generate.generator_dir to a fine-tuned pipeline; "
+                          "generator.kind: synth needs no fine-tuned generator")
+    check_pipeline_folder(generator)
+    return generator
+
+
+def stack_generator(cfg: ProjectConfig, k: int, prompt_template: str, resolution: int) -> StackGenerator:
+    """The sources that fill the K images of every sample, with each one's identity and k range."""
+    from importlib.metadata import version
+
+    settings = cfg.generate
+    sources = []
+    for kind, start, stop in cfg.generator.k_ranges(k):
+        if kind == "synth":
+            identity: SourceIdentity = SynthIdentity(params=cfg.generator.synth.model_dump(mode="json"), seed=settings.seed,
+                                          monai_version=version("monai"))
+        else:
+            from s2s2.pipeline.generator.loading import controlnet_hash
+
+            identity = GeneratorIdentity(
+                base_model=cfg.generator.base_model, controlnet_hash=controlnet_hash(controlnet_folder(cfg)),
+                scheduler=settings.scheduler, steps=settings.steps, guidance_scale=settings.guidance_scale,
+                eta=settings.eta, prompt_template=prompt_template, seed=settings.seed, resolution=resolution)
+        sources.append(StackSource(k_start=start, k_stop=stop, identity=identity))
+    return StackGenerator(sources=tuple(sources))
+
+
+def describe_sources(generator: StackGenerator) -> str:
+    """e.g. 'k 0-1 controlnet (unipc 20 steps, guidance 1.0, 64 px), k 2-3 synth'."""
+    parts = []
+    for source in generator.sources:
+        identity = source.identity
+        detail = (f" ({identity.scheduler} {identity.steps} steps, guidance {identity.guidance_scale}, "
+                  f"{identity.resolution} px)" if identity.kind == "controlnet" else "")
+        parts.append(source.label + detail)
+    return ", ".join(parts)
+
+
 def run_generate(cfg: ProjectConfig, dataset: PreparedDataset | None = None,
                  overwrite: bool = False, force: bool = False) -> list[ShardResult]:
-    """Create or reopen the store at `cfg.store.path`, check the generator against it, generate the
+    """Create or reopen the store at `cfg.store.path`, check its sources against it, generate the
     pending shards (together with any other run on the same store).
 
-    `overwrite` regenerates a store bound to another generator (refused while another run writes
-    it, unless `force`). Returns one result per shard this run generated (none when complete).
+    `overwrite` regenerates the images of sources that changed (refused while another run writes
+    the store, unless `force`). Returns one result per shard this run generated (none when complete).
     """
-    from s2s2.pipeline.generator.loading import check_pipeline_folder
-    from s2s2.pipeline.generator.paths import resolution_of, sampling_generator_dir
+    from s2s2.pipeline.generator.paths import resolution_of
     from s2s2.store.claims import new_writer_id
     from s2s2.store.stack_store import StackStore
 
-    generator = Path(absolute(sampling_generator_dir(cfg)))
-    check_pipeline_folder(generator)
+    sc = cfg.store
+    cfg.generator.k_ranges(sc.k)  # a K that cannot be split is refused before any work
+    kinds = {share.kind for share in cfg.generator.source_shares()}
+    generator_dir = str(controlnet_folder(cfg)) if "controlnet" in kinds else ""
     if dataset is None:
         from s2s2.pipeline.data.prepare import prepare_dataset
 
         dataset = prepare_dataset(cfg.data)
-    sc = cfg.store
     store_path = absolute(sc.path)
     store = StackStore.create(store_path, dataset, k=sc.k, split=sc.split, shard_size=sc.shard_size, dtype=sc.dtype,
                               compression=sc.compression, compression_level=sc.compression_level,
                               storage_options=sc.storage_options or None)
     settings = cfg.generate
-    identity = generator_identity(cfg, generator, store.manifest)
-    writer = new_writer_id()
-    replaces = store.check_generator(identity, writer, overwrite=overwrite, force=force)
-    pending = store.pending_for(identity)
     resolution = resolution_of(cfg, store.manifest.image_shape[-1])
+    generator = stack_generator(cfg, store.k, store.manifest.prompt_template, resolution)
+    writer = new_writer_id()
+    replaces = store.check_generator(generator, writer, overwrite=overwrite, force=force)
+    pending = store.pending_for(generator)
     logger.info(f"{sc.path}: {store.n_samples} samples x K={store.k}, {len(pending)} of {store.num_shards} shards "
-                f"to generate; {settings.scheduler} {settings.steps} steps, guidance {settings.guidance_scale}, "
-                f"{resolution} px")
+                f"to generate; {describe_sources(generator)}")
     results: list[ShardResult] = []
     if pending:
-        task = ShardTask(store_path=store_path, storage_options=dict(sc.storage_options), generator_dir=str(generator),
+        task = ShardTask(store_path=store_path, storage_options=dict(sc.storage_options), generator_dir=generator_dir,
                          settings=settings, resolution=resolution, attention=cfg.generator.attention,
-                         identity=identity, writer=writer, replaces=replaces)
+                         generator=generator, writer=writer, replaces=replaces)
         started = time.monotonic()
         with store.claims.running(writer, settings.claim_seconds):
             results = run_shards(task, store)

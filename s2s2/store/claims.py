@@ -153,12 +153,14 @@ class Claim:
 @dataclass(frozen=True)
 class Binding:
     """Which generator fills the stack: number `seq` in the binding sequence. A rebinding writer
-    creates the record with `ready=False`, clears the done ledger, then marks it ready."""
+    creates the record with `ready=False`, clears the done flags of the ks `clear_ks` (whose
+    source changed), then marks it ready."""
 
     seq: int
     identity: dict[str, Any]
     ready: bool
     created: float
+    clear_ks: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -259,9 +261,10 @@ class ClaimBook:
         latest = _latest(self.records, "binding")
         return None if latest is None else Binding(**latest[1])
 
-    def create_binding(self, seq: int, identity: dict[str, Any], ready: bool) -> Binding | None:
+    def create_binding(self, seq: int, identity: dict[str, Any], ready: bool,
+                       clear_ks: list[int] | tuple[int, ...] = ()) -> Binding | None:
         """Create binding number `seq`; None if another writer created that number first."""
-        new = Binding(seq=seq, identity=identity, ready=ready, created=time.time())
+        new = Binding(seq=seq, identity=identity, ready=ready, created=time.time(), clear_ks=tuple(clear_ks))
         return new if self.records.create(f"binding/{_seq_name(seq)}", asdict(new)) else None
 
     def mark_ready(self, binding: Binding) -> None:

@@ -1,4 +1,4 @@
-"""Mask fidelity of a stack: do the generated images follow their masks? Pure numpy.
+"""What a stack looks like against its masks: mask fidelity and appearance diversity. Pure numpy.
 
 Per-class mean intensities (channel mean) are fitted on the originals inside their masks. Every
 pixel of a generated image is labelled with the class whose mean is nearest ("global" labels).
@@ -8,6 +8,11 @@ Foreground Dice of those labels against the image's own mask, versus against an 
 Because S2S2 wants stacks that vary appearance, a second "adaptive" score refits the class means
 on each generated image itself, using the mask under test (own or unrelated) — robust to
 intensity shifts and contrast inversions, with the unrelated mask again giving chance level.
+
+Read against its ceiling, the same scores computed on the originals themselves, fidelity becomes
+the share of the achievable margin over chance that the stack realises (`normalised_fidelity`).
+Appearance diversity (`stack_appearance`) says how much per-tissue brightness varies across k and
+how often the tissue brightness order differs from the original's (what contrast shifts change).
 """
 
 from __future__ import annotations
@@ -89,4 +94,56 @@ def mask_fidelity(originals: np.ndarray, masks: np.ndarray, stack: np.ndarray,
                       for c in range(1, num_classes)},
         "n_samples": int(n),
         "n_images": int(n * k),
+    }
+
+
+SCORES = {"global": ("dice_own", "dice_chance"), "adaptive": ("dice_own_adaptive", "dice_chance_adaptive")}
+
+
+def normalised_fidelity(scores: dict, ceiling: dict) -> dict[str, float | None]:
+    """`(own - chance) / (ceiling own - ceiling chance)` for the global and the adaptive score:
+    1 means the stack follows its masks as well as the originals do. None where the originals
+    themselves are not above chance (no ceiling to read against)."""
+    out: dict[str, float | None] = {}
+    for name, (own, chance) in SCORES.items():
+        margin = ceiling[own] - ceiling[chance]
+        out[name] = (scores[own] - scores[chance]) / margin if margin > 0 else None
+    return out
+
+
+def _tissue_means(grey: np.ndarray, mask: np.ndarray, classes: list[int]) -> np.ndarray:
+    """Mean grey value of each of `classes` in each image of `grey` [K,H,W] -> [K, len(classes)]."""
+    return np.array([[image[mask == c].mean() for c in classes] for image in grey])
+
+
+def stack_appearance(originals: np.ndarray, stack: np.ndarray, masks: np.ndarray, num_classes: int) -> dict:
+    """How much the stack varies in appearance per tissue, and how often the tissue order changes.
+
+    `originals` [N,C,H,W], `stack` [N,K,C,H,W] (uint8 or [0,1] floats), `masks` [N,H,W]. Per image:
+    the mean grey value of each foreground class present (samples with fewer than two are skipped).
+    Returns the spread (std) of those means across k, averaged over samples and classes, in [0,1]
+    grey units; the mean gap between neighbouring class means of the stack (for scale); and the
+    share of stack images whose class brightness order differs from their original's. Out-of-domain
+    gain needs that order to change (T1 -> T2 flips it); a generator trained on T1 alone may not.
+    """
+    def grey(images: np.ndarray) -> np.ndarray:
+        return images.astype(np.float64).mean(axis=-3) / (255.0 if images.dtype == np.uint8 else 1.0)
+
+    stack_grey, original_grey = grey(stack), grey(originals)  # [N,K,H,W], [N,H,W]
+    spreads, gaps, changed, total = [], [], 0, 0
+    for i in range(stack_grey.shape[0]):
+        present = [c for c in range(1, num_classes) if (masks[i] == c).any()]
+        if len(present) < 2:
+            continue
+        means = _tissue_means(stack_grey[i], masks[i], present)
+        reference = tuple(np.argsort(_tissue_means(original_grey[i][None], masks[i], present)[0]))
+        spreads.append(means.std(axis=0).mean())
+        gaps.append(np.abs(np.diff(np.sort(means.mean(axis=0)))).mean())
+        changed += sum(tuple(np.argsort(row)) != reference for row in means)
+        total += len(means)
+    return {
+        "class_mean_spread_across_k": float(np.mean(spreads)) if spreads else None,
+        "class_mean_gap": float(np.mean(gaps)) if gaps else None,
+        "order_changed_fraction": changed / total if total else None,
+        "n_images": total,
     }

@@ -10,10 +10,10 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from s2s2.store.fidelity import mask_fidelity
+from s2s2.store.fidelity import SCORES, mask_fidelity, normalised_fidelity, stack_appearance
 from s2s2.store.layout import to_unit_float
-from s2s2.store.manifest import utc_now
 from s2s2.pipeline.errors import StoreError
+from s2s2.store.manifest import StackGenerator, utc_now
 from s2s2.store.stack_store import DECODE_ERRORS, StackStore, repair_advice
 
 FIDELITY_MIN_COMPLETE = 0.25  # below this completion the fidelity sample is too thin to report
@@ -53,11 +53,8 @@ def class_pixel_share(masks: np.ndarray, num_classes: int) -> list[float]:
     return (counts / max(int(counts.sum()), 1)).tolist()
 
 
-def store_fidelity(store: StackStore, seed: int = 0, skip_shards: tuple[int, ...] = ()) -> dict | None:
-    """Mask fidelity over up to FIDELITY_MAX_SAMPLES fully done samples (None if too few).
-
-    Samples of `skip_shards` (found broken by `verify`) are left out.
-    """
+def _sample_done(store: StackStore, seed: int, skip_shards: tuple[int, ...]) -> np.ndarray | None:
+    """Up to FIDELITY_MAX_SAMPLES fully done samples, sorted (None if too few to score)."""
     done = store.done_ledger().all(axis=1)
     if done.mean() < FIDELITY_MIN_COMPLETE:
         return None
@@ -67,10 +64,51 @@ def store_fidelity(store: StackStore, seed: int = 0, skip_shards: tuple[int, ...
     if done.sum() < 2:
         return None
     rng = np.random.default_rng(seed)
-    picked = np.sort(rng.choice(np.flatnonzero(done), size=min(int(done.sum()), FIDELITY_MAX_SAMPLES), replace=False))
+    return np.sort(rng.choice(np.flatnonzero(done), size=min(int(done.sum()), FIDELITY_MAX_SAMPLES), replace=False))
+
+
+def _fidelity(originals: np.ndarray, masks: np.ndarray, stack: np.ndarray, seed: int, num_classes: int,
+              ceiling: dict) -> dict:
+    """Mask fidelity of `stack` with the ceiling (the originals' own scores) and the normalised scores.
+    Every call with one seed pairs the samples with the same unrelated masks."""
+    scores = mask_fidelity(originals, masks, stack, np.random.default_rng(seed), num_classes=num_classes)
+    ceiling_scores = {key: ceiling[key] for pair in SCORES.values() for key in pair}
+    return {**scores, "ceiling": ceiling_scores, "normalised": normalised_fidelity(scores, ceiling)}
+
+
+def stack_quality(store: StackStore, seed: int = 0, skip_shards: tuple[int, ...] = ()) -> dict | None:
+    """Mask fidelity (with its ceiling and normalised) and appearance diversity of the stack, over
+    up to FIDELITY_MAX_SAMPLES fully done samples, for the whole stack and for each of its sources.
+    None if too few samples are done. Samples of `skip_shards` (found broken by `verify`) are left out.
+    """
+    picked = _sample_done(store, seed, skip_shards)
+    if picked is None:
+        return None
+    num_classes = len(store.manifest.class_names)
+    originals, masks = store.read_originals(picked), store.read_masks(picked)
     stack = np.stack([np.stack([store.read_stack(int(i), k) for k in range(store.k)]) for i in picked])
-    return mask_fidelity(store.read_originals(picked), store.read_masks(picked), stack, rng,
-                         num_classes=len(store.manifest.class_names))
+    ceiling = mask_fidelity(originals, masks, originals[:, None], np.random.default_rng(seed), num_classes)
+    quality = {"mask_fidelity": _fidelity(originals, masks, stack, seed, num_classes, ceiling),
+               "appearance": stack_appearance(originals, stack, masks, num_classes)}
+    generator = store.manifest.generator
+    if generator is not None and len(generator.sources) > 1:
+        quality["by_source"] = [
+            {"kind": source.kind, "k_start": source.k_start, "k_stop": source.k_stop, "label": source.label,
+             "mask_fidelity": _fidelity(originals, masks, stack[:, source.k_start:source.k_stop], seed, num_classes,
+                                        ceiling),
+             "appearance": stack_appearance(originals, stack[:, source.k_start:source.k_stop], masks, num_classes)}
+            for source in generator.sources]
+    return quality
+
+
+def _generator_summary(generator: StackGenerator | None) -> dict | None:
+    """The manifest's generator as JSON, each source labelled with its k range and kind."""
+    if generator is None:
+        return None
+    summary = generator.model_dump(mode="json")
+    for entry, source in zip(summary["sources"], generator.sources):
+        entry["label"] = source.label
+    return summary
 
 
 def summarise(store: StackStore, with_fidelity: bool = True, storage_options: dict[str, Any] | None = None,
@@ -98,7 +136,7 @@ def summarise(store: StackStore, with_fidelity: bool = True, storage_options: di
         "bytes_on_disk": bytes_on_disk(store.path, storage_options) if isinstance(store.path, (str, Path)) else None,
         "status": m.status,
         "writers": writers_now(store),
-        "generator": m.generator.model_dump() if m.generator else None,
+        "generator": _generator_summary(m.generator),
         "schema_version": m.schema_version,
         "software_version": m.software_version,
         "created": m.created.isoformat(),
@@ -107,10 +145,14 @@ def summarise(store: StackStore, with_fidelity: bool = True, storage_options: di
     }
     if with_fidelity:
         try:
-            summary["mask_fidelity"] = store_fidelity(store, skip_shards=skip_shards)
+            quality = stack_quality(store, skip_shards=skip_shards) or {}
         except Exception as err:  # a chunk that does not decode: say so, `--verify` names the shard
-            summary["mask_fidelity"] = None
+            quality = {}
             summary["mask_fidelity_error"] = f"{type(err).__name__}: {err} (run with --verify)"
+        summary["mask_fidelity"] = quality.get("mask_fidelity")
+        summary["appearance"] = quality.get("appearance")
+        if "by_source" in quality:
+            summary["by_source"] = quality["by_source"]
     return summary
 
 
@@ -149,17 +191,17 @@ def format_summary(s: dict) -> str:
                      f"{len(writers['claimed_shards'])} shard(s) claimed")
     gen = s["generator"]
     if gen:
-        lines.append(f"  generator   {gen['base_model']} + ControlNet {gen['controlnet_hash'][:12]}, "
-                     f"{gen['scheduler']} {gen['steps']} steps, guidance {gen['guidance_scale']}, eta {gen['eta']}, "
-                     f"seed {gen['seed']}, {gen['resolution']} px")
-        lines.append(f"              prompt {gen['prompt_template']!r}")
+        for number, source in enumerate(gen["sources"]):
+            lines += _source_lines("  generator   " if number == 0 else " " * 14, source)
     else:
         lines.append("  generator   none bound yet")
     fid = s.get("mask_fidelity")
     if fid:
-        lines.append(f"  fidelity    Dice vs own mask {fid['dice_own']:.3f}, vs unrelated mask {fid['dice_chance']:.3f} "
-                     f"(adaptive {fid['dice_own_adaptive']:.3f} / {fid['dice_chance_adaptive']:.3f}; "
-                     f"{fid['n_images']} images)")
+        lines += _quality_lines(fid, s["appearance"])
+        for part in s.get("by_source", []):
+            lines.append(f"  source      {part['label']}:")
+            lines += ["    " + line[2:] for line in _quality_lines(part["mask_fidelity"], part["appearance"])
+                      if not line.lstrip().startswith("ceiling")]
     elif "mask_fidelity_error" in s:
         lines.append(f"  fidelity    not computed: {s['mask_fidelity_error']}")
     elif "mask_fidelity" in s:
@@ -167,9 +209,50 @@ def format_summary(s: dict) -> str:
     return "\n".join(lines)
 
 
+def _source_lines(lead: str, source: dict) -> list[str]:
+    """One source of the generator: its k range and what decides its pixels."""
+    ident, where = source["identity"], f"{source['label']}: "
+    if ident["kind"] == "synth":
+        p = ident["params"]
+        return [f"{lead}{where}labels-to-image, seed {ident['seed']}, label mean U{tuple(p['mean'])}, "
+                f"SD U{tuple(p['std'])}, separation {p['separation']}, MONAI {ident['monai_version']}"]
+    return [f"{lead}{where}{ident['base_model']} + ControlNet {ident['controlnet_hash'][:12]}, {ident['scheduler']} "
+            f"{ident['steps']} steps, guidance {ident['guidance_scale']}, eta {ident['eta']}, seed {ident['seed']}, "
+            f"{ident['resolution']} px",
+            f"{' ' * len(lead)}  prompt {ident['prompt_template']!r}"]
+
+
+def _score(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def _quality_lines(fid: dict, look: dict) -> list[str]:
+    """Fidelity, its ceiling, the normalised score and the appearance diversity, as text lines."""
+    ceiling, normalised = fid["ceiling"], fid["normalised"]
+    order = look["order_changed_fraction"]
+    return [
+        f"  fidelity    Dice vs own mask {fid['dice_own']:.3f}, vs unrelated mask {fid['dice_chance']:.3f} "
+        f"(adaptive {fid['dice_own_adaptive']:.3f} / {fid['dice_chance_adaptive']:.3f}; {fid['n_images']} images)",
+        f"  ceiling     the originals score {ceiling['dice_own']:.3f} / {ceiling['dice_chance']:.3f} "
+        f"(adaptive {ceiling['dice_own_adaptive']:.3f} / {ceiling['dice_chance_adaptive']:.3f})",
+        f"  normalised  {_score(normalised['global'])} (adaptive {_score(normalised['adaptive'])}) of the originals' "
+        "margin over chance",
+        f"  appearance  per-tissue mean spread across k {_score(look['class_mean_spread_across_k'])} "
+        f"(gap between tissues {_score(look['class_mean_gap'])}); tissue brightness order differs from the "
+        f"original's in " + ("n/a" if order is None else f"{100 * order:.0f}%") + f" of {look['n_images']} images",
+    ]
+
+
+def column_titles(store: StackStore) -> list[str]:
+    """Preview column titles: mask, original, and each k with the source that fills it."""
+    generator = store.manifest.generator
+    kinds = generator.source_of_k() if generator is not None else ["not bound"] * store.k
+    return ["mask", "original"] + [f"k={k}\n{kind}" for k, kind in enumerate(kinds)]
+
+
 def save_preview(store: StackStore, path: str | Path, n_rows: int = 4) -> None:
-    """PNG grid, one row per sample: mask | original | its K stack images. Rows are spread evenly
-    over the done samples (over all samples while none is done)."""
+    """PNG grid, one row per sample: mask | original | its K stack images, each column titled with
+    its k and source. Rows are spread evenly over the done samples (over all samples while none is done)."""
     from s2s2.pipeline.palette import mask_to_rgb
     from s2s2.pipeline.viz import save_grid, to_rgb_uint8
 
@@ -185,7 +268,7 @@ def save_preview(store: StackStore, path: str | Path, n_rows: int = 4) -> None:
         rows.append(row)
     ids = store.ids
     save_grid(rows, path, row_titles=[ids[int(i)] for i in picked],
-              col_titles=["mask", "original"] + [f"k={k}" for k in range(store.k)],
+              col_titles=column_titles(store),
               legend=list(store.manifest.class_names))
 
 

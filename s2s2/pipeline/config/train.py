@@ -97,6 +97,7 @@ class EvalConfig(StrictModel):
 
     eval_classes: Optional[list[str]] = None  # classes averaged in validation and evaluation; None = every foreground class
     out_of_domain: dict[str, dict] = Field(default_factory=dict)  # test-set name -> DataConfig fields
+    checkpoint: Literal["best", "last"] = "best"  # best validation Dice (model.safetensors) or the final weights
     hd95_percentile: float = Field(95.0, gt=0, le=100)
     figure_cases: int = Field(4, ge=0)  # rows of image | truth | prediction per test set
     batch_size: int = Field(16, ge=1)

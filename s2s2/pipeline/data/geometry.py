@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import numpy as np
 from PIL import Image
+from scipy import ndimage
+
+SPLINE_ORDER = {"nearest": 0, "linear": 1, "cubic": 3}
 
 
 def robust_scale(values: np.ndarray, region: np.ndarray | None = None, low_pct: float = 0.0,
@@ -21,6 +24,19 @@ def robust_scale(values: np.ndarray, region: np.ndarray | None = None, low_pct: 
     if high <= low:
         high = low + 1.0
     return np.clip((values - low) / (high - low), 0.0, 1.0).astype(np.float32)
+
+
+def window_scale(values: np.ndarray, window: tuple[float, float]) -> np.ndarray:
+    """Map the intensity window [low, high] linearly to [0, 1] and clip (e.g. CT HU [-125, 275])."""
+    low, high = window
+    return np.clip((np.asarray(values, dtype=np.float32) - low) / (high - low), 0.0, 1.0).astype(np.float32)
+
+
+def min_max_scale(values: np.ndarray) -> np.ndarray:
+    """Map the minimum to 0 and the maximum to 1 (a constant array becomes 0)."""
+    values = np.asarray(values, dtype=np.float32)
+    low, high = float(values.min()), float(values.max())
+    return ((values - low) / (high - low if high > low else 1.0)).astype(np.float32)
 
 
 def volume_slice(volume: np.ndarray, axis: int, index: int) -> np.ndarray:
@@ -75,22 +91,38 @@ def pad_box(shape: tuple[int, int]) -> tuple[int, int, int, int]:
     return -((side - height) // 2), -((side - width) // 2), side, side
 
 
-def resize_image(image: np.ndarray, size: int) -> np.ndarray:
-    """Resize float32 [C,H,W] to [C,size,size] with antialiased bilinear filtering (area-like on shrink)."""
+def zoom_plane(plane: np.ndarray, size: int, order: int) -> np.ndarray:
+    """Resize one 2-D plane to [size,size] with scipy's spline zoom, as the TransUNet code does."""
+    rows, cols = plane.shape
+    return ndimage.zoom(plane, (size / rows, size / cols), order=order)
+
+
+def resize_image(image: np.ndarray, size: int, method: str = "antialias") -> np.ndarray:
+    """Resize float32 [C,H,W] to [C,size,size].
+
+    `antialias` (default): bilinear with antialiasing (area-like on shrink). `nearest`, `linear`,
+    `cubic`: spline zoom of order 0/1/3, clipped to [0,1] (cubic splines overshoot at edges).
+    """
     if image.shape[1:] == (size, size):
         return image.astype(np.float32)
+    if method != "antialias":
+        planes = [zoom_plane(plane.astype(np.float32), size, SPLINE_ORDER[method]) for plane in image]
+        return np.clip(np.stack(planes), 0.0, 1.0).astype(np.float32)
     planes = [np.asarray(Image.fromarray(np.ascontiguousarray(plane, dtype=np.float32), mode="F")
                          .resize((size, size), Image.Resampling.BILINEAR)) for plane in image]
     return np.stack(planes).astype(np.float32)
 
 
-def resize_mask(mask: np.ndarray, size: int, num_classes: int) -> np.ndarray:
-    """Resize an integer mask [H,W] to [size,size]: argmax of the per-class resampled one-hot maps.
+def resize_mask(mask: np.ndarray, size: int, num_classes: int, method: str = "majority") -> np.ndarray:
+    """Resize an integer mask [H,W] to [size,size].
 
-    Unlike nearest neighbour this follows the same (antialiased) filter as the image, so thin
-    structures and borders stay where the image puts them when shrinking a lot.
+    `majority` (default): argmax of the per-class resampled one-hot maps; unlike nearest neighbour
+    this follows the same (antialiased) filter as the image, so thin structures and borders stay
+    where the image puts them when shrinking a lot. `nearest`: spline zoom of order 0.
     """
     if mask.shape == (size, size):
         return mask.astype(np.uint8)
+    if method == "nearest":
+        return zoom_plane(mask.astype(np.uint8), size, 0)
     one_hot = np.stack([(mask == c).astype(np.float32) for c in range(num_classes)])
     return np.argmax(resize_image(one_hot, size), axis=0).astype(np.uint8)

@@ -18,7 +18,7 @@ from s2s2.pipeline.data.geometry import robust_scale, slice_spacing, volume_slic
 from s2s2.pipeline.data.pairing import match_by_key, require_folder
 from s2s2.pipeline.data.raw import RawDataset, RawSlice
 from s2s2.pipeline.data.readers import (NIFTI_SUFFIXES, check_pair_shapes, labels_from_values, mask_plane,
-                                        picture_to_image, read_nifti, read_picture)
+                                        picture_to_image, read_nifti, read_picture, windowed)
 from s2s2.pipeline.errors import DataError
 
 _CHANNEL_FILE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
@@ -105,7 +105,7 @@ def _picture_case(case: str, image_paths: list[Path], label_path: Path, class_na
 
 def _volume_case(case: str, image_paths: list[Path], label_path: Path, class_names: tuple[str, ...],
                  cfg: DataConfig) -> list[RawSlice]:
-    """One 3-D case: volumes scaled per channel (0.5-99.5 %), cut along `cfg.axis`, nearly empty slices skipped."""
+    """One 3-D case: volumes scaled per channel (data.intensity_window, else 0.5-99.5 %), cut along `cfg.axis`, nearly empty slices skipped."""
     volumes = []
     for path in image_paths:
         data, zooms = read_nifti(path)
@@ -117,7 +117,8 @@ def _volume_case(case: str, image_paths: list[Path], label_path: Path, class_nam
         raise DataError(f"is a {label.ndim}-D volume {label.shape}; NIfTI cases must be 3-D", label_path,
                         "save 3-D volumes (or use PNG files for 2-D data)")
     mask_volume = labels_from_values(label, class_names, label_path, cfg.binary_threshold)
-    image_volume = np.stack([robust_scale(data, low_pct=0.5, high_pct=99.5) for _, data, _ in volumes])
+    image_volume = np.stack([windowed(data, cfg.intensity_window, path) if cfg.intensity_window
+                             else robust_scale(data, low_pct=0.5, high_pct=99.5) for path, data, _ in volumes])
     if image_volume.shape[0] not in (1, 3):
         raise DataError(f"case has {image_volume.shape[0]} image channels; s2s2 handles 1 (grey) or 3 (RGB)",
                         image_paths[0], "keep one channel file per case (or three for RGB)")

@@ -53,7 +53,8 @@ def source_signature(cfg: DataConfig) -> dict[str, object]:
 
 def prepared_folder(cfg: DataConfig) -> Path:
     """The cache folder of `cfg`: `cache_dir/prepared/<adapter>-<16 hex of the config+source hash>`."""
-    key = {"format": PREPARED_FORMAT, "config": cfg.model_dump(mode="json", exclude={"cache_dir", "root"}),
+    key = {"format": PREPARED_FORMAT,
+           "config": cfg.model_dump(mode="json", exclude={"cache_dir", "root", "eval_split"}),
            "source": source_signature(cfg)}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     return Path(cfg.cache_dir) / "prepared" / f"{cfg.adapter}-{digest}"
@@ -69,6 +70,12 @@ def load_raw(cfg: DataConfig) -> RawDataset:
         from s2s2.pipeline.data.folder import load_folder as loader
     elif cfg.adapter == "nnunet":
         from s2s2.pipeline.data.nnunet import load_nnunet as loader
+    elif cfg.adapter == "synapse":
+        from s2s2.pipeline.data.synapse import load_synapse as loader
+    elif cfg.adapter == "acdc":
+        from s2s2.pipeline.data.acdc import load_acdc as loader
+    elif cfg.adapter == "slaug":
+        from s2s2.pipeline.data.slaug import load_slaug as loader
     else:
         from s2s2.pipeline.data.npz import load_npz as loader
     return loader(cfg)
@@ -91,7 +98,8 @@ def resize_slice(item: RawSlice, cfg: DataConfig, channels: int, num_classes: in
         image, mask = crop_square(image, box), crop_square(mask, box)
     rows, cols = mask.shape
     spacing = (item.spacing[0] * rows / cfg.size, item.spacing[1] * cols / cfg.size)
-    return resize_image(image, cfg.size), resize_mask(mask, cfg.size, num_classes), spacing
+    return (resize_image(image, cfg.size, cfg.image_resize),
+            resize_mask(mask, cfg.size, num_classes, cfg.mask_resize), spacing)
 
 
 def build_prepared(raw: RawDataset, cfg: DataConfig) -> PreparedDataset:
@@ -108,6 +116,8 @@ def build_prepared(raw: RawDataset, cfg: DataConfig) -> PreparedDataset:
                         "give every image a unique file name stem (e.g. not both a.png and a.jpg)")
     if raw.fixed_split:
         labels: list[str | None] = [raw.fixed_split] * len(raw.slices)
+    elif any(item.split for item in raw.slices):  # the adapter knows the dataset's official split
+        labels = [item.split for item in raw.slices]
     else:
         labels = assign_splits([s.case for s in raw.slices], [s.position for s in raw.slices],
                                cfg.val_fraction, cfg.test_fraction, cfg.slab_slices, cfg.slab_gap, cfg.seed)
@@ -124,7 +134,7 @@ def build_prepared(raw: RawDataset, cfg: DataConfig) -> PreparedDataset:
         name=raw.name, images=np.stack(images).astype(np.float32), masks=np.stack(masks).astype(np.uint8),
         ids=[item.id for item, _ in kept], spacings=np.asarray(spacings, dtype=np.float32),
         class_names=tuple(raw.class_names), modality=raw.modality, prompt_template=cfg.prompt_template,
-        splits=splits)
+        splits=splits, prompt_names=cfg.prompt_class_names)
 
 
 def write_split_file(dataset: PreparedDataset, folder: Path) -> None:

@@ -44,6 +44,7 @@ class PreparedDataset:
     modality: str
     prompt_template: str  # formatted with {modality} and {classes}
     splits: dict[str, list[int]] = field(default_factory=dict)  # split name -> sample indices
+    prompt_names: tuple[str, ...] | None = None  # class names in prompts, if they differ from class_names
 
     def __post_init__(self) -> None:
         n = len(self.ids)
@@ -55,6 +56,10 @@ class PreparedDataset:
                             f"masks {self.masks.shape} disagree")
         if n == 0:
             raise DataError(f"dataset {self.name} is empty", fix="check the data path and the slice filters")
+        if self.prompt_names is not None and len(self.prompt_names) != len(self.class_names):
+            raise DataError(f"dataset {self.name}: {len(self.prompt_names)} prompt class names for "
+                            f"{len(self.class_names)} classes {list(self.class_names)}",
+                            fix="give data.prompt_class_names one name per class, class 0 first")
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -72,7 +77,8 @@ class PreparedDataset:
     def prompt(self, index: int) -> str:
         """The generator prompt of one sample: the template filled with the classes present."""
         present = sorted(int(c) for c in np.unique(self.masks[index]))
-        classes = ", ".join(self.class_names[c] for c in present)
+        names = self.prompt_names or self.class_names
+        classes = ", ".join(names[c] for c in present)
         return self.prompt_template.format(modality=self.modality, classes=classes)
 
     def sample(self, index: int) -> Sample:
@@ -115,6 +121,7 @@ class PreparedDataset:
             "name": self.name, "ids": self.ids, "class_names": list(self.class_names),
             "modality": self.modality, "prompt_template": self.prompt_template, "splits": self.splits,
             "fingerprint": self.fingerprint(),
+            "prompt_names": list(self.prompt_names) if self.prompt_names is not None else None,
         }
         (folder / "meta.json").write_text(json.dumps(meta, indent=1))
 
@@ -131,4 +138,5 @@ class PreparedDataset:
                             "delete the folder and run `s2s2 data prepare` again") from err
         return cls(name=meta["name"], images=images, masks=masks, ids=meta["ids"], spacings=spacings,
                    class_names=tuple(meta["class_names"]), modality=meta["modality"],
-                   prompt_template=meta["prompt_template"], splits=meta["splits"])
+                   prompt_template=meta["prompt_template"], splits=meta["splits"],
+                   prompt_names=tuple(meta["prompt_names"]) if meta.get("prompt_names") else None)

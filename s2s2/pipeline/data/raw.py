@@ -17,6 +17,7 @@ class RawSlice:
     spacing: tuple[float, float]  # (row, col) pixel size in mm at native resolution
     case: str  # slices of one case (volume, patient) always land in one split
     position: int = 0  # slice index inside its volume (slab splits)
+    split: str | None = None  # a split fixed by the data's own lists (train/val/test); None = assigned
 
 
 @dataclass

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from s2s2.pipeline.data.geometry import window_scale
 from s2s2.pipeline.errors import DataError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -76,6 +77,31 @@ def check_finite(array: np.ndarray, path: Path) -> None:
                             "fix or remove the file; NaN/Inf intensities cannot be scaled")
 
 
+def windowed(values: np.ndarray, window: tuple[float, float], path: Path) -> np.ndarray:
+    """`values` with the intensity window mapped to [0, 1]; refuses data that cover only a sliver of the
+    window (e.g. already normalised to [0, 1]), which the window would flatten to a near-constant image."""
+    low, high = window
+    values = np.asarray(values, dtype=np.float32)
+    if values.size and float(values.max() - values.min()) < 0.05 * (high - low):
+        raise DataError(f"holds intensities in [{values.min():.4g}, {values.max():.4g}], under 5 % of the "
+                        f"intensity window [{low:g}, {high:g}]: the data look normalised already", path,
+                        "remove data.intensity_window (or set it to the range the data are stored in)")
+    return window_scale(values, window)
+
+
+def unit_intensities(values: np.ndarray, path: Path, window: tuple[float, float] | None) -> np.ndarray:
+    """Intensities in [0, 1]: `window` mapped to [0, 1] when given, else the stored values, which must
+    already lie in [0, 1] (as in the preprocessed releases of TransUNet's Synapse and SSL4MIS's ACDC)."""
+    check_finite(values, path)
+    if window is not None:
+        return windowed(values, window, path)
+    values = np.asarray(values, dtype=np.float32)
+    if values.size and (values.min() < -1e-3 or values.max() > 1.0 + 1e-3):
+        raise DataError(f"holds intensities in [{values.min():.4g}, {values.max():.4g}], not in [0, 1]", path,
+                        "set data.intensity_window to the range that maps to [0, 1] (CT: [-125, 275] HU)")
+    return np.clip(values, 0.0, 1.0)
+
+
 def labels_from_values(values: np.ndarray, class_names: tuple[str, ...], path: Path,
                        binary_threshold: int) -> np.ndarray:
     """Turn stored mask values into class ids, refusing values outside the declared classes.
@@ -98,12 +124,14 @@ def labels_from_values(values: np.ndarray, class_names: tuple[str, ...], path: P
     return rounded.astype(np.uint8)
 
 
-def read_nifti(path: Path) -> tuple[np.ndarray, tuple[float, ...]]:
-    """A NIfTI volume reoriented to RAS, as float32 array, with its voxel sizes (mm)."""
+def read_nifti(path: Path, reorient: bool = True) -> tuple[np.ndarray, tuple[float, ...]]:
+    """A NIfTI volume as float32 array, reoriented to RAS (or in its stored array order), with its voxel sizes (mm)."""
     import nibabel as nib
 
     try:
-        volume = nib.as_closest_canonical(nib.load(str(path)))
+        volume = nib.load(str(path))
+        if reorient:
+            volume = nib.as_closest_canonical(volume)
         data = np.asarray(volume.dataobj, dtype=np.float32)
         zooms = tuple(float(z) for z in volume.header.get_zooms())
     except Exception as err:  # nibabel raises many types for corrupt files
@@ -126,6 +154,24 @@ def read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise
     except Exception as err:
         raise DataError(f"is not a readable .npz file ({err.__class__.__name__}: {err})", path,
+                        "replace or remove the file") from None
+
+
+def read_h5(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The `image` and `label` datasets of one HDF5 file (TransUNet / SSL4MIS slices and volumes)."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as handle:
+            missing = [key for key in ("image", "label") if key not in handle]
+            if missing:
+                raise DataError(f"lacks dataset(s) {missing}; it has {sorted(handle)}", path,
+                                "each file needs the datasets `image` and `label` of the same shape")
+            return np.asarray(handle["image"][()]), np.asarray(handle["label"][()])
+    except DataError:
+        raise
+    except Exception as err:  # h5py raises OSError, KeyError, ... for damaged files
+        raise DataError(f"is not a readable HDF5 file ({err.__class__.__name__}: {err})", path,
                         "replace or remove the file") from None
 
 

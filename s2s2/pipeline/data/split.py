@@ -92,3 +92,22 @@ def assign_splits(cases: Sequence[str], positions: Sequence[int], val_fraction: 
         for index, label in zip(members, labels):
             out[index] = label
     return out
+
+
+def fcbformer_split(n: int) -> list[str]:
+    """Split of each of `n` images (sorted by file name) as FCBFormer's `split_ids` makes it: 10 % test
+    by sklearn's `train_test_split(random_state=42)`, then 10 % of the whole as val from the rest
+    the same way; 80/10/10, e.g. Kvasir-SEG 800/100/100 and CVC-ClinicDB 490/61/61."""
+    from sklearn.model_selection import train_test_split
+
+    held = int(round(0.1 * n))
+    if n < 3 or held < 1:
+        return ["train"] * n
+    train, test = train_test_split(np.arange(n), test_size=held, random_state=42)
+    train, val = train_test_split(train, test_size=held, random_state=42)
+    labels = ["train"] * n
+    for index in test:
+        labels[int(index)] = "test"
+    for index in val:
+        labels[int(index)] = "val"
+    return labels

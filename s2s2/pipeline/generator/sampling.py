@@ -49,15 +49,17 @@ def _run_pipeline(pipe: StableDiffusionControlNetPipeline, jobs: list[ImageJob],
 
 def generate_stack(pipe: StableDiffusionControlNetPipeline, masks: np.ndarray, prompts: list[str],
                    sample_indices: list[int], k: int, num_classes: int, image_shape: tuple[int, int, int],
-                   settings: GenerateConfig, resolution: int) -> tuple[np.ndarray, int, int]:
+                   settings: GenerateConfig, resolution: int, first_k: int = 0) -> tuple[np.ndarray, int, int]:
     """K images for each mask [m,H,W]: uint8 [m,K,C,H,W], the number regenerated, the number still bad.
 
+    The images are stack images first_k .. first_k+K-1 (their seeds follow k), so a source that owns
+    a range of k in a mixed stack draws the same pixels as in a store of its own.
     A NaN or all-black image is drawn again with the next attempt's seed, up to `max_retries` times.
     """
     channels, height, width = image_shape
     control = control_images(masks, num_classes, resolution)
     out = np.zeros((len(masks), k, channels, height, width), dtype=np.uint8)
-    pending = [ImageJob(row, index, kk) for row, index in enumerate(sample_indices) for kk in range(k)]
+    pending = [ImageJob(row, index, kk) for row, index in enumerate(sample_indices) for kk in range(first_k, first_k + k)]
     regenerated, attempt = 0, 0
     while True:
         failed: list[ImageJob] = []
@@ -66,7 +68,7 @@ def generate_stack(pipe: StableDiffusionControlNetPipeline, masks: np.ndarray, p
             rgb = _run_pipeline(pipe, jobs, control, prompts, settings, resolution)
             images = from_generator_rgb(np.nan_to_num(rgb, nan=0.0), channels, (height, width))
             for job, image, raw in zip(jobs, images, rgb):
-                out[job.row, job.k] = image
+                out[job.row, job.k - first_k] = image
                 if is_bad_image(raw):
                     failed.append(ImageJob(job.row, job.sample_index, job.k, attempt + 1))
         if not failed or attempt == settings.max_retries:

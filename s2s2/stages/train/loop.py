@@ -15,15 +15,14 @@ import csv
 import json
 import logging
 import math
-import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import yaml
+from accelerate import Accelerator
 from tqdm import tqdm
 
 from s2s2.pipeline.atomic import atomic_path
@@ -31,6 +30,7 @@ from s2s2.pipeline.config.base import dump_config
 from s2s2.pipeline.config.project import ProjectConfig
 from s2s2.pipeline.config.train import TrainConfig
 from s2s2.pipeline.data.prepared import PreparedDataset
+from s2s2.pipeline.distributed import any_process, processes_in_sync
 from s2s2.pipeline.errors import ConfigError, S2S2Error, StoreError
 from s2s2.pipeline.losses import LossParts, build_seg_loss, s2s2_loss, split_output
 from s2s2.pipeline.metrics import dice, nanmean
@@ -59,72 +59,17 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.lr
 
 
-@dataclass(frozen=True)
-class Distributed:
-    """This process's place in a `torchrun` job (rank 0 of 1 without one)."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def init_distributed() -> Distributed:
-    """Join the process group when started by `torchrun` (WORLD_SIZE > 1): NCCL on GPUs, gloo on CPUs."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size == 1:
-        return Distributed()
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
-    return Distributed(dist.get_rank(), world_size, int(os.environ.get("LOCAL_RANK", "0")))
-
-
-def barrier(world: Distributed) -> None:
-    """Wait for every rank (no-op in a single process)."""
-    if world.world_size > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
-
-
-def agree(flag: bool, world: Distributed) -> bool:
-    """Rank 0's decision, shared with every rank (so all stop at the same step)."""
-    if world.world_size == 1:
-        return flag
-    import torch.distributed as dist
-
-    value = torch.tensor([1.0 if flag else 0.0], device="cuda" if dist.get_backend() == "nccl" else "cpu")
-    dist.broadcast(value, src=0)
-    return bool(value.item())
-
-
-def ranks_in_sync(model: torch.nn.Module, world: Distributed) -> bool:
-    """True when every rank holds the same weights (per-tensor sums compared exactly across ranks)."""
-    if world.world_size == 1:
-        return True
-    import torch.distributed as dist
-
-    sums = torch.stack([p.detach().double().sum() for p in model.parameters()])
-    if dist.get_backend() == "nccl":
-        sums = sums.cuda()
-    gathered = [torch.zeros_like(sums) for _ in range(world.world_size)]
-    dist.all_gather(gathered, sums)
-    return all(torch.equal(gathered[0], g) for g in gathered[1:])
-
-
-def resolve_device(cfg: TrainConfig, world: Distributed) -> torch.device:
-    """`auto` picks this rank's GPU when there is one, else the CPU."""
-    if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise ConfigError("train.device=cuda but no GPU is visible; set train.device=cpu or auto")
-        torch.cuda.set_device(world.local_rank)
-        return torch.device("cuda", world.local_rank)
-    return torch.device("cpu")
+def make_accelerator(cfg: TrainConfig) -> Accelerator:
+    """This process's place in the job: started by `torchrun` or `accelerate launch` (NCCL on GPUs, gloo on
+    CPUs), or alone. `auto` picks this rank's GPU when there is one, else the CPU."""
+    use_gpu = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+    if use_gpu and not torch.cuda.is_available():
+        raise ConfigError("train.device=cuda but no GPU is visible; set train.device=cpu or auto")
+    try:
+        return Accelerator(cpu=not use_gpu, mixed_precision="no")
+    except ValueError as err:  # accelerate's state is per process and was set up differently before
+        raise S2S2Error(f"cannot set up training in this process: {err}; fix: run `s2s2 train` in its own "
+                        "process (not after `s2s2 finetune` in the same Python session)") from None
 
 
 def run_folder(cfg: ProjectConfig) -> Path:
@@ -248,22 +193,22 @@ def load_state(path: Path) -> dict[str, Any]:
 
 
 class Trainer:
-    """Holds the model, optimizer and history of one run; `step()` is one optimisation step."""
+    """Holds the model, optimizer and history of one run; `step()` is one optimisation step.
 
-    def __init__(self, cfg: ProjectConfig, dataset: PreparedDataset, world: Distributed, device: torch.device) -> None:
-        self.cfg, self.dataset, self.world, self.device = cfg, dataset, world, device
+    `accelerator` places the model and wraps it for distributed data parallelism (`self.ddp`);
+    `self.model` is the bare module that checkpoints and validation use."""
+
+    def __init__(self, cfg: ProjectConfig, dataset: PreparedDataset, accelerator: Accelerator) -> None:
+        self.cfg, self.dataset, self.accelerator = cfg, dataset, accelerator
+        self.device = accelerator.device
         self.folder = run_folder(cfg)
         self.identity = model_identity(cfg.model, dataset.image_shape[0], dataset.num_classes, dataset.image_shape[1])
-        self.model = build_segmenter(cfg.model, dataset.image_shape[0], dataset.num_classes, dataset.image_shape[1]).to(device)
-        self.ddp = self.model
-        if world.world_size > 1:
-            from torch.nn.parallel import DistributedDataParallel
-
-            self.ddp = DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda" else None)
+        self.model = build_segmenter(cfg.model, dataset.image_shape[0], dataset.num_classes, dataset.image_shape[1])
         params = self.model.parameters()
         t = cfg.train
-        self.optimizer = (torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay) if t.optimizer == "adamw"
-                          else torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay))
+        optimizer = (torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay) if t.optimizer == "adamw"
+                     else torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay))
+        self.ddp, self.optimizer = accelerator.prepare(self.model, optimizer)
         self.seg_loss = build_seg_loss(t.loss)
         self.step_index = 0
         self.best = -1.0
@@ -285,20 +230,15 @@ class Trainer:
         parts = s2s2_loss(self.cfg.train.loss, self.seg_loss, output_0, output_k, mask)
         self._stop_if_not_finite(parts)
         self.optimizer.zero_grad(set_to_none=True)
-        parts.total.backward()
+        self.accelerator.backward(parts.total)
         if self.cfg.train.grad_clip:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
+            self.accelerator.clip_grad_norm_(self.ddp.parameters(), self.cfg.train.grad_clip)
         self.optimizer.step()
         self.step_index += 1
         return parts
 
     def _stop_if_not_finite(self, parts: LossParts) -> None:
-        bad = (~torch.isfinite(parts.total.detach())).float()
-        if self.world.world_size > 1:
-            import torch.distributed as dist
-
-            dist.all_reduce(bad)
-        if bad.item() > 0:
+        if any_process(self.accelerator, not bool(torch.isfinite(parts.total.detach()).item())):
             last = self.folder / "last.safetensors"
             kept = f"the last good checkpoint is {last}" if last.is_file() else "no checkpoint was written yet"
             values = ", ".join(f"{n}={float(v.detach()):.4g}" for n, v in zip(LOSS_NAMES, parts))
@@ -369,12 +309,12 @@ def run_train(cfg: ProjectConfig, resume: bool = False, stop_after: int | None =
     invocation after that many steps (saving a resumable checkpoint), e.g. for time-sliced schedulers.
     `dataset` replaces `prepare_dataset(cfg.data)` (tests and notebooks that hold the data in memory).
     """
-    world = init_distributed()
     t = cfg.train
-    if t.batch_size % world.world_size:
-        raise ConfigError(f"train.batch_size={t.batch_size} must be divisible by the {world.world_size} processes")
+    accelerator = make_accelerator(t)
+    world_size, rank, is_main = accelerator.num_processes, accelerator.process_index, accelerator.is_main_process
+    if t.batch_size % world_size:
+        raise ConfigError(f"train.batch_size={t.batch_size} must be divisible by the {world_size} processes")
     seed_everything(t.seed, t.deterministic)
-    device = resolve_device(t, world)
     if dataset is None:
         from s2s2.pipeline.data.prepare import prepare_dataset
 
@@ -383,23 +323,25 @@ def run_train(cfg: ProjectConfig, resume: bool = False, stop_after: int | None =
     steps_per_epoch = len(train_set) // t.batch_size
     if steps_per_epoch == 0:
         raise ConfigError(f"train.batch_size={t.batch_size} exceeds the {len(train_set)} training samples; lower it")
-    if world.is_main:
+    if is_main:
         _start_folder(cfg, resume)
-    barrier(world)
-    trainer = Trainer(cfg, dataset, world, device)
+    accelerator.wait_for_everyone()
+    trainer = Trainer(cfg, dataset, accelerator)
     if resume:
         trainer.load_last()
     class_names = list(dataset.class_names[1:])
     start_step = trainer.step_index
     last_step = t.steps if stop_after is None else min(t.steps, start_step + stop_after)
-    bar = tqdm(total=t.steps, initial=start_step, desc=f"train {t.name}", disable=not world.is_main, dynamic_ncols=True)
+    bar = tqdm(total=t.steps, initial=start_step, desc=f"train {t.name}", disable=not is_main, dynamic_ncols=True)
     running: dict[str, list[float]] = {n: [] for n in LOSS_NAMES}
     began, stopped_by_budget = time.perf_counter() - trainer.elapsed, False
     trainer.model.train()
     while trainer.step_index < last_step and not stopped_by_budget:
         epoch, first_batch = divmod(trainer.step_index, steps_per_epoch)
         train_set.set_epoch(epoch)
-        sampler = EpochBatchSampler(len(train_set), t.batch_size, t.seed, epoch, first_batch, world.rank, world.world_size)
+        # The sampler shards each global batch by rank itself and is rebuilt from (seed, epoch, first batch):
+        # the data order needs no state beyond the step counter, which is what makes --resume exact.
+        sampler = EpochBatchSampler(len(train_set), t.batch_size, t.seed, epoch, first_batch, rank, world_size)
         loader = torch.utils.data.DataLoader(train_set, batch_sampler=sampler, num_workers=t.num_workers)
         for batch in loader:
             parts = trainer.step(batch)
@@ -408,7 +350,7 @@ def run_train(cfg: ProjectConfig, resume: bool = False, stop_after: int | None =
             bar.update(1)
             step = trainer.step_index
             trainer.elapsed = time.perf_counter() - began
-            stopped_by_budget = agree(t.max_seconds is not None and trainer.elapsed >= t.max_seconds, world)
+            stopped_by_budget = any_process(accelerator, t.max_seconds is not None and trainer.elapsed >= t.max_seconds)
             final = step >= last_step or stopped_by_budget
             if step % t.log_every == 0 or final:
                 row = {"step": step, "epoch": epoch, "lr": lr_at(step - 1, t), "seconds": round(trainer.elapsed, 2),
@@ -417,28 +359,28 @@ def run_train(cfg: ProjectConfig, resume: bool = False, stop_after: int | None =
                 bar.set_postfix({"seg": f"{row['seg']:.3g}", "seg_gen": f"{row['seg_gen']:.3g}",
                                  "L_enc": f"{row['enc']:.3g}", "L_dec": f"{row['dec']:.3g}"})
                 running = {n: [] for n in LOSS_NAMES}
-            if world.is_main and (step % t.val_every == 0 or final):
+            if is_main and (step % t.val_every == 0 or final):
                 row = trainer.validate_and_keep_best(epoch)
                 bar.set_postfix({"val_dice": f"{row['val_dice_mean']:.3f}"})
                 write_progress_png(trainer.history, class_names, trainer.folder / "progress.png")
                 write_log_csv(trainer.history, class_names, trainer.folder / "log.csv")
-            if world.is_main and (step % t.checkpoint_every == 0 or final):
+            if is_main and (step % t.checkpoint_every == 0 or final):
                 trainer.save_last()
             if final:
                 break
     bar.close()
-    in_sync = ranks_in_sync(trainer.model, world)
-    if world.is_main:
+    in_sync = processes_in_sync(accelerator, trainer.model)
+    if is_main:
         summary = {"name": t.name, "model": cfg.model.name, "method": "s2s2" if t.stack else "baseline",
                    "seed": t.seed, "steps": trainer.step_index, "planned_steps": t.steps,
                    "stopped_by_time_budget": stopped_by_budget, "seconds": round(trainer.elapsed, 1),
-                   "best_val_dice_mean": trainer.best, "world_size": world.world_size, "ranks_in_sync": in_sync}
+                   "best_val_dice_mean": trainer.best, "world_size": world_size, "ranks_in_sync": in_sync}
         with atomic_path(trainer.folder / "summary.json") as tmp:
             tmp.write_text(json.dumps(summary, indent=1))
         if stopped_by_budget:
             logger.warning(f"train {t.name}: time budget of {t.max_seconds} s spent after {trainer.step_index} of "
                   f"{t.steps} steps (continue with --resume and a larger train.max_seconds)")
-    barrier(world)
+    accelerator.wait_for_everyone()
     if not in_sync:
         raise S2S2Error("DDP ranks ended with different weights; this is a bug, please report it with summary.json")
     return trainer.folder
