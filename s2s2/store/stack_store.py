@@ -616,14 +616,3 @@ class StackStore:
         else:
             status = "generating" if generator is not None else "initialised"
         return self._update_manifest(generator=generator, status=status).status
-
-    def refresh_status(self) -> str:
-        """Recompute the status from the ledger, the generator from the binding, and record both."""
-        self._require_writable()
-        binding = self.current_binding()
-        generator = GeneratorIdentity.model_validate(binding.identity) if binding is not None else None
-        if self.complete_fraction() == 1.0:
-            status = "complete"
-        else:
-            status = "generating" if generator is not None else "initialised"
-        return self._update_manifest(generator=generator, status=status).status
