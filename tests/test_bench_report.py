@@ -18,6 +18,7 @@ from bench.report import (
     markdown_table,
     meets,
     render_gpu,
+    render_gpu_smoke,
     render_tables,
     replace_between_markers,
     update_benchmarks_md,
@@ -102,6 +103,14 @@ def test_render_gpu_names_the_card() -> None:
     text = render_gpu(gpu)
     assert "NVIDIA H100 80GB HBM3" in text
     assert "| sdpa | bf16 | 9.5 |" in text
+
+
+def test_render_gpu_smoke_names_the_card_or_says_not_run() -> None:
+    assert "Not run yet" in render_gpu_smoke(None)
+    smoke = {"device": "NVIDIA H200", "seconds_total": 412.0,
+             "rows": [{"phase": "finetune", "status": "ok", "s_per_step": 0.81, "peak_gib": 30.5}]}
+    text = render_gpu_smoke(smoke)
+    assert "NVIDIA H200" in text and "| finetune | ok | 0.81 | 30.5 |" in text
 
 
 def test_markers_keep_prose_and_replace_only_the_block() -> None:

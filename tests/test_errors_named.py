@@ -162,8 +162,10 @@ def test_a_damaged_shard_met_during_training_names_the_store_and_the_shard(tmp_p
     damage(Path(stack_file))
     with pytest.raises(StoreError) as err:
         run_train(tiny_config(tmp_path, steps=4, val_every=100, checkpoint_every=100), dataset=dataset)
-    assert f"{tmp_path / 'stack.zarr'}: damaged shard file(s)" in str(err.value)
-    assert f"{stack_file} (stack of shard 2)" in str(err.value) and "s2s2 generate" in str(err.value)
+    message = str(err.value)
+    assert f"{tmp_path / 'stack.zarr'}: shard 2 of 'stack' (stack/c/2/0/0/0/0) is damaged" in message
+    assert f"fix: delete {stack_file}, {shard_file(tmp_path / 'stack.zarr', 'done', 2)}" in message
+    assert "then run `s2s2 generate`" in message
 
 
 # --- checkpoints ---------------------------------------------------------------------------------

@@ -66,3 +66,27 @@ def test_forked_dataloader_workers_read_from_s3(s3_options):
     assert ks == [dataset[i]["k"] for i in range(len(dataset))] and len(ks) == 8
     stacked = torch.cat([b["stack_image"] for b in batches])
     torch.testing.assert_close(stacked, torch.stack([dataset[i]["stack_image"] for i in range(len(dataset))]))
+
+
+def test_direct_reads_equal_zarrs_own_and_damage_is_named_on_s3(s3_options):
+    """Every image read through s3fs ranged GETs equals zarr's read; a torn or missing shard object
+    is the store's error naming the shard."""
+    import s3fs
+    import zarr
+
+    from test_store_fast_read import assert_same_as_zarr, filled_store
+
+    url = "s3://s2s2-test/direct/stack.zarr"
+    filled_store(url, storage_options=s3_options)
+    group = zarr.open_group(url, mode="r", storage_options=s3_options)
+    for handle in (StackStore.open(url, storage_options=s3_options),
+                   StackStore.open(url, storage_options=s3_options, cache_shard_indexes=True)):
+        assert_same_as_zarr(handle, group)
+    fs = s3fs.S3FileSystem(**s3_options)
+    key = "s2s2-test/direct/stack.zarr/stack/c/1/0/0/0/0"
+    fs.pipe(key, fs.cat(key)[:-9])
+    with pytest.raises(StoreError, match=r"shard 1 of 'stack' \(stack/c/1/0/0/0/0\) is damaged: its shard index"):
+        StackStore.open(url, storage_options=s3_options).read_stack(3, 0)
+    fs.rm(key)
+    with pytest.raises(StoreError, match=r"shard 1 of 'stack' \(stack/c/1/0/0/0/0\) is missing"):
+        StackStore.open(url, storage_options=s3_options, cache_shard_indexes=True).read_stack(3, 0)

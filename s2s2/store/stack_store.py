@@ -13,11 +13,10 @@ reader never sees a torn shard; object stores (S3) replace objects atomically by
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from importlib.metadata import version as _package_version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,10 +25,10 @@ import numpy as np
 import zarr
 from pydantic import ValidationError
 from tqdm import tqdm
-from zarr.core.sync import sync
 
 from s2s2.pipeline.errors import StoreError
 from s2s2.store.claims import Binding, Claim, ClaimBook, new_writer_id
+from s2s2.store.fast_read import ShardReader
 from s2s2.store.layout import compressors, num_shards, shard_rows, to_store_dtype
 from s2s2.store.manifest import (
     MANIFEST_KEY,
@@ -150,7 +149,7 @@ class StackStore:
     """Handle on one stack store; create with `StackStore.create`, open with `StackStore.open`."""
 
     def __init__(self, group: zarr.Group, manifest: Manifest, path: Any, writable: bool,
-                 storage_options: dict[str, Any] | None = None):
+                 storage_options: dict[str, Any] | None = None, reads_done_shards_only: bool = False):
         self._group = group
         self._manifest = manifest
         self.path = path
@@ -166,6 +165,10 @@ class StackStore:
         except KeyError as err:
             raise StoreError(f"{path}: array {err} is missing from the store; fix: re-create the store with "
                              "`s2s2 stack init --overwrite` (same config), then `s2s2 generate`") from None
+        self._reader = ShardReader({"originals": self._originals, "masks": self._masks, "stack": self._stack}, str(path),
+                                   cache_indexes=reads_done_shards_only,
+                                   missing_is_error=reads_done_shards_only,
+                                   repair=lambda array, shard: repair_advice(path, [(array, shard)], self.shard_file))
 
     # --- creation and opening ------------------------------------------------------------------
 
@@ -266,22 +269,19 @@ class StackStore:
              cache_shard_indexes: bool = False) -> StackStore:
         """Open an existing store read-only ("r") or for writing shards ("r+").
 
-        `cache_shard_indexes` (read-only): remember each shard's index after its first read, for
-        readers that visit shards many times (the training reader)."""
+        `cache_shard_indexes` (read-only): a handle that reads done shards only (the training
+        reader): each shard's index is read once and remembered (a done shard is never rewritten),
+        and a missing shard is an error rather than the fill value zarr would return."""
         if mode not in ("r", "r+"):
             raise StoreError(f"open mode {mode!r}: use 'r' or 'r+'")
         if cache_shard_indexes and mode != "r":
             raise StoreError("shard indexes may only be cached by read-only handles (mode='r')")
         try:
-            if cache_shard_indexes:
-                from s2s2.store.index_cache import read_only_cached
-
-                group = zarr.open_group(store=read_only_cached(path, storage_options), mode="r")
-            else:
-                group = _open_group(path, mode, storage_options)
+            group = _open_group(path, mode, storage_options)
         except (FileNotFoundError, zarr.errors.GroupNotFoundError) as err:
             raise StoreError(f"{path}: no stack store there; fix: create it with `s2s2 stack init`") from err
-        return cls(group, _read_manifest(group, path), path, writable=mode == "r+", storage_options=storage_options)
+        return cls(group, _read_manifest(group, path), path, writable=mode == "r+", storage_options=storage_options,
+                   reads_done_shards_only=cache_shard_indexes)
 
     # --- description -----------------------------------------------------------------------------
 
@@ -382,32 +382,41 @@ class StackStore:
     def read_originals(self, indices: Any) -> np.ndarray:
         return np.asarray(self._originals.oindex[np.asarray(indices, dtype=np.int64)])
 
-    @_names_damage(("stack",), lambda self, index, k: [index])
     def read_stack(self, index: int, k: int) -> np.ndarray:
-        """One stack image [C,H,W] in the store dtype (reads one inner chunk)."""
-        return np.asarray(self._stack[index, k])
+        """One stack image [C,H,W] in the store dtype (one ranged read of its inner chunk)."""
+        return self._reader.read([("stack", (int(index), int(k)))])[0]
 
-    @_names_damage(("originals",), lambda self, index: [index])
+    def read_stack_images(self, indices: Sequence[int], ks: Sequence[int]) -> list[np.ndarray]:
+        """Stack image ks[j] of sample indices[j] for every j, requested together (one trip to
+        an object store for the whole list, e.g. a training batch)."""
+        return self._reader.read([("stack", (int(i), int(k))) for i, k in zip(indices, ks, strict=True)])
+
     def read_original(self, index: int) -> np.ndarray:
-        """One original [C,H,W] in the store dtype (reads one inner chunk)."""
-        return np.asarray(self._originals[index])
+        """One original [C,H,W] in the store dtype (one ranged read of its inner chunk)."""
+        return self._reader.read([("originals", (int(index),))])[0]
 
-    @_names_damage(("masks",), lambda self, index: [index])
     def read_mask(self, index: int) -> np.ndarray:
-        return np.asarray(self._masks[index])
+        return self._reader.read([("masks", (int(index),))])[0]
 
-    @_names_damage(("originals", "stack", "masks"), lambda self, index, k: [index])
+    def read_pairs(self, indices: Sequence[int], ks: Sequence[int]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """(original, stack image k, mask) of each (index, k), all requested together."""
+        images = self._reader.read(self._pair_requests(indices, ks))
+        return [(images[j], images[j + 1], images[j + 2]) for j in range(0, len(images), 3)]
+
+    def pair_chunk_ranges(self, indices: Sequence[int], ks: Sequence[int]) -> list[tuple[str, int, int] | None]:
+        """(key, start, end) in the store of the original, stack image and mask chunks that
+        `read_pairs(indices, ks)` fetches, in that order (what a raw read of the same bytes reads)."""
+        return self._reader.locate(self._pair_requests(indices, ks))
+
+    def _pair_requests(self, indices: Sequence[int], ks: Sequence[int]) -> list[tuple[str, tuple[int, ...]]]:
+        requests: list[tuple[str, tuple[int, ...]]] = []
+        for i, k in zip(indices, ks, strict=True):
+            requests += [("originals", (int(i),)), ("stack", (int(i), int(k))), ("masks", (int(i),))]
+        return requests
+
     def read_pair(self, index: int, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(original, stack image k, mask) of one sample: three inner chunks fetched concurrently in
-        one trip through zarr's event loop (three separate reads cost ~3x the latency)."""
-
-        async def gather() -> list[Any]:
-            return await asyncio.gather(self._originals.async_array.getitem(index),
-                                        self._stack.async_array.getitem((index, k)),
-                                        self._masks.async_array.getitem(index))
-
-        original, stack_image, mask = sync(gather())
-        return np.asarray(original), np.asarray(stack_image), np.asarray(mask)
+        """(original, stack image k, mask) of one sample: three ranged reads, requested together."""
+        return self.read_pairs([index], [k])[0]
 
     @_names_damage(("stack",), lambda self, shard: self.shard_samples(shard))
     def read_shard_stack(self, shard: int) -> np.ndarray:
