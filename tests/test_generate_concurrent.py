@@ -74,7 +74,8 @@ def test_a_second_generator_is_refused_while_the_first_runs_and_replaces_it_only
         run_generate(second, dataset, overwrite=True)
     assert first.proc.poll() is None, "the first run ended before the check: make it slower"
     store = StackStore.open(path)
-    assert store.current_binding().seq == 0 and store.current_binding().identity["seed"] == 0  # untouched
+    binding = store.current_binding()
+    assert binding.seq == 0 and binding.identity["sources"][0]["identity"]["seed"] == 0  # untouched
 
     forced = Cli("generate", "--config", str(config), "--overwrite", "--force", "--set", "generate.seed=1",
                  "--set", "generate.steps=3", cwd=tmp_path)
@@ -84,7 +85,7 @@ def test_a_second_generator_is_refused_while_the_first_runs_and_replaces_it_only
     assert first_code == 2 and "took it over" in first_stderr, first_stderr[-3000:]
     assert "Traceback" not in first_stderr  # one message, not a worker's log
     replaced = StackStore.open(path)
-    assert replaced.done_ledger().all() and replaced.manifest.generator.seed == 1
+    assert replaced.done_ledger().all() and replaced.manifest.generator.sources[0].identity.seed == 1
     assert replaced.current_binding().seq == 1
     reference = reference_stack(second, dataset, tmp_path / "reference.zarr")
     assert np.array_equal(np.asarray(replaced._group["stack"][:]), reference)  # nothing of the first generator left
