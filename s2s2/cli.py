@@ -214,21 +214,24 @@ def evaluate(
     name: Annotated[Optional[str], typer.Option(help="Run name (RUN_DIR/train/NAME) when --run is not given.")] = None,
     checkpoint: Annotated[Optional[Path], typer.Option(help="Weights to evaluate (default: evaluate.checkpoint: the run's model.safetensors or last.safetensors).")] = None,
     test_set: Annotated[Optional[list[str]], typer.Option("--test-set", help="Only these test sets (repeatable; added to metrics.json, the others kept): in_domain, spm_t1, ...")] = None,
+    atlas_copy: Annotated[bool, typer.Option("--atlas-copy", help="Score the atlas copy instead of a model: the training "
+                                             "label map at each test slice's position, no image (RUN_DIR/atlas-copy/).")] = False,
 ) -> None:
-    """Dice and HD95 per case and class, in-domain and out-of-domain; writes metrics.json and predictions.png."""
+    """Dice and HD95 per slice and per volume, in-domain and out-of-domain; writes metrics.json and predictions.png."""
     import os
 
     import torch
 
     from s2s2.pipeline.config.base import load_config
     from s2s2.pipeline.config.project import ProjectConfig
-    from s2s2.stages.evaluate import run_evaluate, summary_lines
+    from s2s2.stages.evaluate import run_atlas_copy, run_evaluate, summary_lines
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     if run is not None and config is None:
         config = run / "config.yaml"
     cfg = load_config(ProjectConfig, config, overrides={"train.name": name}, dotted=set_)
-    for line in summary_lines(run_evaluate(cfg, checkpoint=checkpoint, sets=test_set, folder=run)):
+    results = run_atlas_copy(cfg, sets=test_set) if atlas_copy else run_evaluate(cfg, checkpoint=checkpoint, sets=test_set, folder=run)
+    for line in summary_lines(results):
         typer.echo(line)
 
 
@@ -237,14 +240,16 @@ def report(
     config: ConfigOpt = None,
     set_: SetOpt = None,
     runs: Annotated[Optional[list[str]], typer.Option("--run", help="Run names in table order (default: all evaluated).")] = None,
+    atlas_copy: Annotated[bool, typer.Option("--atlas-copy/--no-atlas-copy", help="Add the atlas-copy reference row "
+                                             "(the training label map at each test slice's position, no image).")] = True,
 ) -> None:
-    """Collect evaluated runs into RUN_DIR/results.md and results.json and print the table."""
+    """Collect evaluated runs into RUN_DIR/results.md and results.json and print the tables."""
     from s2s2.pipeline.config.base import load_config
     from s2s2.pipeline.config.project import ProjectConfig
-    from s2s2.stages.report import write_report
+    from s2s2.stages.report import run_report
 
     cfg = load_config(ProjectConfig, config, dotted=set_)
-    _, table = write_report(cfg.run_dir, runs)
+    _, table = run_report(cfg, runs, atlas_copy)
     typer.echo(table)
 
 

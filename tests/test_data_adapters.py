@@ -12,6 +12,7 @@ from PIL import Image
 
 from s2s2.pipeline.config.data import DataConfig
 from s2s2.pipeline.data.prepare import prepare_dataset, prepared_folder
+from s2s2.pipeline.errors import DataError
 
 
 def _cfg(tmp_path, **fields) -> DataConfig:
@@ -34,8 +35,8 @@ def test_folder_binary_masks_are_thresholded(tmp_path) -> None:
     assert dataset.images[:, 0][dataset.masks == 1].mean() > 0.4 > dataset.images[:, 0][dataset.masks == 0].mean()
     sizes = {name: len(dataset.indices(name)) for name in ("train", "val", "test")}
     assert sizes == {"train": 4, "val": 1, "test": 1}
-    # 24x20 padded to 24x24, then shrunk to 32: 24/32 of a pixel
-    assert np.allclose(dataset.spacings, 24 / 32)
+    # 24x20 padded to 24x24, then shrunk to 32: 24/32 of an original pixel (no spacing known: unit px)
+    assert np.allclose(dataset.spacings, 24 / 32) and dataset.spacing_unit == "px"
 
 
 def test_folder_palette_masks_keep_class_ids_and_stray_files_are_ignored(tmp_path) -> None:
@@ -78,12 +79,37 @@ def test_nnunet_nifti_volumes_are_sliced_with_spacing(tmp_path) -> None:
         assert len({split[i] for i, sid in enumerate(dataset.ids) if sid.startswith(case)}) == 1
     coronal = prepare_dataset(cfg.model_copy(update={"axis": 1}))
     assert len(coronal) == 3 * 12 and np.allclose(coronal.spacings[0], (2.5 * 16 / 32, 0.8 * 16 / 32))
+    # each slice knows its volume, its position in it and the distance to the next slice (volume metrics)
+    assert dataset.spacing_unit == "mm" and dataset.perturbations == {}
+    assert dataset.cases[:8] == ["case000"] * 8 and list(dataset.positions[:8]) == list(range(1, 9))
+    assert np.allclose(dataset.thickness, 2.5) and np.allclose(coronal.thickness, 0.9)
+    assert dataset.is_volume_slice(0)
+
+
+def test_nnunet_volumes_get_a_fixed_recorded_perturbation(tmp_path) -> None:
+    root = write_nnunet_nifti(tmp_path / "Dataset001_Toy")
+    cfg = _cfg(tmp_path, adapter="nnunet", root=root, size=32, perturb={"enabled": True, "max_rotate_deg": 20})
+    plain = prepare_dataset(cfg.model_copy(update={"perturb": cfg.perturb.model_copy(update={"enabled": False})}))
+    moved = prepare_dataset(cfg)
+    assert sorted(moved.perturbations) == ["case000", "case001", "case002"]  # one draw per volume
+    assert len({json.dumps(m) for m in moved.perturbations.values()}) == 3
+    assert all(abs(a) <= 20 for m in moved.perturbations.values() for a in m["rotate_deg"])
+    assert set(np.unique(moved.masks)) <= {0, 1, 2}  # labels resampled by nearest neighbour stay labels
+    assert (moved.masks == 2).sum() > 0 and moved.fingerprint() != plain.fingerprint()
+    again = prepare_dataset(cfg.model_copy(update={"cache_dir": tmp_path / "other"}))
+    assert again.fingerprint() == moved.fingerprint()  # fixed: the same draw in every run
+    provenance = json.loads((prepared_folder(cfg) / "provenance.json").read_text())
+    assert provenance["perturbations"] == moved.perturbations
+    with pytest.raises(DataError, match="moves 3-D volumes"):
+        prepare_dataset(_cfg(tmp_path, adapter="nnunet", root=write_nnunet_png(tmp_path / "png"),
+                             perturb={"enabled": True}))
 
 
 def test_nnunet_png_cases(tmp_path) -> None:
     root = write_nnunet_png(tmp_path / "Dataset002_Png")
     dataset = prepare_dataset(_cfg(tmp_path, adapter="nnunet", root=root, size=32))
     assert len(dataset) == 5 and dataset.images.shape[1] == 1
+    assert dataset.spacing_unit == "px" and not dataset.is_volume_slice(0)  # PNG files carry no spacing
     assert dataset.class_names == ("background", "polyp", "tool")
     assert set(np.unique(dataset.masks)) == {0, 1, 2}
     assert dataset.prompt(0) == "A endoscopy image slice showing background, polyp, tool"

@@ -8,6 +8,7 @@ from s2s2.pipeline.data.brain import icbm_csf, tissue_labels
 from s2s2.pipeline.data.geometry import (crop_square, pad_box, resize_image, resize_mask, robust_scale,
                                          slice_spacing, square_box, volume_slice)
 from s2s2.pipeline.data.split import assign_splits, held_out_counts, split_cases, split_slabs
+from s2s2.pipeline.data.world import Grid, RigidPerturbation, draw_perturbation, resample
 
 
 def test_held_out_counts() -> None:
@@ -103,3 +104,38 @@ def test_robust_scale_ignores_outliers() -> None:
     values[0] = 1e6  # one hot voxel must not darken the rest
     scaled = robust_scale(values, high_pct=99.0)
     assert scaled.max() == 1.0 and 0.45 < scaled[500] < 0.55
+
+
+def test_rigid_perturbation_is_a_rigid_motion_about_its_centre() -> None:
+    motion = RigidPerturbation(rotate_deg=(5.0, -8.0, 10.0), shift_mm=(0.0, 0.0, 0.0), center_mm=(10.0, -20.0, 5.0))
+    matrix = motion.matrix()
+    rotation = matrix[:3, :3]
+    assert np.allclose(rotation @ rotation.T, np.eye(3)) and np.isclose(np.linalg.det(rotation), 1.0)
+    assert np.allclose(matrix @ [10.0, -20.0, 5.0, 1.0], [10.0, -20.0, 5.0, 1.0])  # the centre stays put
+    quarter = RigidPerturbation(rotate_deg=(0.0, 0.0, 90.0), shift_mm=(1.0, 2.0, 3.0), center_mm=(0.0, 0.0, 0.0))
+    assert np.allclose(quarter.matrix() @ [1.0, 0.0, 0.0, 1.0], [1.0, 3.0, 3.0, 1.0])  # x -> y, then the shift
+
+
+def test_draw_perturbation_is_seeded_and_bounded() -> None:
+    draws = [draw_perturbation(0, f"volume{i}", 10.0, 0.08, (100.0, 200.0, 50.0), (0.0, 0.0, 0.0)) for i in range(50)]
+    assert draws[3] == draw_perturbation(0, "volume3", 10.0, 0.08, (100.0, 200.0, 50.0), (0.0, 0.0, 0.0))
+    assert draws[3] != draw_perturbation(1, "volume3", 10.0, 0.08, (100.0, 200.0, 50.0), (0.0, 0.0, 0.0))
+    angles = np.array([d.rotate_deg for d in draws])
+    shifts = np.array([d.shift_mm for d in draws])
+    assert np.abs(angles).max() <= 10.0 and np.abs(angles).max() > 8.0
+    assert (np.abs(shifts) <= [8.0, 16.0, 4.0]).all() and np.abs(shifts[:, 1]).max() > 12.0
+
+
+def test_resample_follows_the_affines() -> None:
+    volume = np.zeros((6, 7, 8), np.float32)
+    volume[2, 3, 4] = 1.0
+    grid = Grid(shape=(6, 7, 8), affine=np.diag([2.0, 2.0, 2.0, 1.0]))
+    assert np.array_equal(resample(volume, grid.affine, grid, order=1), volume)  # same grid: unchanged
+    shift = np.eye(4)
+    shift[0, 3] = 2.0  # one voxel (2 mm) along x in world space
+    assert np.array_equal(resample(volume, grid.affine, grid, order=0, transform=shift), np.roll(volume, 1, axis=0))
+    flipped = np.diag([-2.0, 2.0, 2.0, 1.0])  # the same world points stored right-to-left
+    flipped[0, 3] = 10.0
+    assert np.allclose(resample(volume[::-1], flipped, grid, order=1), volume)
+    fine = Grid(shape=(12, 14, 16), affine=np.diag([1.0, 1.0, 1.0, 1.0]))
+    assert resample(volume, grid.affine, fine, order=0)[4, 6, 8] == 1.0  # world (4, 6, 8) mm on both grids

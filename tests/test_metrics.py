@@ -10,7 +10,7 @@ import torch
 from scipy import ndimage
 from scipy.spatial.distance import cdist
 
-from s2s2.pipeline.metrics import case_metrics, diagonal_mm, dice, hd95, nanmean, summarise
+from s2s2.pipeline.metrics import case_metrics, diagonal_mm, dice, hd95, nanmean, stack_slices, summarise
 
 
 def random_blob(rng: np.random.Generator, shape=(40, 48)) -> np.ndarray:
@@ -91,3 +91,20 @@ def test_case_metrics_and_summary_skip_absent_classes():
     assert summary["dice"]["a"] == 1.0 and summary["dice"]["b"] == 0.0 and math.isnan(summary["dice"]["c"])
     assert summary["dice_mean"] == pytest.approx(0.5)
     assert math.isnan(nanmean([float("nan")]))
+
+
+def test_volume_hd95_uses_the_slice_thickness():
+    a = np.zeros((12, 20, 20), bool)
+    a[3:8, 5:15, 5:15] = True
+    b = np.roll(a, 1, axis=0)  # one slice further along the slice axis
+    assert hd95(a, b, (2.5, 0.8, 0.8), percentile=100) == pytest.approx(2.5)
+    rng = np.random.default_rng(3)
+    c = a & (rng.random(a.shape) < 0.9)
+    assert hd95(a, c, (2.5, 0.8, 0.8)) == pytest.approx(brute_force_hd95(a, c, (2.5, 0.8, 0.8)), rel=1e-4, abs=1e-4)
+
+
+def test_stack_slices_puts_each_slice_at_its_position():
+    slices = [np.full((2, 3), v, np.uint8) for v in (1, 2, 3)]
+    volume = stack_slices(slices, [7, 4, 5])  # any order; position 6 has no slice (another split)
+    assert volume.shape == (4, 2, 3)
+    assert [int(volume[k, 0, 0]) for k in range(4)] == [2, 3, 0, 1]

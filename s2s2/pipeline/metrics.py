@@ -1,10 +1,12 @@
 """Per-case Dice and HD95 with an explicit policy for empty masks (pure functions, numpy in/out).
 
+A case is a 2-D slice or a 3-D volume (its slices stacked back at their positions, as nnU-Net and
+TransUNet score); distances are in the spacing's unit (mm, or pixels when the data has no spacing).
 Policy, per case and class (documented in the README):
 - truth empty and prediction empty: Dice and HD95 are NaN — the class is absent and correctly not
   predicted; the case is left out of that class's mean (never counted as Dice 1).
 - exactly one of them empty (a false positive on an empty truth, or a missed structure): Dice 0 and
-  HD95 = the image diagonal in mm, the largest distance possible on that image (a finite penalty, so
+  HD95 = the image (or volume) diagonal, the largest distance possible on it (a finite penalty, so
   failures raise the mean instead of vanishing from it).
 - both present: Dice = 2|P∩T| / (|P|+|T|); HD95 from MONAI (symmetric, percentile of the
   surface-to-surface distances, spacing-aware).
@@ -27,12 +29,13 @@ def dice(prediction: np.ndarray, truth: np.ndarray) -> float:
 
 
 def diagonal_mm(shape: tuple[int, ...], spacing: tuple[float, ...]) -> float:
-    """Length of the image diagonal in mm: the HD95 penalty for a missing or spurious structure."""
+    """Length of the image (or volume) diagonal: the HD95 penalty for a missing or spurious structure."""
     return float(np.sqrt(sum((n * s) ** 2 for n, s in zip(shape, spacing))))
 
 
-def hd95(prediction: np.ndarray, truth: np.ndarray, spacing: tuple[float, float], percentile: float = 95.0) -> float:
-    """Symmetric percentile Hausdorff distance in mm of two boolean masks under the policy above."""
+def hd95(prediction: np.ndarray, truth: np.ndarray, spacing: tuple[float, ...], percentile: float = 95.0) -> float:
+    """Symmetric percentile Hausdorff distance of two boolean masks (2-D or 3-D, one spacing per axis)
+    under the policy above."""
     import torch
     from monai.metrics import compute_hausdorff_distance
 
@@ -49,11 +52,21 @@ def hd95(prediction: np.ndarray, truth: np.ndarray, spacing: tuple[float, float]
     return float(value.item())
 
 
-def case_metrics(prediction: np.ndarray, truth: np.ndarray, classes: dict[str, int], spacing: tuple[float, float],
+def case_metrics(prediction: np.ndarray, truth: np.ndarray, classes: dict[str, int], spacing: tuple[float, ...],
                  percentile: float = 95.0) -> dict[str, dict[str, float]]:
     """Dice and HD95 of one case for each named class: {class name: {"dice", "hd95"}}."""
     return {name: {"dice": dice(prediction == c, truth == c), "hd95": hd95(prediction == c, truth == c, spacing, percentile)}
             for name, c in classes.items()}
+
+
+def stack_slices(slices: list[np.ndarray], positions: list[int]) -> np.ndarray:
+    """A volume [P,H,W] from 2-D slices and their positions in it: each slice at its position (from the
+    lowest), positions without a slice (not kept, another split) left empty (0)."""
+    low = min(positions)
+    volume = np.zeros((max(positions) - low + 1, *slices[0].shape), dtype=slices[0].dtype)
+    for plane, position in zip(slices, positions):
+        volume[position - low] = plane
+    return volume
 
 
 def nanmean(values: list[float]) -> float:

@@ -43,11 +43,27 @@ ADAPTER_MODALITY: dict[str, str] = {
     "acdc": "cardiac MRI",
 }
 FOLDER_ADAPTERS = ("folder", "nnunet", "npz", "synapse", "acdc", "slaug")
+BRAIN_TEMPLATES = ("icbm152", "spm152")  # single volumes in MNI space, sliced on one shared grid
+PERTURBABLE = ("icbm152", "spm152", "nnunet")  # adapters that can move their 3-D volumes
 SPM_MODALITY: dict[str, str] = {
     "T1": "T1-weighted brain MRI",
     "T2": "T2-weighted brain MRI",
     "PD": "proton-density-weighted brain MRI",
 }
+
+
+class PerturbConfig(StrictModel):
+    """A fixed, seeded rigid motion of every test volume in world coordinates, so that anatomy at a fixed
+    position cannot carry a score (a model must look at the image)."""
+
+    enabled: Optional[bool] = Field(None, description="None: on for spm152 (an out-of-domain test set of the "
+                                    "training template's anatomy), off otherwise; volumes only (3-D data)")
+    max_rotate_deg: float = Field(10.0, ge=0.0, le=45.0, description="rotation about each world axis, "
+                                  "drawn uniformly in +-this many degrees")
+    max_shift_fraction: float = Field(0.08, ge=0.0, le=0.5, description="shift along each world axis, drawn "
+                                      "uniformly in +-this fraction of the field of view (the brain's bounding "
+                                      "box for the brain templates, the whole volume otherwise)")
+    seed: int = Field(0, description="with the volume's name, fixes the draw (the same for every contrast)")
 
 
 class DataConfig(StrictModel):
@@ -112,6 +128,12 @@ class DataConfig(StrictModel):
                              "slices (adjacent slices are near duplicates, so they are never interleaved)")
     slab_gap: int = Field(3, description="slices dropped at each border between slabs of different splits")
     seed: int = Field(0, description="seed of the split")
+    grid: Optional[Literal["native", "icbm152"]] = Field(
+        None, description="brain templates (icbm152, spm152): the voxel grid every volume is resampled onto in "
+        "world coordinates before slicing. icbm152: the embedded training template's 1 mm grid, cut with its "
+        "brain box, so slice i of a test set lies where training slice i does; native: the volume's own grid "
+        "and brain box. Default icbm152")
+    perturb: PerturbConfig = Field(default_factory=PerturbConfig)
     cache_dir: Path = Field(Path(".cache/s2s2"), description="prepared datasets and fetched files live here")
 
     @field_validator("size")
@@ -192,7 +214,21 @@ class DataConfig(StrictModel):
                 len(self.prompt_class_names) != len(self.class_names):
             raise ValueError(f"prompt_class_names has {len(self.prompt_class_names)} names, class_names "
                              f"{len(self.class_names)}: give one prompt name per class")
+        if self.grid is not None and self.adapter not in BRAIN_TEMPLATES:
+            raise ValueError(f"data.grid is for the brain templates {list(BRAIN_TEMPLATES)}, not adapter "
+                             f"{self.adapter!r}: remove it")
+        if self.perturb.enabled and self.adapter not in PERTURBABLE:
+            raise ValueError(f"data.perturb moves the 3-D volumes of {list(PERTURBABLE)}; adapter {self.adapter!r} "
+                             "does not support it: set data.perturb.enabled=false")
         return self
+
+    def resolved_grid(self) -> str:
+        """The grid volumes are resampled onto: the configured one, else icbm152 for the brain templates."""
+        return self.grid or ("icbm152" if self.adapter in BRAIN_TEMPLATES else "native")
+
+    def perturbed(self) -> bool:
+        """Whether each volume gets its rigid perturbation: as configured, else only for spm152."""
+        return self.perturb.enabled if self.perturb.enabled is not None else self.adapter == "spm152"
 
     def default_class_names(self) -> Optional[tuple[str, ...]]:
         """The configured class names, else the adapter's (None: nnunet reads them from dataset.json)."""

@@ -46,7 +46,7 @@ def _slice(image: np.ndarray, label: np.ndarray, path: Path, cfg: DataConfig, cl
            name: str, volume: str, index: int, split: str) -> RawSlice:
     return RawSlice(id=name, image=unit_intensities(image, path, cfg.intensity_window)[None],
                     mask=labels_from_values(label, class_names, path, cfg.binary_threshold), spacing=(1.0, 1.0),
-                    case=volume, position=index, split=split)
+                    case=volume, position=index, thickness=1.0, split=split)  # no spacing: voxel units
 
 
 def load_acdc(cfg: DataConfig) -> RawDataset:

@@ -1,7 +1,8 @@
 """`nnunet` adapter: an nnU-Net raw dataset (`dataset.json`, `imagesTr/`, `labelsTr/`).
 
-2-D PNG cases are used as they are; 3-D NIfTI volumes are reoriented to RAS and cut into slices
-along `cfg.axis`, keeping the in-plane voxel spacing (for HD95 in mm).
+2-D PNG cases are used as they are (no spacing: HD95 in pixels); 3-D NIfTI volumes are reoriented to
+RAS, optionally moved by a fixed rigid perturbation (`data.perturb`, for out-of-domain test sets) and
+cut into slices along `cfg.axis`, keeping the voxel spacing (for HD95 and per-volume metrics in mm).
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from s2s2.pipeline.data.geometry import robust_scale, slice_spacing, volume_slic
 from s2s2.pipeline.data.pairing import match_by_key, require_folder
 from s2s2.pipeline.data.raw import RawDataset, RawSlice
 from s2s2.pipeline.data.readers import (NIFTI_SUFFIXES, check_pair_shapes, labels_from_values, mask_plane,
-                                        picture_to_image, read_nifti, read_picture, windowed)
+                                        picture_to_image, read_nifti_volume, read_picture, windowed)
+from s2s2.pipeline.data.world import Grid, RigidPerturbation, draw_perturbation, resample
 from s2s2.pipeline.errors import DataError
 
 _CHANNEL_FILE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
@@ -103,26 +105,42 @@ def _picture_case(case: str, image_paths: list[Path], label_path: Path, class_na
     return [RawSlice(id=case, image=image, mask=mask, spacing=(1.0, 1.0), case=case)]
 
 
+def volume_perturbation(cfg: DataConfig, case: str, grid: Grid) -> RigidPerturbation | None:
+    """The fixed rigid perturbation of one case (None when `data.perturb` is off): turns about the
+    volume's centre, shifts by up to a fraction of its extent."""
+    if not cfg.perturbed():
+        return None
+    corners = np.stack([grid.world(np.zeros(3)), grid.world(np.asarray(grid.shape) - 1)])
+    extent = tuple(float(n * z) for n, z in zip(grid.shape, grid.zooms))
+    return draw_perturbation(cfg.perturb.seed, case, cfg.perturb.max_rotate_deg, cfg.perturb.max_shift_fraction,
+                             extent, tuple(float(v) for v in corners.mean(axis=0)))
+
+
 def _volume_case(case: str, image_paths: list[Path], label_path: Path, class_names: tuple[str, ...],
-                 cfg: DataConfig) -> list[RawSlice]:
-    """One 3-D case: volumes scaled per channel (data.intensity_window, else 0.5-99.5 %), cut along `cfg.axis`, nearly empty slices skipped."""
-    volumes = []
-    for path in image_paths:
-        data, zooms = read_nifti(path)
-        volumes.append((path, data, zooms))
-    label, label_zooms = read_nifti(label_path)
+                 cfg: DataConfig) -> tuple[list[RawSlice], RigidPerturbation | None]:
+    """One 3-D case: volumes scaled per channel (data.intensity_window, else 0.5-99.5 %), moved by the case's
+    rigid perturbation if `data.perturb` asks for one, cut along `cfg.axis`, nearly empty slices skipped."""
+    volumes = [(path, *read_nifti_volume(path)) for path in image_paths]
+    label, label_affine = read_nifti_volume(label_path)
     for path, data, _ in volumes:
         check_pair_shapes(data.shape, label.shape, path, label_path)
     if label.ndim != 3:
         raise DataError(f"is a {label.ndim}-D volume {label.shape}; NIfTI cases must be 3-D", label_path,
                         "save 3-D volumes (or use PNG files for 2-D data)")
+    grid = Grid(shape=tuple(int(s) for s in label.shape), affine=label_affine)
+    perturbation = volume_perturbation(cfg, case, grid)
+    transform = None if perturbation is None else perturbation.matrix()
     mask_volume = labels_from_values(label, class_names, label_path, cfg.binary_threshold)
-    image_volume = np.stack([windowed(data, cfg.intensity_window, path) if cfg.intensity_window
-                             else robust_scale(data, low_pct=0.5, high_pct=99.5) for path, data, _ in volumes])
+    if transform is not None:
+        mask_volume = resample(mask_volume, label_affine, grid, order=0, transform=transform).astype(np.uint8)
+    # scaled before they move, so what moves in from outside the volume is the darkest value (0)
+    image_volume = np.stack([resample(windowed(data, cfg.intensity_window, path) if cfg.intensity_window
+                                      else robust_scale(data, low_pct=0.5, high_pct=99.5), affine, grid, order=1,
+                                      transform=transform) for path, data, affine in volumes])
     if image_volume.shape[0] not in (1, 3):
         raise DataError(f"case has {image_volume.shape[0]} image channels; s2s2 handles 1 (grey) or 3 (RGB)",
                         image_paths[0], "keep one channel file per case (or three for RGB)")
-    spacing = slice_spacing(label_zooms, cfg.axis)
+    spacing = slice_spacing(grid.zooms, cfg.axis)
     slices = []
     for index in range(label.shape[cfg.axis]):
         mask = volume_slice(mask_volume, cfg.axis, index)
@@ -130,8 +148,9 @@ def _volume_case(case: str, image_paths: list[Path], label_path: Path, class_nam
             continue
         image = np.stack([volume_slice(channel, cfg.axis, index) for channel in image_volume])
         slices.append(RawSlice(id=f"{case}-a{cfg.axis}s{index:03d}", image=np.ascontiguousarray(image),
-                               mask=np.ascontiguousarray(mask), spacing=spacing, case=case, position=index))
-    return slices
+                               mask=np.ascontiguousarray(mask), spacing=spacing, case=case, position=index,
+                               thickness=grid.zooms[cfg.axis]))
+    return slices, perturbation
 
 
 def load_nnunet(cfg: DataConfig) -> RawDataset:
@@ -147,11 +166,20 @@ def load_nnunet(cfg: DataConfig) -> RawDataset:
     labels = {path.name[: -len(ending)]: path for path in sorted(label_dir.iterdir())
               if path.name.endswith(ending) and not path.name.startswith(".")}
     volumetric = ending.lower() in NIFTI_SUFFIXES
-    read_case = _volume_case if volumetric else _picture_case
-    slices = []
+    if cfg.perturb.enabled and not volumetric:
+        raise DataError(f"data.perturb moves 3-D volumes, but this dataset holds 2-D {ending} cases", root,
+                        "set data.perturb.enabled=false")
+    slices, perturbations = [], {}
     for case, _, label_path in match_by_key({c: paths[0] for c, paths in images.items()}, labels,
                                             image_dir, label_dir):
-        slices.extend(read_case(case, images[case], label_path, class_names, cfg))
+        if volumetric:
+            case_slices, perturbation = _volume_case(case, images[case], label_path, class_names, cfg)
+            if perturbation is not None:
+                perturbations[case] = perturbation.as_dict()
+        else:
+            case_slices = _picture_case(case, images[case], label_path, class_names, cfg)
+        slices.extend(case_slices)
     modality = meta.channel_names[0] if len(meta.channel_names) == 1 else "/".join(meta.channel_names)
     return RawDataset(name=f"nnunet:{root.name}", slices=slices, class_names=class_names,
-                      modality=cfg.resolved_modality(f"{modality} image"), source={"root": str(root.resolve())})
+                      modality=cfg.resolved_modality(f"{modality} image"), source={"root": str(root.resolve())},
+                      spacing_unit="mm" if volumetric else "px", perturbations=perturbations)

@@ -25,7 +25,7 @@ from s2s2.pipeline.data.raw import RawDataset, RawSlice
 from s2s2.pipeline.data.split import assign_splits
 from s2s2.pipeline.errors import DataError
 
-PREPARED_FORMAT = 1  # bump when the preparation code changes what it writes
+PREPARED_FORMAT = 2  # bump when the preparation code changes what it writes
 LUMINANCE = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 
@@ -44,9 +44,11 @@ def source_signature(cfg: DataConfig) -> dict[str, object]:
 
         return icbm152_source()
     if cfg.adapter == "spm152":
+        from s2s2.pipeline.data.icbm152 import icbm152_source
         from s2s2.pipeline.data.spm152 import SPM_WHEEL_SHA256
 
-        return {"sha256": SPM_WHEEL_SHA256}
+        reference = icbm152_source() if cfg.resolved_grid() == "icbm152" else {}
+        return {"sha256": SPM_WHEEL_SHA256, "reference": reference}
     root = Path(cfg.root).resolve()
     return {"root": str(root), "files": _file_listing(root)}
 
@@ -134,7 +136,10 @@ def build_prepared(raw: RawDataset, cfg: DataConfig) -> PreparedDataset:
         name=raw.name, images=np.stack(images).astype(np.float32), masks=np.stack(masks).astype(np.uint8),
         ids=[item.id for item, _ in kept], spacings=np.asarray(spacings, dtype=np.float32),
         class_names=tuple(raw.class_names), modality=raw.modality, prompt_template=cfg.prompt_template,
-        splits=splits, prompt_names=cfg.prompt_class_names)
+        splits=splits, cases=[item.case for item, _ in kept], positions=[item.position for item, _ in kept],
+        thickness=[item.thickness for item, _ in kept], spacing_unit=raw.spacing_unit,
+        grid=f"{raw.grid}:size{cfg.size}" if raw.grid else "", perturbations=raw.perturbations,
+        prompt_names=cfg.prompt_class_names)
 
 
 def write_split_file(dataset: PreparedDataset, folder: Path) -> None:
@@ -206,7 +211,8 @@ def prepare_dataset(cfg: DataConfig) -> PreparedDataset:
         def write(tmp: Path) -> None:
             dataset.save(tmp)
             write_split_file(dataset, tmp)
-            provenance = {"config": cfg.model_dump(mode="json"), "source": raw.source}
+            provenance = {"config": cfg.model_dump(mode="json"), "source": raw.source, "grid": dataset.grid,
+                          "perturbations": raw.perturbations}
             (tmp / "provenance.json").write_text(json.dumps(provenance, indent=1))
 
         publish_folder(folder, write)

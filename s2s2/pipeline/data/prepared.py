@@ -25,7 +25,7 @@ class Sample:
     id: str
     image: np.ndarray  # float32 [C, H, W], intensities scaled to [0, 1]
     mask: np.ndarray  # int64 [H, W], class ids 0..len(class_names)-1
-    spacing: tuple[float, float]  # pixel size in mm (rows, cols), for HD95
+    spacing: tuple[float, float]  # pixel size (rows, cols) in the dataset's spacing unit, for HD95
     class_names: tuple[str, ...]  # class 0 is the background
     modality: str  # e.g. "T1-weighted brain MRI"
     prompt: str  # generator prompt naming the modality and the classes present
@@ -45,9 +45,21 @@ class PreparedDataset:
     prompt_template: str  # formatted with {modality} and {classes}
     splits: dict[str, list[int]] = field(default_factory=dict)  # split name -> sample indices
     prompt_names: tuple[str, ...] | None = None  # class names in prompts, if they differ from class_names
+    cases: list[str] | None = None  # volume (patient) of each sample; None: every sample is its own case
+    positions: np.ndarray | None = None  # int [N], slice index in its volume (or on the grid); None: all 0
+    thickness: np.ndarray | None = None  # float32 [N], mm to the next slice of its volume; 0: a 2-D image
+    spacing_unit: str = "px"  # unit of `spacings`: "mm" when the data says, else original image pixels
+    grid: str = ""  # non-empty: datasets with the same grid have slices at the same positions and pixels
+    perturbations: dict[str, dict[str, list[float]]] = field(default_factory=dict)  # volume -> rigid motion
 
     def __post_init__(self) -> None:
         n = len(self.ids)
+        self.cases = list(self.ids) if self.cases is None else list(self.cases)
+        self.positions = np.zeros(n, np.int32) if self.positions is None else np.asarray(self.positions, np.int32)
+        self.thickness = np.zeros(n, np.float32) if self.thickness is None else np.asarray(self.thickness, np.float32)
+        if len(self.cases) != n or self.positions.shape != (n,) or self.thickness.shape != (n,):
+            raise DataError(f"dataset {self.name}: {n} ids but {len(self.cases)} cases, positions "
+                            f"{self.positions.shape} and thickness {self.thickness.shape}")
         if self.images.ndim != 4 or self.masks.ndim != 3:
             raise DataError(f"dataset {self.name}: images must be [N,C,H,W] and masks [N,H,W], "
                             f"got {self.images.shape} and {self.masks.shape}")
@@ -93,6 +105,10 @@ class PreparedDataset:
             prompt=self.prompt(index),
         )
 
+    def is_volume_slice(self, index: int) -> bool:
+        """Whether sample `index` is a slice of a 3-D volume (it has a thickness), not a 2-D image."""
+        return bool(self.thickness[index] > 0)
+
     def indices(self, split: str) -> list[int]:
         """Sample indices of one split ("train", "val", "test", or "all")."""
         if split == "all":
@@ -116,11 +132,13 @@ class PreparedDataset:
         """Write `arrays.npz` and `meta.json` into `folder` (use inside `atomic_path`)."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        np.savez(folder / "arrays.npz", images=self.images, masks=self.masks, spacings=self.spacings)
+        np.savez(folder / "arrays.npz", images=self.images, masks=self.masks, spacings=self.spacings,
+                 positions=self.positions, thickness=self.thickness)
         meta = {
             "name": self.name, "ids": self.ids, "class_names": list(self.class_names),
             "modality": self.modality, "prompt_template": self.prompt_template, "splits": self.splits,
-            "fingerprint": self.fingerprint(),
+            "cases": self.cases, "spacing_unit": self.spacing_unit, "grid": self.grid,
+            "perturbations": self.perturbations, "fingerprint": self.fingerprint(),
             "prompt_names": list(self.prompt_names) if self.prompt_names is not None else None,
         }
         (folder / "meta.json").write_text(json.dumps(meta, indent=1))
@@ -133,10 +151,13 @@ class PreparedDataset:
             meta = json.loads((folder / "meta.json").read_text())
             with np.load(folder / "arrays.npz") as arrays:
                 images, masks, spacings = arrays["images"], arrays["masks"], arrays["spacings"]
+                positions, thickness = arrays["positions"], arrays["thickness"]
+            return cls(name=meta["name"], images=images, masks=masks, ids=meta["ids"], spacings=spacings,
+                       class_names=tuple(meta["class_names"]), modality=meta["modality"],
+                       prompt_template=meta["prompt_template"], splits=meta["splits"], cases=meta["cases"],
+                       positions=positions, thickness=thickness, spacing_unit=meta["spacing_unit"],
+                       grid=meta["grid"], perturbations=meta["perturbations"],
+                       prompt_names=tuple(meta["prompt_names"]) if meta.get("prompt_names") else None)
         except (OSError, ValueError, KeyError) as err:
             raise DataError(f"cannot read prepared dataset: {err}", folder,
                             "delete the folder and run `s2s2 data prepare` again") from err
-        return cls(name=meta["name"], images=images, masks=masks, ids=meta["ids"], spacings=spacings,
-                   class_names=tuple(meta["class_names"]), modality=meta["modality"],
-                   prompt_template=meta["prompt_template"], splits=meta["splits"],
-                   prompt_names=tuple(meta["prompt_names"]) if meta.get("prompt_names") else None)

