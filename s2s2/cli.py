@@ -162,15 +162,16 @@ def generate(
     workers: Annotated[Optional[int], typer.Option(help="Dask worker processes of the local cluster (generate.workers).")] = None,
     scheduler: Annotated[Optional[str], typer.Option(help="Join an existing dask scheduler, tcp://host:port.")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Regenerate every shard if the store was filled by another generator.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="With --overwrite: take over a store that another generate run is still writing (it stops at its next shard).")] = False,
 ) -> None:
-    """Fill the stack store with K images per mask (resumes pending shards by default)."""
+    """Fill the stack store with K images per mask (resumes pending shards by default; several runs on one store split the shards)."""
     from s2s2.pipeline.config.base import load_config
     from s2s2.pipeline.config.project import ProjectConfig
     from s2s2.stages.generate import run_generate
 
     overrides = {"store.k": k, "generate.workers": workers, "generate.scheduler_address": scheduler}
     cfg = load_config(ProjectConfig, config, overrides=overrides, dotted=set_)
-    run_generate(cfg, overwrite=overwrite)
+    run_generate(cfg, overwrite=overwrite, force=force)
 
 # --- stage two commands: train, evaluate ----------------------------------------------
 
@@ -210,10 +211,10 @@ def train(
 def evaluate(
     config: ConfigOpt = None,
     set_: SetOpt = None,
-    run: Annotated[Optional[Path], typer.Option(help="Run folder; its config.yaml is used unless --config is given.")] = None,
+    run: Annotated[Optional[Path], typer.Option(help="Run folder: read and written as given; its config.yaml is used unless --config is given.")] = None,
     name: Annotated[Optional[str], typer.Option(help="Run name (RUN_DIR/train/NAME) when --run is not given.")] = None,
     checkpoint: Annotated[Optional[Path], typer.Option(help="Weights to evaluate (default: evaluate.checkpoint: the run's model.safetensors or last.safetensors).")] = None,
-    test_set: Annotated[Optional[list[str]], typer.Option("--test-set", help="Only these test sets (repeatable): in_domain, spm_t1, ...")] = None,
+    test_set: Annotated[Optional[list[str]], typer.Option("--test-set", help="Only these test sets (repeatable; added to metrics.json, the others kept): in_domain, spm_t1, ...")] = None,
     atlas_copy: Annotated[bool, typer.Option("--atlas-copy", help="Score the atlas copy instead of a model: the training "
                                              "label map at each test slice's position, no image (RUN_DIR/atlas-copy/).")] = False,
 ) -> None:
@@ -230,7 +231,7 @@ def evaluate(
     if run is not None and config is None:
         config = run / "config.yaml"
     cfg = load_config(ProjectConfig, config, overrides={"train.name": name}, dotted=set_)
-    results = run_atlas_copy(cfg, sets=test_set) if atlas_copy else run_evaluate(cfg, checkpoint=checkpoint, sets=test_set)
+    results = run_atlas_copy(cfg, sets=test_set) if atlas_copy else run_evaluate(cfg, checkpoint=checkpoint, sets=test_set, folder=run)
     for line in summary_lines(results):
         typer.echo(line)
 

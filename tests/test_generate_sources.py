@@ -37,7 +37,8 @@ def _fill_in_this_process(cfg: ProjectConfig, dataset: PreparedDataset) -> np.nd
     generator = stack_generator(cfg, store.k, store.manifest.prompt_template, resolution)
     store.bind_generator(generator)
     task = ShardTask(store_path=str(sc.path), storage_options={}, generator_dir=cfg.generate.generator_dir or "",
-                     settings=cfg.generate, resolution=resolution, attention="auto", generator=generator)
+                     settings=cfg.generate, resolution=resolution, attention="auto", generator=generator,
+                     writer="reference")
     for shard in range(store.num_shards):
         generate_shard(task, shard)
     return _stack(sc.path)

@@ -261,14 +261,20 @@ def save_weights(model: nn.Module, path: str | Path, identity: dict[str, str]) -
 
 def load_weights(model: nn.Module, path: str | Path, identity: dict[str, str]) -> None:
     """Load safetensors weights into `model`, refusing a checkpoint of another architecture or class count."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
     path = Path(path)
     if not path.is_file():
         raise S2S2Error(f"checkpoint {path} does not exist; fix: train first (`s2s2 train`) or pass an existing file")
-    with safe_open(str(path), framework="pt") as handle:
-        recorded = handle.metadata() or {}
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            recorded = handle.metadata() or {}
+    except (SafetensorError, OSError) as err:
+        raise S2S2Error(f"checkpoint {path} is not a readable safetensors file ({err}): it is truncated, corrupt, "
+                        "or another format (pickled .pt/.pth checkpoints are never loaded: unpickling can run "
+                        "arbitrary code); fix: pass the model.safetensors (or last.safetensors) that `s2s2 train` "
+                        "wrote") from None
     differ = {k: (recorded.get(k), v) for k, v in identity.items() if recorded.get(k) != v}
     if differ:
         detail = ", ".join(f"{k}: checkpoint {a!r} vs config {b!r}" for k, (a, b) in differ.items())

@@ -118,7 +118,8 @@ class StackPairDataset(BaselineDataset):
         if fraction < 1.0 and not allow_incomplete:
             raise StoreError(f"{path}: the stack is {100 * fraction:.1f}% generated "
                              f"({len(store.pending_shards())} of {store.num_shards} shards pending); "
-                             "fix: finish `s2s2 generate`, or pass --allow-incomplete to train on done samples")
+                             "fix: finish `s2s2 generate`, or add `--set store.allow_incomplete=true` to train on the "
+                             "done samples only")
         row_of = {int(index): row for row, index in enumerate(store.source_indices)}
         missing = [int(i) for i in self.samples if int(i) not in row_of]
         if missing:

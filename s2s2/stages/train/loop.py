@@ -179,6 +179,31 @@ def config_differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "
     return out
 
 
+STATE_KEYS = ("step", "optimizer", "rng", "best", "elapsed", "history")
+
+
+def load_state(path: Path) -> dict[str, Any]:
+    """The resume state (optimizer, RNG, history) of state.pt, loaded without unpickling code
+    (`weights_only`: tensors and plain values only); a damaged or foreign file is a clear error."""
+    import pickle
+    import zipfile
+
+    fix = ("fix: train again without --resume (the run restarts at step 0), or restore state.pt and "
+           "last.safetensors from a copy")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, zipfile.BadZipFile) as err:
+        detail = str(err).strip().splitlines()[0][:200]
+        raise S2S2Error(f"cannot resume: {path} cannot be loaded safely ({type(err).__name__}: {detail}); it is "
+                        "truncated, corrupt or not written by s2s2 (only tensors and plain values are accepted, "
+                        f"nothing is unpickled); {fix}") from None
+    if not isinstance(state, dict) or any(key not in state for key in STATE_KEYS):
+        found = sorted(state) if isinstance(state, dict) else type(state).__name__
+        raise S2S2Error(f"cannot resume: {path} is not an s2s2 training state (needs {', '.join(STATE_KEYS)}; "
+                        f"found {found}); {fix}")
+    return state
+
+
 class Trainer:
     """Holds the model, optimizer and history of one run; `step()` is one optimisation step.
 
@@ -250,7 +275,7 @@ class Trainer:
         state_path = self.folder / "state.pt"
         if not state_path.is_file():
             raise S2S2Error(f"cannot resume: {state_path} does not exist; fix: train without --resume first")
-        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        state = load_state(state_path)
         load_weights(self.model, self.folder / "last.safetensors", {**self.identity, "step": str(state["step"])})
         self.optimizer.load_state_dict(state["optimizer"])
         set_torch_rng_state(state["rng"])
