@@ -9,10 +9,9 @@ import sys
 import time
 
 import pytest
-from moto.server import ThreadedMotoServer
 
 from s2s2.store.claims import ClaimBook, Records
-from test_store_support import REPO_DIR, python_env
+from test_store_support import REPO_DIR, moto_s3, python_env
 
 RACER = """
 import json, sys
@@ -29,17 +28,8 @@ print(json.dumps(won), flush=True)
 
 @pytest.fixture(scope="module")
 def s3_server():
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    options = {"endpoint_url": f"http://{host}:{port}", "key": "testing", "secret": "testing",
-               "client_kwargs": {"region_name": "us-east-1"}}
-    import boto3
-
-    boto3.client("s3", endpoint_url=options["endpoint_url"], aws_access_key_id="testing",
-                 aws_secret_access_key="testing", region_name="us-east-1").create_bucket(Bucket="claims-test")
-    yield options
-    server.stop()
+    with moto_s3("claims-test") as options:
+        yield options
 
 
 @pytest.fixture(params=["local", "s3"])

@@ -4,28 +4,18 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from moto.server import ThreadedMotoServer
 
 from s2s2.pipeline.errors import StoreError
 from s2s2.store.inspect import bytes_on_disk, summarise, verify
 from s2s2.stages.train.datasets import StackPairDataset
 from s2s2.store.stack_store import StackStore
-from test_store_support import fake_stack, synthetic_dataset
+from test_store_support import moto_s3, fake_stack, synthetic_dataset
 
 
 @pytest.fixture(scope="module")
 def s3_options():
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    options = {"endpoint_url": f"http://{host}:{port}", "key": "testing", "secret": "testing",
-               "client_kwargs": {"region_name": "us-east-1"}}
-    import boto3
-
-    boto3.client("s3", endpoint_url=options["endpoint_url"], aws_access_key_id="testing",
-                 aws_secret_access_key="testing", region_name="us-east-1").create_bucket(Bucket="s2s2-test")
-    yield options
-    server.stop()
+    with moto_s3("s2s2-test") as options:
+        yield options
 
 
 def test_create_write_and_read_pairs_on_s3(s3_options):
