@@ -25,7 +25,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -177,6 +177,24 @@ class Writer:
         return self.expires > (time.time() if now is None else now)
 
 
+@contextmanager
+def _renewing(every: float, renew: Callable[[], bool], name: str) -> Iterator[None]:
+    """Call `renew` every `every` seconds from a daemon thread while the block runs (until it returns False)."""
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.wait(every) and renew():
+            pass
+
+    thread = threading.Thread(target=loop, name=name, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
 class ClaimBook:
     """The claim, binding and writer records of one store (`{store}/claims/`)."""
 
@@ -239,19 +257,10 @@ class ClaimBook:
     @contextmanager
     def holding(self, claim: Claim, seconds: float) -> Iterator[None]:
         """Renew `claim` every third of `seconds` from a thread while the block runs, then release it."""
-        stop = threading.Event()
-
-        def renew() -> None:
-            while not stop.wait(seconds / 3) and self.renew(claim, seconds):
-                pass
-
-        thread = threading.Thread(target=renew, name=f"renew-claim-{claim.shard}", daemon=True)
-        thread.start()
         try:
-            yield
+            with _renewing(seconds / 3, lambda: self.renew(claim, seconds), f"renew-claim-{claim.shard}"):
+                yield
         finally:
-            stop.set()
-            thread.join()
             self.release(claim)
 
     # --- generator binding -----------------------------------------------------------------------
@@ -291,17 +300,13 @@ class ClaimBook:
         record = Writer(writer=writer, host=host, pid=int(pid), started=time.time(), expires=time.time() + seconds)
         key = f"writers/{writer.replace(':', '_')}.json"
         self.records.put(key, asdict(record))
-        stop = threading.Event()
 
-        def renew() -> None:
-            while not stop.wait(seconds / 3):
-                self.records.put(key, asdict(replace(record, expires=time.time() + seconds)))
+        def renew() -> bool:
+            self.records.put(key, asdict(replace(record, expires=time.time() + seconds)))
+            return True
 
-        thread = threading.Thread(target=renew, name="renew-writer", daemon=True)
-        thread.start()
         try:
-            yield
+            with _renewing(seconds / 3, renew, "renew-writer"):
+                yield
         finally:
-            stop.set()
-            thread.join()
             self.records.put(key, asdict(replace(record, expires=0.0)))
