@@ -1,81 +1,174 @@
-"""p5: does S2S2 buy out-of-domain robustness? Baseline vs S2S2, and location-scale augmentation
-without and with S2S2, trained on the default T1 data against the default stack, several seeds;
-grey/white-matter Dice in-domain (test slabs) and on SPM avg152 T1, PD and T2.
+"""p5: the robustness study. Does S2S2 buy out-of-domain robustness, against which stack, and is it
+more than the intensity augmentations a user would try first?
 
-Every method uses the config defaults of `configs/default.yaml` (settings are chosen on the
-validation split only; the test sets are never used to pick anything). Runs go to
-`runs/bench/p5/train/METHOD_sSEED/`; two runs train at a time, one torch thread each.
+Methods (U-Net `small`, the config defaults of `configs/default.yaml`, matched runs: every method of
+one seed shares the init, the batch order, the original's augmentation draws and the step count):
+- `baseline`; `ls` (SLAug global location-scale on the original); `gin` (GIN random convolutions);
+- `s2s2[KIND]` for every stack kind of `bench/stack_kinds.yaml` (ControlNet as the paper,
+  appearance-randomised ControlNet, synth, mixed);
+- `ls+s2s2[PRIMARY]`: LS on the original only, the stack image gets the shared geometric transforms
+  only (no photometric jitter), as the authors ran S2S2 on top of SLAug;
+- `s2s2_no_sc[PRIMARY]`: the ablation "stack images with segmentation loss only, no L_sc".
 
-    python -m bench.run_all --only p5_ood_gain
+Every run is evaluated once on the in-domain test slabs and SPM avg152 T1, PD and T2 (grey/white
+matter Dice); each set is reported separately, with PD/T2's mean (the target's column), as mean ± std
+over seeds and the paired per-seed difference to the baseline with a 95 % t-interval over seeds.
+Nothing is chosen on a test set: settings are the config's, chosen on the validation split.
+
+    python -m bench.run_all --only p5_ood_gain                 # the full study (>= 5 seeds)
+    BENCH_QUICK=1 python -m bench.run_all --only p5_ood_gain   # plumbing: throwaway stacks, 2 seeds, 10 steps
+
+Runs go to `runs/bench/p5/train/METHOD_sSEED/` (quick: `runs/bench/p5/quick/...`); two train at a
+time, one torch thread each, logs under `runs/bench/p5/logs/`.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import statistics
-import subprocess
-import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
+
+from pydantic import Field, model_validator
+
+from s2s2.pipeline.config.base import StrictModel
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO / "configs" / "default.yaml"
+STACK_KINDS_FILE = REPO / "bench" / "stack_kinds.yaml"
 BENCH_RUN_DIR = "runs/bench/p5"
 IN_DOMAIN = "in_domain"
 OUT_OF_DOMAIN = ("spm_t1", "spm_pd", "spm_t2")
 TEST_SETS = (IN_DOMAIN, *OUT_OF_DOMAIN)
-TARGET_OOD_GAIN = 3.0  # Dice points, S2S2 over baseline, mean over the out-of-domain sets
-MAX_IN_DOMAIN_LOSS = 0.5  # Dice points S2S2 may lose in-domain
+PD_T2 = "pd_t2"  # mean of SPM PD and T2: where the contrast flips
+COLUMNS = (*TEST_SETS, PD_T2)
+BASELINE = "baseline"
+# The study's target (Dice points): S2S2 with the primary stack vs the baseline and vs the better of
+# LS and GIN on the PD/T2 mean, in-domain not more than 1 point below the baseline, SPM T1 not lower.
+TARGET_VS_BASELINE = 20.0
+TARGET_VS_AUGMENTATION = 3.0
+MAX_IN_DOMAIN_LOSS = 1.0
+CONFIDENCE = 0.95
 
-# method -> (train overrides, the method it is compared with). The first four are the figure; the
-# rest are one-seed ablations of the loss (which features, whether L_sc matters at all), read on val.
-METHODS: dict[str, tuple[dict[str, Any], str | None]] = {
-    "baseline": ({"train.stack": False, "train.location_scale": False}, None),
-    "s2s2": ({"train.stack": True, "train.location_scale": False}, "baseline"),
-    "ls": ({"train.stack": False, "train.location_scale": True}, "baseline"),
-    "ls+s2s2": ({"train.stack": True, "train.location_scale": True}, "ls"),
-    # Both weights explicit: the config's defaults (a_enc 1, a_dec 0) must not decide what an ablation is.
-    "s2s2_enc_only": ({"train.stack": True, "train.loss.a_enc": 1.0, "train.loss.a_dec": 0.0}, "baseline"),
-    "s2s2_dec_only": ({"train.stack": True, "train.loss.a_enc": 0.0, "train.loss.a_dec": 1.0}, "baseline"),
-    "s2s2_no_sc": ({"train.stack": True, "train.loss.a_enc": 0.0, "train.loss.a_dec": 0.0}, "baseline"),
-}
-MAIN_METHODS = ("baseline", "s2s2", "ls", "ls+s2s2")
+
+# --- stack kinds --------------------------------------------------------------------------------
+
+class StackKindSpec(StrictModel):
+    """One stack kind: where its store is and the config overlay that builds it."""
+
+    run_dir: str
+    store: Optional[str] = None  # default {run_dir}/stack.zarr
+    overlay: dict[str, Any] = Field(default_factory=dict)
+    finetune: bool = True
+    generator_from: Optional[str] = None  # kind whose fine-tuned ControlNet this one samples
+
+    def store_path(self) -> str:
+        return self.store or f"{self.run_dir}/stack.zarr"
+
+
+class StackKinds(StrictModel):
+    """`bench/stack_kinds.yaml`: the kinds and the primary one."""
+
+    primary: str
+    kinds: dict[str, StackKindSpec]
+
+    @model_validator(mode="after")
+    def _known_names(self) -> "StackKinds":
+        if self.primary not in self.kinds:
+            raise ValueError(f"primary {self.primary!r} is not one of the kinds {list(self.kinds)}")
+        for name, kind in self.kinds.items():
+            source = kind.generator_from
+            if source is not None and (source not in self.kinds or not self.kinds[source].finetune
+                                       or self.kinds[source].generator_from):
+                raise ValueError(f"kind {name}: generator_from {source!r} must name a kind that fine-tunes its own "
+                                 "ControlNet")
+        return self
+
+
+def load_stack_kinds(path: Path = STACK_KINDS_FILE) -> StackKinds:
+    """The stack kinds file, validated (a bad file names the field and the value)."""
+    from s2s2.pipeline.config.base import load_config
+
+    return load_config(StackKinds, path)
+
+
+def build_order(kinds: StackKinds) -> list[str]:
+    """Kind names with every `generator_from` source before the kinds that sample it."""
+    first = [name for name, kind in kinds.kinds.items() if kind.generator_from is None]
+    return first + [name for name in kinds.kinds if name not in first]
+
+
+# --- methods and plans -------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Method:
+    """One row of the study: a name, the stack kind it reads (None: no stack) and its train overrides."""
+
+    name: str
+    stack_kind: Optional[str]
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def slug(self) -> str:
+        """The method as a run-folder name: `ls+s2s2[synth]` -> `ls_s2s2-synth`."""
+        name = self.name.replace("+", "_").replace("[", "-").replace("]", "")
+        return re.sub(r"[^A-Za-z0-9_.-]+", "-", name)
+
+
+# Every method states its intensity augmentations, so the config's defaults cannot decide what a row is.
+NO_AUGMENTATION = {"train.location_scale": False, "train.gin": False}
+
+
+def study_methods(kinds: list[str], primary: str) -> list[Method]:
+    """The study's rows, in table order."""
+    methods = [
+        Method(BASELINE, None, {"train.stack": False, **NO_AUGMENTATION}),
+        Method("ls", None, {"train.stack": False, **NO_AUGMENTATION, "train.location_scale": True}),
+        Method("gin", None, {"train.stack": False, **NO_AUGMENTATION, "train.gin": True}),
+    ]
+    methods += [Method(f"s2s2[{kind}]", kind, {"train.stack": True, **NO_AUGMENTATION}) for kind in kinds]
+    if primary in kinds:
+        methods.append(Method(f"ls+s2s2[{primary}]", primary, {
+            "train.stack": True, **NO_AUGMENTATION, "train.location_scale": True,
+            "train.augment.stack_photometric": False}))
+        methods.append(Method(f"s2s2_no_sc[{primary}]", primary, {
+            "train.stack": True, **NO_AUGMENTATION, "train.loss.a_enc": 0.0, "train.loss.a_dec": 0.0}))
+    return methods
 
 
 @dataclass(frozen=True)
 class Plan:
-    """How much p5 trains: seeds of the main methods, seed-0 ablations (run only when the main runs
-    ended within `ablation_gate_s` of the start, so the figure stays inside its time limit), steps per
-    run (None = the config's) and runs in parallel."""
+    """How much the study trains: seeds, steps per run (None: the config's) and runs in parallel."""
 
     seeds: tuple[int, ...]
-    ablations: tuple[str, ...]
-    ablation_gate_s: float
-    steps: int | None
+    steps: Optional[int]
     parallel: int
+    run_dir: str
 
 
-FULL = Plan(seeds=(0, 1, 2), ablations=("s2s2_enc_only", "s2s2_dec_only", "s2s2_no_sc"), ablation_gate_s=1500,
-            steps=None, parallel=2)
-QUICK = Plan(seeds=(0,), ablations=(), ablation_gate_s=0, steps=20, parallel=2)
-# Quick mode without a default stack: a throwaway stack from seconds of fine-tuning (plumbing only).
+FULL = Plan(seeds=(0, 1, 2, 3, 4), steps=None, parallel=2, run_dir=BENCH_RUN_DIR)
+QUICK = Plan(seeds=(0, 1), steps=10, parallel=2, run_dir=f"{BENCH_RUN_DIR}/quick")
+# Quick mode's throwaway stacks: seconds of VAE and ControlNet training, K=2 (plumbing only).
 QUICK_STACK: dict[str, Any] = {
-    "run_dir": f"{BENCH_RUN_DIR}/quick", "store.path": f"{BENCH_RUN_DIR}/quick/stack.zarr", "store.k": 2,
-    "generator.base_model": "tiny", "generator.tiny.vae_steps": 20, "finetune.steps": 10,
+    "store.k": 2, "generator.base_model": "tiny", "generator.tiny.vae_steps": 20, "finetune.steps": 10,
     "finetune.unlock_unet": True, "generate.steps": 3, "generate.guidance_scale": 1.0, "generate.workers": 1,
 }
 
 
-# --- pure summaries (Dice in points, i.e. x100) --------------------------------------------------
+# --- pure statistics (Dice in points, i.e. x100) ------------------------------------------------
 
-def ood_mean(metrics: dict[str, dict[str, Any]]) -> float:
-    """One run's mean Dice (points) over the out-of-domain test sets."""
-    return 100.0 * statistics.fmean(metrics[name]["dice_mean"] for name in OUT_OF_DOMAIN)
+def column_value(metrics: dict[str, dict[str, Any]], column: str) -> float:
+    """One run's Dice (points) on a test set, or on PD and T2 averaged (`pd_t2`)."""
+    if column == PD_T2:
+        return 100.0 * statistics.fmean(metrics[name]["dice_mean"] for name in ("spm_pd", "spm_t2"))
+    return 100.0 * metrics[column]["dice_mean"]
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -83,13 +176,32 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
+def t_interval(values: list[float], confidence: float = CONFIDENCE) -> tuple[float, float, float]:
+    """(mean, low, high): the Student-t confidence interval of the mean over `values` (e.g. per-seed
+    paired differences); NaN bounds for fewer than two values."""
+    from scipy import stats
+
+    mean = statistics.fmean(values)
+    if len(values) < 2:
+        return mean, math.nan, math.nan
+    half = float(stats.t.ppf(0.5 + confidence / 2, len(values) - 1)) * statistics.stdev(values) / math.sqrt(len(values))
+    return mean, mean - half, mean + half
+
+
+def paired_differences(runs: list[dict[str, Any]], method: str, reference: str, column: str) -> list[float]:
+    """Per seed (those both methods ran, in seed order): method minus reference, Dice points."""
+    by_seed = {(run["method"], run["seed"]): run for run in runs}
+    seeds = sorted(seed for (name, seed) in by_seed if name == method and (reference, seed) in by_seed)
+    return [column_value(by_seed[(method, s)]["metrics"], column) - column_value(by_seed[(reference, s)]["metrics"], column)
+            for s in seeds]
+
+
 def summarise(runs: list[dict[str, Any]]) -> dict[str, dict[str, tuple[float, float]]]:
-    """method -> column -> (mean, std over seeds) in Dice points; columns are the test sets and `ood`."""
+    """method -> column -> (mean, std over seeds), Dice points; `val` too when the runs selected on it."""
     summary: dict[str, dict[str, tuple[float, float]]] = {}
     for method in dict.fromkeys(run["method"] for run in runs):
         mine = [run for run in runs if run["method"] == method]
-        columns = {name: mean_std([100.0 * run["metrics"][name]["dice_mean"] for run in mine]) for name in TEST_SETS}
-        columns["ood"] = mean_std([ood_mean(run["metrics"]) for run in mine])
+        columns = {column: mean_std([column_value(run["metrics"], column) for run in mine]) for column in COLUMNS}
         vals = [100.0 * run["val_dice"] for run in mine if run.get("val_dice") is not None]
         if vals:
             columns["val"] = mean_std(vals)
@@ -97,100 +209,73 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, dict[str, tuple[float, fl
     return summary
 
 
-def gains(summary: dict[str, dict[str, tuple[float, float]]], method: str, reference: str) -> tuple[float, float]:
-    """(out-of-domain gain, in-domain change) of `method` over `reference`, Dice points."""
-    return (summary[method]["ood"][0] - summary[reference]["ood"][0],
-            summary[method][IN_DOMAIN][0] - summary[reference][IN_DOMAIN][0])
+def verdict(runs: list[dict[str, Any]], primary_method: str) -> dict[str, Any]:
+    """The target, condition by condition, on means over seeds (Dice points)."""
+    summary = summarise(runs)
+
+    def gain(method: str, reference: str, column: str) -> float:
+        return summary[method][column][0] - summary[reference][column][0]
+
+    augmentations = [m for m in ("ls", "gin") if m in summary]
+    best_augmentation = max(augmentations, key=lambda m: summary[m][PD_T2][0]) if augmentations else None
+    conditions = {
+        "pd_t2_vs_baseline": gain(primary_method, BASELINE, PD_T2),
+        "pd_t2_vs_best_augmentation": gain(primary_method, best_augmentation, PD_T2) if best_augmentation else math.nan,
+        "in_domain_vs_baseline": gain(primary_method, BASELINE, IN_DOMAIN),
+        "spm_t1_vs_baseline": gain(primary_method, BASELINE, "spm_t1"),
+    }
+    met = (conditions["pd_t2_vs_baseline"] >= TARGET_VS_BASELINE
+           and conditions["pd_t2_vs_best_augmentation"] >= TARGET_VS_AUGMENTATION
+           and conditions["in_domain_vs_baseline"] >= -MAX_IN_DOMAIN_LOSS
+           and conditions["spm_t1_vs_baseline"] >= 0.0)
+    return {"met": bool(met), "best_augmentation": best_augmentation, **conditions}
 
 
-def target_met(ood_gain: float, in_domain_change: float) -> bool:
-    """The issue's target: >= +3 points out of domain, no more than 0.5 lost in-domain."""
-    return ood_gain >= TARGET_OOD_GAIN and in_domain_change >= -MAX_IN_DOMAIN_LOSS
+def cell(values: list[float], differences: list[float] | None) -> str:
+    """`mean ± std`, and for a compared method `Δ mean [low, high]` of its paired differences."""
+    mean, std = mean_std(values)
+    text = f"{mean:.1f} ± {std:.1f}"
+    if differences:
+        diff, low, high = t_interval(differences)
+        bounds = f"[{low:+.1f}, {high:+.1f}]" if not math.isnan(low) else "[n<2]"
+        text += f" (Δ {diff:+.1f} {bounds})"
+    return text
 
 
-def table_rows(summary: dict[str, dict[str, tuple[float, float]]], seeds: dict[str, int]) -> list[dict[str, Any]]:
-    """One row per method: mean ± std per test set, and the change against its reference method."""
+def table_rows(runs: list[dict[str, Any]], methods: list[Method]) -> list[dict[str, Any]]:
+    """One row per method that ran: its stack kind, seeds, time-capped runs, and per column
+    mean ± std with the paired difference to the baseline and its 95 % interval."""
     rows = []
-    for method, columns in summary.items():
-        row: dict[str, Any] = {"method": method, "seeds": seeds.get(method)}
-        for name in ("val", *TEST_SETS, "ood"):
-            if name in columns:
-                mean, std = columns[name]
-                row[name if name != "ood" else "OOD mean"] = f"{mean:.1f} ± {std:.1f}"
-        reference = METHODS.get(method, ({}, None))[1]
-        if reference in summary:
-            ood_gain, in_change = gains(summary, method, reference)
-            row["Δ OOD"] = f"{ood_gain:+.1f} vs {reference}"
-            row["Δ in-domain"] = f"{in_change:+.1f} vs {reference}"
+    for method in methods:
+        mine = [run for run in runs if run["method"] == method.name]
+        if not mine:
+            continue
+        capped = sum(bool(run["stopped_by_time_cap"]) for run in mine)
+        row: dict[str, Any] = {"method": method.name, "stack": method.stack_kind or "none", "seeds": len(mine),
+                               "steps": "/".join(map(str, sorted({run["steps"] for run in mine}))),
+                               "stopped by time cap": f"YES ({capped} runs)" if capped else "no"}
+        vals = [100.0 * run["val_dice"] for run in mine if run.get("val_dice") is not None]
+        if vals:
+            row["val"] = cell(vals, None)
+        for column in COLUMNS:
+            differences = (paired_differences(runs, method.name, BASELINE, column)
+                           if method.name != BASELINE else None)
+            row["PD/T2 mean" if column == PD_T2 else column] = cell(
+                [column_value(run["metrics"], column) for run in mine], differences)
         rows.append(row)
     return rows
 
 
-# --- running the trainings -----------------------------------------------------------------------
-
-def make_jobs(methods: list[tuple[str, int]], plan: Plan, config: Path, store_path: str) -> list[dict[str, Any]]:
-    """One job per (method, seed), with its config overrides and log file."""
-    jobs = []
-    for method, seed in methods:
-        name = f"{method.replace('+', '_')}_s{seed}"
-        overrides = {"run_dir": BENCH_RUN_DIR, "store.path": store_path, "train.name": name, "train.seed": seed,
-                     **METHODS[method][0]}
-        if plan.steps is not None:
-            overrides.update({"train.steps": plan.steps, "train.val_every": plan.steps,
-                              "train.checkpoint_every": plan.steps})
-        jobs.append({"method": method, "seed": seed, "config": str(config), "overrides": overrides,
-                     "log": str(REPO / BENCH_RUN_DIR / "logs" / f"{name}.log")})
-    return jobs
+def atlas_copy_row(metrics: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The atlas-copy reference row (the training label map at each test slice's position, no image:
+    what position alone scores), from `s2s2.stages.evaluate.run_atlas_copy`'s test-set results."""
+    row: dict[str, Any] = {"method": "atlas copy (label map, no image)", "stack": "none", "seeds": "–"}
+    for column in COLUMNS:
+        row["PD/T2 mean" if column == PD_T2 else column] = f"{column_value(metrics, column):.1f}"
+    return row
 
 
-def train_and_evaluate(job: dict[str, Any]) -> dict[str, Any]:
-    """In a worker process: train one run, evaluate it on every test set, return its numbers.
-
-    The run's console output goes to its own log file, so parallel progress bars do not mix.
-    """
-    import torch
-
-    torch.set_num_threads(1)
-    log = Path(job["log"])
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("w") as sink:
-        os.dup2(sink.fileno(), 1)
-        os.dup2(sink.fileno(), 2)
-    from s2s2.pipeline.config.base import load_config
-    from s2s2.pipeline.config.project import ProjectConfig
-    from s2s2.stages.evaluate import run_evaluate
-    from s2s2.stages.train import run_train
-
-    start = time.perf_counter()
-    cfg = load_config(ProjectConfig, job["config"], overrides=job["overrides"])
-    folder = run_train(cfg)
-    metrics = run_evaluate(cfg)
-    summary = json.loads((folder / "summary.json").read_text())
-    return {
-        "method": job["method"], "seed": job["seed"], "name": cfg.train.name, "folder": str(folder),
-        "steps": summary["steps"], "stopped_by_time_budget": summary["stopped_by_time_budget"],
-        "val_dice": summary["best_val_dice_mean"], "seconds": time.perf_counter() - start,
-        "metrics": {name: {"dice_mean": entry["dice_mean"], "dice": entry["dice"]}
-                    for name, entry in metrics["test_sets"].items()},
-    }
-
-
-def run_jobs(jobs: list[dict[str, Any]], parallel: int) -> list[dict[str, Any]]:
-    """Run the jobs `parallel` at a time in spawned processes (one torch thread each)."""
-    results = []
-    with ProcessPoolExecutor(max_workers=parallel, mp_context=get_context("spawn")) as pool:
-        futures = {pool.submit(train_and_evaluate, job): job for job in jobs}
-        for future in as_completed(futures):
-            job = futures[future]
-            run = future.result()  # a failed run fails the figure: the table needs every cell
-            print(f"p5: {job['method']} seed {job['seed']}: in-domain {run['metrics'][IN_DOMAIN]['dice_mean']:.3f}, "
-                  f"OOD mean {ood_mean(run['metrics']):.1f} pts, {run['seconds']:.0f} s (log {job['log']})", flush=True)
-            results.append(run)
-    order = {(job["method"], job["seed"]): i for i, job in enumerate(jobs)}
-    return sorted(results, key=lambda run: order[(run["method"], run["seed"])])
-
-
-# --- the stack and what it looks like ------------------------------------------------------------
+# --- stacks -------------------------------------------------------------------------------------
 
 def stack_is_usable(store_path: str, fingerprint: str) -> bool:
     """A complete store made for this dataset exists at `store_path`."""
@@ -204,30 +289,49 @@ def stack_is_usable(store_path: str, fingerprint: str) -> bool:
     return store.complete_fraction() >= 1.0 and store.manifest.dataset_fingerprint == fingerprint
 
 
-def ensure_stack(config: Path, store_path: str, fingerprint: str, quick: bool) -> tuple[str, str]:
-    """A complete stack for the default data: (its path, how it was obtained).
-
-    Full mode runs `make generate`'s steps when the default stack is missing or incomplete. Quick
-    mode never waits ~10 minutes for that: it uses the default stack if it is there, else builds a
-    throwaway one with a few seconds of fine-tuning (plumbing only; its numbers mean nothing).
-    """
-    if stack_is_usable(store_path, fingerprint):
-        return store_path, "existing"
-    if not quick:
-        print(f"p5: no complete stack at {store_path}: running make generate's steps", flush=True)
-        subprocess.run([sys.executable, "-m", "s2s2.stages.make_generate", "--config", str(config)], cwd=REPO,
-                       check=True)
-        return store_path, "make generate"
+def kind_config(name: str, kinds: StackKinds, quick: bool, config: Path = DEFAULT_CONFIG) -> Any:
+    """The config that builds kind `name` (quick: a throwaway under the quick run folder)."""
     from s2s2.pipeline.config.base import load_config
     from s2s2.pipeline.config.project import ProjectConfig
+    from s2s2.pipeline.generator.paths import generator_dir
+
+    kind = kinds.kinds[name]
+    run_dir = f"{QUICK.run_dir}/stacks/{name}" if quick else kind.run_dir
+    store = f"{run_dir}/stack.zarr" if quick else kind.store_path()
+    overrides = {**(QUICK_STACK if quick else {}), **kind.overlay, "run_dir": run_dir, "store.path": store}
+    if kind.generator_from is not None:
+        overrides["generate.generator_dir"] = str(generator_dir(kind_config(kind.generator_from, kinds, quick, config)))
+    return load_config(ProjectConfig, config, overrides=overrides)
+
+
+def ensure_stacks(kinds: StackKinds, fingerprint: str, quick: bool) -> tuple[dict[str, str], dict[str, str], float]:
+    """Build every kind whose store is not usable; returns ({kind: store path}, {kind: why it is not
+    available}, CPU seconds spent building). Full mode refuses a kind this build cannot configure."""
+    from s2s2.pipeline.errors import ConfigError
     from s2s2.stages.finetune import run_finetune
     from s2s2.stages.generate import run_generate
 
-    cfg = load_config(ProjectConfig, config, overrides=QUICK_STACK)
-    if not stack_is_usable(cfg.store.path, fingerprint):
-        run_finetune(cfg, overwrite=True)
-        run_generate(cfg, overwrite=True)
-    return cfg.store.path, "quick throwaway stack"
+    stores: dict[str, str] = {}
+    unavailable: dict[str, str] = {}
+    started = time.process_time()
+    for name in build_order(kinds):
+        if kinds.kinds[name].generator_from in unavailable:
+            unavailable[name] = f"needs kind {kinds.kinds[name].generator_from}, which is not available"
+            continue
+        try:
+            cfg = kind_config(name, kinds, quick)
+        except ConfigError as err:
+            if not quick:
+                raise ConfigError(f"bench/stack_kinds.yaml: stack kind {name}: {err}") from None
+            unavailable[name] = str(err).splitlines()[-1].strip()
+            continue
+        if not stack_is_usable(cfg.store.path, fingerprint):
+            print(f"p5: building the {name} stack at {cfg.store.path}", flush=True)
+            if kinds.kinds[name].finetune and kinds.kinds[name].generator_from is None:
+                run_finetune(cfg, overwrite=quick)
+            run_generate(cfg, overwrite=quick)
+        stores[name] = cfg.store.path
+    return stores, unavailable, time.process_time() - started
 
 
 def describe_stack(store_path: str) -> dict[str, Any]:
@@ -237,51 +341,6 @@ def describe_stack(store_path: str) -> dict[str, Any]:
 
     summary = inspect_summary(StackStore.open(store_path, mode="r"))
     return {"inspect": summary, "appearance": summary.get("appearance")}
-
-
-# --- the figure ----------------------------------------------------------------------------------
-
-def measure_ood_gain(quick: bool = False, config: Path = DEFAULT_CONFIG) -> dict[str, Any]:
-    """Train every method for every seed, evaluate in- and out-of-domain, summarise (figure p5)."""
-    from s2s2.pipeline.config.base import load_config
-    from s2s2.pipeline.config.project import ProjectConfig
-    from s2s2.pipeline.data.prepare import prepare_dataset
-    from s2s2.stages.evaluate import test_datasets
-
-    started = time.perf_counter()
-    plan = QUICK if quick else FULL
-    cfg = load_config(ProjectConfig, config)
-    dataset = prepare_dataset(cfg.data)
-    test_datasets(cfg)  # prepare (and cache) every test set once, before parallel runs read them
-    store_path, stack_source = ensure_stack(config, cfg.store.path, dataset.fingerprint(), quick)
-    stack = describe_stack(store_path)
-    runs = run_jobs(make_jobs([(m, seed) for seed in plan.seeds for m in MAIN_METHODS], plan, config, store_path),
-                    plan.parallel)
-    ablations_run = bool(plan.ablations) and time.perf_counter() - started < plan.ablation_gate_s
-    if ablations_run:
-        runs += run_jobs(make_jobs([(m, plan.seeds[0]) for m in plan.ablations], plan, config, store_path),
-                         plan.parallel)
-    summary = summarise(runs)
-    ood_gain, in_change = gains(summary, "s2s2", "baseline")
-    ls_gain, ls_in_change = gains(summary, "ls+s2s2", "ls")
-    steps = "/".join(map(str, sorted({run["steps"] for run in runs})))
-    ablations = f" + {len(plan.ablations)} one-seed loss ablations" if ablations_run else ""
-    loss = cfg.train.loss
-    return {
-        "value": ood_gain,
-        "met": target_met(ood_gain, in_change),
-        "how": (f"{len(plan.seeds)} seed(s) x {len(MAIN_METHODS)} methods{ablations}, unet {cfg.model.preset}, "
-                f"{steps} steps, best-on-val checkpoint; mean ± std over seeds"),
-        "note": (f"Dice points (x100), grey/white-matter mean. S2S2 loss weights: w_seg_gen {loss.w_seg_gen}, "
-                 f"a_enc {loss.a_enc}, a_dec {loss.a_dec}. S2S2 vs baseline: {ood_gain:+.1f} OOD, "
-                 f"{in_change:+.1f} in-domain; LS+S2S2 vs LS: {ls_gain:+.1f} OOD, {ls_in_change:+.1f} in-domain. "
-                 f"Stack {store_path} ({stack_source}): {stack_note(stack)}"),
-        "rows": table_rows(summary, {m: sum(r["method"] == m for r in runs) for m in summary}),
-        "raw": {"runs": runs, "summary": {m: {c: list(v) for c, v in cols.items()} for m, cols in summary.items()},
-                "in_domain_change": in_change, "ls_ood_gain": ls_gain, "ls_in_domain_change": ls_in_change,
-                "stack": stack, "stack_path": store_path, "stack_source": stack_source,
-                "ablations_run": ablations_run, "plan": asdict(plan)},
-    }
 
 
 def stack_note(stack: dict[str, Any]) -> str:
@@ -298,3 +357,127 @@ def stack_note(stack: dict[str, Any]) -> str:
     return (f"mask fidelity Dice {shown}; per-tissue mean grey value varies by {look['class_mean_spread_across_k']:.3f} "
             f"(std) across k, against a gap of {look['class_mean_gap']:.3f} between tissues; the tissue brightness "
             f"order differs from the original's in {100 * look['order_changed_fraction']:.0f}% of stack images.")
+
+
+# --- running the trainings ----------------------------------------------------------------------
+
+def make_jobs(methods: list[Method], plan: Plan, config: Path, stores: dict[str, str]) -> list[dict[str, Any]]:
+    """One job per (method, seed), seed-major, with its config overrides and log file."""
+    jobs = []
+    for seed in plan.seeds:
+        for method in methods:
+            name = f"{method.slug}_s{seed}"
+            overrides = {"run_dir": plan.run_dir, "train.name": name, "train.seed": seed, **method.overrides}
+            if method.stack_kind is not None:
+                overrides["store.path"] = stores[method.stack_kind]
+            if plan.steps is not None:
+                overrides.update({"train.steps": plan.steps, "train.val_every": plan.steps,
+                                  "train.checkpoint_every": plan.steps})
+            jobs.append({"method": method.name, "seed": seed, "config": str(config), "overrides": overrides,
+                         "log": str(REPO / plan.run_dir / "logs" / f"{name}.log")})
+    return jobs
+
+
+def train_and_evaluate(job: dict[str, Any]) -> dict[str, Any]:
+    """In a worker process: train one run (replacing an earlier one of the same name), evaluate it on
+    every test set unless the job says `evaluate: False` (choices made on the validation split never
+    read a test set), return its numbers and CPU seconds. Output goes to the run's own log file."""
+    import torch
+
+    torch.set_num_threads(1)
+    log = Path(job["log"])
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("w") as sink:
+        os.dup2(sink.fileno(), 1)
+        os.dup2(sink.fileno(), 2)
+    from s2s2.pipeline.config.base import load_config
+    from s2s2.pipeline.config.project import ProjectConfig
+    from s2s2.stages.evaluate import run_evaluate
+    from s2s2.stages.train import run_train
+
+    start, cpu_start = time.perf_counter(), time.process_time()
+    cfg = load_config(ProjectConfig, job["config"], overrides=job["overrides"])
+    folder = run_train(cfg, overwrite=True)
+    train_cpu = time.process_time() - cpu_start
+    metrics = run_evaluate(cfg)["test_sets"] if job.get("evaluate", True) else {}
+    summary = json.loads((folder / "summary.json").read_text())
+    return {
+        "method": job["method"], "seed": job["seed"], "name": cfg.train.name, "folder": str(folder),
+        "steps": summary["steps"], "stopped_by_time_cap": summary["stopped_by_time_cap"],
+        "val_dice": summary["best_val_dice_mean"], "seconds": time.perf_counter() - start,
+        "train_cpu_seconds": train_cpu, "cpu_seconds": time.process_time() - cpu_start,
+        "metrics": {name: {"dice_mean": entry["dice_mean"], "dice": entry["dice"]} for name, entry in metrics.items()},
+    }
+
+
+def run_jobs(jobs: list[dict[str, Any]], parallel: int) -> list[dict[str, Any]]:
+    """Run the jobs `parallel` at a time in spawned processes (one torch thread each)."""
+    results = []
+    with ProcessPoolExecutor(max_workers=parallel, mp_context=get_context("spawn")) as pool:
+        futures = {pool.submit(train_and_evaluate, job): job for job in jobs}
+        for future in as_completed(futures):
+            job = futures[future]
+            run = future.result()  # a failed run fails the study: the table needs every cell
+            scores = (f"in-domain {100 * run['metrics'][IN_DOMAIN]['dice_mean']:.1f}, PD/T2 "
+                      f"{column_value(run['metrics'], PD_T2):.1f} pts" if run["metrics"] else
+                      f"val {100 * (run['val_dice'] or math.nan):.1f} pts")
+            print(f"{job['method']} seed {job['seed']}: {scores}, {run['cpu_seconds']:.0f} CPU s (log {job['log']})",
+                  flush=True)
+            results.append(run)
+    order = {(job["method"], job["seed"]): i for i, job in enumerate(jobs)}
+    return sorted(results, key=lambda run: order[(run["method"], run["seed"])])
+
+
+# --- the study ----------------------------------------------------------------------------------
+
+def measure_ood_gain(quick: bool = False, config: Path = DEFAULT_CONFIG, kinds_file: Path = STACK_KINDS_FILE,
+                     plan: Plan | None = None) -> dict[str, Any]:
+    """Train every method for every seed, evaluate in- and out-of-domain, summarise (figure p5)."""
+    from s2s2.pipeline.config.base import load_config
+    from s2s2.pipeline.config.project import ProjectConfig
+    from s2s2.pipeline.data.prepare import prepare_dataset
+    from s2s2.stages.evaluate import run_atlas_copy, test_datasets
+
+    plan = plan or (QUICK if quick else FULL)
+    kinds = load_stack_kinds(kinds_file)
+    cfg = load_config(ProjectConfig, config)
+    dataset = prepare_dataset(cfg.data)
+    test_datasets(cfg)  # prepare (and cache) every test set once, before parallel runs read them
+    stores, unavailable, stack_cpu = ensure_stacks(kinds, dataset.fingerprint(), quick)
+    stacks = {name: describe_stack(path) for name, path in stores.items()}
+    methods = study_methods(list(stores), kinds.primary)
+    runs = run_jobs(make_jobs(methods, plan, config, stores), plan.parallel)
+    primary = f"s2s2[{kinds.primary}]"
+    judged = verdict(runs, primary) if primary in {run["method"] for run in runs} else None
+    atlas = run_atlas_copy(cfg.model_copy(update={"run_dir": plan.run_dir}))["test_sets"]
+    rows = table_rows(runs, methods) + [atlas_copy_row(atlas)]
+    capped = sum(bool(run["stopped_by_time_cap"]) for run in runs)
+    train_cpu = sum(run["cpu_seconds"] for run in runs)
+    loss = cfg.train.loss
+    missing = "; ".join(f"{name}: {why}" for name, why in unavailable.items())
+    return {
+        "value": judged["pd_t2_vs_baseline"] if judged else None,
+        "met": judged["met"] if judged else None,
+        "how": (f"{len(plan.seeds)} seeds x {len(methods)} methods, unet {cfg.model.preset}, "
+                f"{'/'.join(map(str, sorted({run['steps'] for run in runs})))} steps, best-on-val checkpoint, "
+                f"matched runs; mean ± std over seeds, Δ = paired per-seed difference to the baseline "
+                f"[{100 * CONFIDENCE:.0f} % t-interval]"),
+        "note": (f"Dice points (x100), grey/white-matter mean; PD/T2 mean = mean of SPM PD and T2. Primary stack "
+                 f"{kinds.primary}. S2S2 loss: w_seg_gen {loss.w_seg_gen}, a_enc {loss.a_enc}, a_dec {loss.a_dec}, "
+                 f"L_enc on {cfg.model.sc_stages or 'the model default'}. "
+                 + (f"Target (>= +{TARGET_VS_BASELINE:.0f} PD/T2 vs baseline, >= +{TARGET_VS_AUGMENTATION:.0f} vs "
+                    f"the best of LS/GIN ({judged['best_augmentation']}), in-domain >= -{MAX_IN_DOMAIN_LOSS:.0f}, "
+                    f"SPM T1 >= 0): {judged['pd_t2_vs_baseline']:+.1f} / {judged['pd_t2_vs_best_augmentation']:+.1f} / "
+                    f"{judged['in_domain_vs_baseline']:+.1f} / {judged['spm_t1_vs_baseline']:+.1f}, "
+                    f"{'met' if judged['met'] else 'NOT met'}. " if judged else "")
+                 + f"Runs stopped by a time cap: {capped}. "
+                 + (f"Stack kinds not available in this build: {missing}. " if missing else "")
+                 + f"CPU: {train_cpu / 3600:.2f} h training + evaluation, {stack_cpu / 3600:.2f} h building stacks "
+                   "(this process; dask workers not counted). "
+                 + " ".join(f"Stack {name} ({stores[name]}): {stack_note(stacks[name])}" for name in stores)),
+        "rows": rows,
+        "raw": {"runs": runs, "summary": {m: {c: list(v) for c, v in cols.items()} for m, cols in summarise(runs).items()},
+                "verdict": judged, "stores": stores, "unavailable": unavailable, "stacks": stacks,
+                "atlas_copy": atlas, "plan": asdict(plan), "methods": [asdict(m) for m in methods],
+                "cpu_seconds_runs": train_cpu, "cpu_seconds_stacks": stack_cpu},
+    }

@@ -156,6 +156,9 @@ def finetune(
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))  # 1 unless asked: same bytes on every run
     overrides = {"generator.base_model": base_model, "finetune.steps": steps, "finetune.max_seconds": max_seconds}
     cfg = load_config(ProjectConfig, config, overrides=overrides, dotted=set_)
+    if cfg.generator.kind == "synth":  # a training-free source: `make generate` goes straight to the stack
+        typer.echo("generator.kind is synth: nothing to fine-tune")
+        return
     typer.echo(f"generator: {run_finetune(cfg, resume=resume, overwrite=overwrite)}")
 
 
@@ -167,15 +170,16 @@ def generate(
     workers: Annotated[Optional[int], typer.Option(help="Dask worker processes of the local cluster (generate.workers).")] = None,
     scheduler: Annotated[Optional[str], typer.Option(help="Join an existing dask scheduler, tcp://host:port.")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Regenerate every shard if the store was filled by another generator.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="With --overwrite: take over a store that another generate run is still writing (it stops at its next shard).")] = False,
 ) -> None:
-    """Fill the stack store with K images per mask (resumes pending shards by default)."""
+    """Fill the stack store with K images per mask (resumes pending shards by default; several runs on one store split the shards)."""
     from s2s2.pipeline.config.base import load_config
     from s2s2.pipeline.config.project import ProjectConfig
     from s2s2.stages.generate import run_generate
 
     overrides = {"store.k": k, "generate.workers": workers, "generate.scheduler_address": scheduler}
     cfg = load_config(ProjectConfig, config, overrides=overrides, dotted=set_)
-    run_generate(cfg, overwrite=overwrite)
+    run_generate(cfg, overwrite=overwrite, force=force)
 
 # --- stage two commands: train, evaluate ----------------------------------------------
 
@@ -188,9 +192,10 @@ def train(
     model: Annotated[Optional[str], typer.Option(help="Segmenter: unet, transunet or fcbformer.")] = None,
     stack: Annotated[Optional[bool], typer.Option("--stack/--baseline", help="S2S2 from the stack store, or the baseline without it.")] = None,
     steps: Annotated[Optional[int], typer.Option(help="Optimisation steps.")] = None,
-    max_seconds: Annotated[Optional[float], typer.Option(help="Stop (and checkpoint) once this much time is spent.")] = None,
+    max_seconds: Annotated[Optional[float], typer.Option(help="Optional wall-time cap: stop (checkpointed, flagged in summary.json) once spent.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed of weights, data order, k draws and augmentation.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue RUN_DIR/train/NAME at its last checkpoint.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the run already in RUN_DIR/train/NAME.")] = False,
     stop_after: Annotated[Optional[int], typer.Option(help="End this invocation after N steps (resumable).")] = None,
 ) -> None:
     """Train a segmenter: S2S2 from the stack store, or the baseline (--baseline). Works under torchrun and accelerate launch."""
@@ -206,7 +211,7 @@ def train(
     cfg = load_config(ProjectConfig, config, overrides={"train.name": name, "model.name": model, "train.stack": stack,
                                                         "train.steps": steps, "train.max_seconds": max_seconds,
                                                         "train.seed": seed}, dotted=set_)
-    folder = run_train(cfg, resume=resume, stop_after=stop_after)
+    folder = run_train(cfg, resume=resume, stop_after=stop_after, overwrite=overwrite)
     typer.echo(f"run folder: {folder}")
 
 
@@ -214,10 +219,10 @@ def train(
 def evaluate(
     config: ConfigOpt = None,
     set_: SetOpt = None,
-    run: Annotated[Optional[Path], typer.Option(help="Run folder; its config.yaml is used unless --config is given.")] = None,
+    run: Annotated[Optional[Path], typer.Option(help="Run folder: read and written as given; its config.yaml is used unless --config is given.")] = None,
     name: Annotated[Optional[str], typer.Option(help="Run name (RUN_DIR/train/NAME) when --run is not given.")] = None,
     checkpoint: Annotated[Optional[Path], typer.Option(help="Weights to evaluate (default: evaluate.checkpoint: the run's model.safetensors or last.safetensors).")] = None,
-    test_set: Annotated[Optional[list[str]], typer.Option("--test-set", help="Only these test sets (repeatable): in_domain, spm_t1, ...")] = None,
+    test_set: Annotated[Optional[list[str]], typer.Option("--test-set", help="Only these test sets (repeatable; added to metrics.json, the others kept): in_domain, spm_t1, ...")] = None,
     atlas_copy: Annotated[bool, typer.Option("--atlas-copy", help="Score the atlas copy instead of a model: the training "
                                              "label map at each test slice's position, no image (RUN_DIR/atlas-copy/).")] = False,
 ) -> None:
@@ -234,7 +239,7 @@ def evaluate(
     if run is not None and config is None:
         config = run / "config.yaml"
     cfg = load_config(ProjectConfig, config, overrides={"train.name": name}, dotted=set_)
-    results = run_atlas_copy(cfg, sets=test_set) if atlas_copy else run_evaluate(cfg, checkpoint=checkpoint, sets=test_set)
+    results = run_atlas_copy(cfg, sets=test_set) if atlas_copy else run_evaluate(cfg, checkpoint=checkpoint, sets=test_set, folder=run)
     for line in summary_lines(results):
         typer.echo(line)
 

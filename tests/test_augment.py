@@ -1,8 +1,10 @@
-"""PairAugment: one geometric transform for both images and the mask, independent photometrics."""
+"""PairAugment: one geometric transform for both images and the mask, independent photometrics
+from separate generators; GIN keeps the input's norm and is reproducible from its generator."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from s2s2.stages.train.augment import PairAugment, apply_geometry, draw_geometry
 from s2s2.pipeline.config.train import AugmentConfig
@@ -21,7 +23,8 @@ def test_geometry_is_shared_and_keeps_images_aligned_with_the_mask():
     original, stack_image, mask = pair()
     cfg = AugmentConfig(hflip_p=0.5, vflip_p=0.5, rot90_p=0.5, affine_p=1.0, photometric_p=0.0)
     for seed in range(10):
-        out_o, out_s, out_m = PairAugment(cfg)(original, stack_image, mask, np.random.default_rng(seed))
+        out_o, out_s, out_m = PairAugment(cfg)(original, stack_image, mask, np.random.default_rng(seed),
+                                               np.random.default_rng(seed + 100))
         assert out_o.shape == original.shape and out_m.shape == mask.shape and out_m.dtype == mask.dtype
         assert set(np.unique(out_m)) <= set(np.unique(mask))  # nearest: no new labels
         inside = out_m > 0
@@ -46,7 +49,8 @@ def test_flips_and_rot90_are_exact():
 def test_photometric_is_independent_per_image_and_stays_in_range():
     original, _, mask = pair()
     cfg = AugmentConfig(hflip_p=0, affine_p=0, photometric_p=1.0, brightness=0.2, contrast=0.3, gamma=0.3, noise_std=0.05)
-    out_a, out_b, out_m = PairAugment(cfg)(original, original.copy(), mask, np.random.default_rng(4))
+    out_a, out_b, out_m = PairAugment(cfg)(original, original.copy(), mask, np.random.default_rng(4),
+                                           np.random.default_rng(5))
     np.testing.assert_array_equal(out_m, mask)
     assert not np.allclose(out_a, out_b)  # same input, different jitter
     assert out_a.min() >= 0 and out_a.max() <= 1 and out_a.dtype == np.float32
@@ -55,11 +59,67 @@ def test_photometric_is_independent_per_image_and_stays_in_range():
 def test_deterministic_given_the_rng_and_disabled_is_identity():
     original, stack_image, mask = pair()
     aug = PairAugment(AugmentConfig(vflip_p=0.5, rot90_p=0.5))
-    first = aug(original, stack_image, mask, np.random.default_rng(7))
-    second = aug(original, stack_image, mask, np.random.default_rng(7))
+    first = aug(original, stack_image, mask, np.random.default_rng(7), np.random.default_rng(8))
+    second = aug(original, stack_image, mask, np.random.default_rng(7), np.random.default_rng(8))
     for a, b in zip(first, second):
         np.testing.assert_array_equal(a, b)
-    same = PairAugment(AugmentConfig(enabled=False))(original, stack_image, mask, np.random.default_rng(7))
+    same = PairAugment(AugmentConfig(enabled=False))(original, stack_image, mask, np.random.default_rng(7),
+                                                     np.random.default_rng(8))
     assert same[0] is original and same[1] is stack_image and same[2] is mask
     o, s, m = aug(original, None, mask, np.random.default_rng(7))  # baseline path: no stack image
     assert s is None and o.shape == original.shape
+
+
+def test_stack_image_photometrics_come_from_its_own_generator():
+    original, stack_image, mask = pair()
+    aug = PairAugment(AugmentConfig(hflip_p=0.5, affine_p=1.0, photometric_p=1.0))
+    a = aug(original, stack_image, mask, np.random.default_rng(1), np.random.default_rng(2))
+    b = aug(original, stack_image, mask, np.random.default_rng(1), np.random.default_rng(3))
+    np.testing.assert_array_equal(a[0], b[0])  # the original and the mask ignore the stack generator
+    np.testing.assert_array_equal(a[2], b[2])
+    assert not np.allclose(a[1], b[1])
+    alone = aug(original, None, mask, np.random.default_rng(1))  # the baseline's visit
+    np.testing.assert_array_equal(alone[0], a[0])
+    geometry_only = PairAugment(aug.cfg.model_copy(update={"stack_photometric": False}))
+    c = geometry_only(original, stack_image, mask, np.random.default_rng(1), np.random.default_rng(2))
+    d = geometry_only(original, stack_image, mask, np.random.default_rng(1), np.random.default_rng(3))
+    np.testing.assert_array_equal(c[1], d[1])  # warped only
+    np.testing.assert_array_equal(c[0], a[0])
+
+
+def test_gin_keeps_the_norm_and_shape_and_is_reproducible():
+    from s2s2.stages.train.gin import gin_augment
+
+    original, _, _ = pair()
+    outs = [gin_augment(original, np.random.default_rng(seed)) for seed in range(6)]
+    for out in outs:
+        assert out.shape == original.shape and out.dtype == np.float32 and np.isfinite(out).all()
+        assert np.linalg.norm(out) == pytest.approx(np.linalg.norm(original), rel=1e-4)
+    np.testing.assert_array_equal(gin_augment(original, np.random.default_rng(3)), outs[3])
+    # different draws give different intensity mappings of the same image
+    assert min(np.abs(a - b).mean() for i, a in enumerate(outs) for b in outs[i + 1:]) > 1e-3
+
+
+def test_gin_matches_a_hand_written_network():
+    """The same draws, replayed by hand with numpy: 1x1/3x3 convolutions, LeakyReLU, blend, norm."""
+    from scipy import ndimage
+
+    from s2s2.stages.train.gin import LAYERS, WIDTH, gin_augment
+
+    original, _, _ = pair(size=12)
+    rng = np.random.default_rng(11)
+    x = original.astype(np.float64)
+    widths = [1, *([WIDTH] * (LAYERS - 1)), 1]
+    out = x
+    for layer in range(LAYERS):
+        k = int(rng.choice((1, 3)))
+        weight = rng.standard_normal((widths[layer + 1], widths[layer], k, k)).astype(np.float32)
+        bias = rng.standard_normal(widths[layer + 1]).astype(np.float32)
+        out = np.stack([sum(ndimage.correlate(out[i], weight[o, i].astype(np.float64), mode="constant")
+                            for i in range(widths[layer])) + bias[o] for o in range(widths[layer + 1])])
+        if layer < LAYERS - 1:
+            out = np.where(out > 0, out, 0.01 * out)
+    alpha = rng.uniform(0.0, 1.0)
+    mixed = alpha * out + (1 - alpha) * x
+    want = mixed * np.linalg.norm(x) / (np.linalg.norm(mixed) + 1e-5)
+    np.testing.assert_allclose(gin_augment(original, np.random.default_rng(11)), want, rtol=1e-4, atol=1e-5)

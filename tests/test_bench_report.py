@@ -173,55 +173,117 @@ def test_figure_timeout_kills_the_child_and_records_it() -> None:
     assert entry["mode"] == "quick" and entry["seconds"] < 30
 
 
-# --- p5 summaries (pure) -------------------------------------------------------------------------
+# --- p5: the robustness study's statistics (pure) ----------------------------------------------
 
-def _run(method: str, seed: int, in_domain: float, ood: tuple[float, float, float], val: float = 0.7) -> dict:
+def _run(method: str, seed: int, in_domain: float, ood: tuple[float, float, float], val: float | None = 0.7,
+         capped: bool = False) -> dict:
     sets = dict(zip(ood_gain.TEST_SETS, (in_domain, *ood)))
-    return {"method": method, "seed": seed, "val_dice": val,
+    return {"method": method, "seed": seed, "val_dice": val, "steps": 300, "stopped_by_time_cap": capped,
             "metrics": {name: {"dice_mean": value, "dice": {}} for name, value in sets.items()}}
 
 
-def test_p5_summary_gains_and_verdict() -> None:
+def test_t_interval_matches_the_textbook_formula() -> None:
+    values = [1.0, 2.0, 4.0, 7.0, 6.0]
+    mean, low, high = ood_gain.t_interval(values)
+    sd = float(np.std(values, ddof=1))
+    half = 2.7764451051977987 * sd / np.sqrt(5)  # t_{0.975, 4} from tables
+    assert mean == pytest.approx(4.0) and low == pytest.approx(4.0 - half) and high == pytest.approx(4.0 + half)
+    assert ood_gain.t_interval([3.0, 3.0, 3.0]) == (3.0, 3.0, 3.0)
+    one = ood_gain.t_interval([2.5])
+    assert one[0] == 2.5 and np.isnan(one[1]) and np.isnan(one[2])
+    narrow = ood_gain.t_interval(values, confidence=0.5)
+    assert low < narrow[1] < narrow[2] < high
+
+
+def test_paired_differences_match_seeds_and_summaries_use_points() -> None:
     runs = [
         _run("baseline", 0, 0.80, (0.80, 0.30, 0.30)), _run("baseline", 1, 0.78, (0.84, 0.32, 0.28)),
-        _run("s2s2", 0, 0.80, (0.82, 0.40, 0.36)), _run("s2s2", 1, 0.79, (0.84, 0.38, 0.34)),
+        _run("baseline", 2, 0.70, (0.70, 0.20, 0.20)),
+        _run("s2s2[synth]", 1, 0.79, (0.84, 0.58, 0.54)), _run("s2s2[synth]", 0, 0.80, (0.82, 0.60, 0.56)),
     ]
+    # seed 2 has no partner; pairs are by seed, not by position
+    assert ood_gain.paired_differences(runs, "s2s2[synth]", "baseline", "pd_t2") == pytest.approx([28.0, 26.0])
+    assert ood_gain.paired_differences(runs, "s2s2[synth]", "baseline", "in_domain") == pytest.approx([0.0, 1.0])
     summary = ood_gain.summarise(runs)
-    mean, std = summary["baseline"]["in_domain"]
-    assert mean == pytest.approx(79.0) and std == pytest.approx(1.4142, abs=1e-3)
-    assert summary["baseline"]["ood"][0] == pytest.approx(100 * (0.80 + 0.30 + 0.30 + 0.84 + 0.32 + 0.28) / 6)
-    gain, in_change = ood_gain.gains(summary, "s2s2", "baseline")
-    assert gain == pytest.approx(100 * ((0.82 + 0.40 + 0.36 + 0.84 + 0.38 + 0.34) - 2.84) / 6)
-    assert in_change == pytest.approx(0.5)
-    assert ood_gain.target_met(gain, in_change) is True
-    assert ood_gain.target_met(gain, -0.6) is False and ood_gain.target_met(2.9, 0.0) is False
-    rows = ood_gain.table_rows(summary, {"baseline": 2, "s2s2": 2})
-    assert rows[0] == {"method": "baseline", "seeds": 2, "val": "70.0 ± 0.0", "in_domain": "79.0 ± 1.4",
-                       "spm_t1": "82.0 ± 2.8", "spm_pd": "31.0 ± 1.4", "spm_t2": "29.0 ± 1.4", "OOD mean": "47.3 ± 0.9"}
-    assert rows[1]["Δ OOD"] == f"{gain:+.1f} vs baseline" and rows[1]["Δ in-domain"] == "+0.5 vs baseline"
+    assert summary["baseline"]["in_domain"][0] == pytest.approx(76.0)
+    assert summary["s2s2[synth]"]["pd_t2"] == pytest.approx((57.0, np.std([58.0, 56.0], ddof=1)))
+    assert summary["baseline"]["val"] == pytest.approx((70.0, 0.0))
 
 
-def test_p5_jobs_cover_methods_seeds_and_ablations(tmp_path: Path) -> None:
-    plan = ood_gain.Plan(seeds=(0, 1), ablations=("s2s2_no_sc",), ablation_gate_s=1, steps=7, parallel=2)
-    pairs = [(m, s) for s in (0, 1) for m in ood_gain.MAIN_METHODS] + [("s2s2_no_sc", 0)]
-    jobs = ood_gain.make_jobs(pairs, plan, tmp_path / "c.yaml", "runs/x/stack.zarr")
-    assert [(j["method"], j["seed"]) for j in jobs] == pairs
-    assert all(j["overrides"]["store.path"] == "runs/x/stack.zarr" for j in jobs)
+def test_p5_verdict_checks_each_condition() -> None:
+    def study(primary_pd_t2: float, ls_pd_t2: float, in_domain: float, t1: float) -> dict:
+        runs = []
+        for seed in (0, 1):
+            runs += [_run("baseline", seed, 0.80, (0.80, 0.30, 0.30)),
+                     _run("ls", seed, 0.78, (0.80, ls_pd_t2, ls_pd_t2)),
+                     _run("gin", seed, 0.78, (0.80, 0.40, 0.40)),
+                     _run("s2s2[c]", seed, in_domain, (t1, primary_pd_t2, primary_pd_t2))]
+        return ood_gain.verdict(runs, "s2s2[c]")
+
+    good = study(0.55, 0.50, 0.795, 0.80)
+    assert good["met"] and good["best_augmentation"] == "ls"
+    assert good["pd_t2_vs_baseline"] == pytest.approx(25.0) and good["pd_t2_vs_best_augmentation"] == pytest.approx(5.0)
+    assert not study(0.45, 0.30, 0.80, 0.80)["met"]  # +15 over the baseline only
+    assert not study(0.55, 0.53, 0.80, 0.80)["met"]  # +2 over LS
+    assert not study(0.55, 0.50, 0.785, 0.80)["met"]  # 1.5 points lost in-domain
+    assert not study(0.55, 0.50, 0.80, 0.79)["met"]  # SPM T1 lower
+
+
+def test_p5_rows_label_stack_kind_time_cap_and_paired_interval() -> None:
+    methods = ood_gain.study_methods(["synth"], "synth")
+    runs = [_run("baseline", 0, 0.80, (0.80, 0.30, 0.30)), _run("baseline", 1, 0.78, (0.84, 0.32, 0.28)),
+            _run("s2s2[synth]", 0, 0.80, (0.82, 0.60, 0.56)),
+            _run("s2s2[synth]", 1, 0.79, (0.84, 0.58, 0.54), capped=True)]
+    rows = ood_gain.table_rows(runs, methods)
+    assert [row["method"] for row in rows] == ["baseline", "s2s2[synth]"]  # methods that did not run: no row
+    base, s2s2 = rows
+    assert base["stack"] == "none" and base["stopped by time cap"] == "no" and base["in_domain"] == "79.0 ± 1.4"
+    assert s2s2["stack"] == "synth" and s2s2["stopped by time cap"] == "YES (1 runs)"
+    diff, low, high = ood_gain.t_interval([28.0, 26.0])
+    assert s2s2["PD/T2 mean"] == f"57.0 ± 1.4 (Δ {diff:+.1f} [{low:+.1f}, {high:+.1f}])"
+    atlas = ood_gain.atlas_copy_row({name: {"dice_mean": 0.66} for name in ood_gain.TEST_SETS})
+    assert atlas["method"].startswith("atlas copy") and atlas["spm_pd"] == "66.0" and atlas["PD/T2 mean"] == "66.0"
+
+
+def test_p5_methods_and_jobs_are_real_matched_configs(tmp_path: Path) -> None:
+    methods = ood_gain.study_methods(["controlnet", "synth"], "controlnet")
+    assert [m.name for m in methods] == ["baseline", "ls", "gin", "s2s2[controlnet]", "s2s2[synth]",
+                                         "ls+s2s2[controlnet]", "s2s2_no_sc[controlnet]"]
+    plan = ood_gain.Plan(seeds=(0, 1), steps=7, parallel=2, run_dir="runs/x")
+    stores = {"controlnet": "runs/c/stack.zarr", "synth": "runs/s/stack.zarr"}
+    jobs = ood_gain.make_jobs(methods, plan, tmp_path / "c.yaml", stores)
+    assert [(j["method"], j["seed"]) for j in jobs] == [(m.name, s) for s in (0, 1) for m in methods]
     names = [j["overrides"]["train.name"] for j in jobs]
-    assert len(set(names)) == len(names) and "ls_s2s2_s1" in names  # unique, filesystem-safe
+    assert len(set(names)) == len(names) and "ls_s2s2-controlnet_s1" in names  # unique, filesystem-safe
     by_name = {j["overrides"]["train.name"]: j["overrides"] for j in jobs}
-    assert by_name["baseline_s0"]["train.stack"] is False and by_name["ls_s2s2_s0"]["train.location_scale"] is True
-    assert by_name["s2s2_no_sc_s0"]["train.loss.a_enc"] == 0.0 and by_name["s2s2_s1"]["train.steps"] == 7
-    from s2s2.pipeline.config.project import ProjectConfig  # every override is a real config field
+    assert by_name["baseline_s0"]["train.stack"] is False and "store.path" not in by_name["baseline_s0"]
+    assert by_name["s2s2-synth_s1"]["store.path"] == "runs/s/stack.zarr"
+    authors = by_name["ls_s2s2-controlnet_s0"]
+    assert authors["train.location_scale"] and authors["train.augment.stack_photometric"] is False
+    assert by_name["gin_s0"]["train.gin"] and not by_name["gin_s0"]["train.location_scale"]
+    assert by_name["s2s2_no_sc-controlnet_s0"]["train.loss.a_enc"] == 0.0 and by_name["s2s2-synth_s1"]["train.steps"] == 7
+    from s2s2.pipeline.config.base import load_config
+    from s2s2.pipeline.config.project import ProjectConfig
 
-    for job in jobs:
-        tree: dict = {}
-        for key, value in job["overrides"].items():
-            node = tree
-            for part in key.split(".")[:-1]:
-                node = node.setdefault(part, {})
-            node[key.split(".")[-1]] = value
-        ProjectConfig.model_validate(tree)
+    for job in jobs:  # every override is a real config field; only the seed and the method differ
+        cfg = load_config(ProjectConfig, ood_gain.DEFAULT_CONFIG, overrides=job["overrides"])
+        assert cfg.train.seed == job["seed"] and cfg.train.steps == 7
+
+
+def test_stack_kinds_file_is_valid_and_ordered(tmp_path: Path) -> None:
+    kinds = ood_gain.load_stack_kinds()
+    assert kinds.primary in kinds.kinds and {"controlnet", "synth", "mixed"} <= set(kinds.kinds)
+    order = ood_gain.build_order(kinds)
+    for name, kind in kinds.kinds.items():
+        if kind.generator_from:
+            assert order.index(kind.generator_from) < order.index(name)
+    bad = tmp_path / "kinds.yaml"
+    bad.write_text("primary: x\nkinds: {a: {run_dir: r}}\n")
+    with pytest.raises(S2S2Error, match="primary 'x' is not one of the kinds"):
+        ood_gain.load_stack_kinds(bad)
+    bad.write_text("primary: a\nkinds: {a: {run_dir: r, generator_from: b}, b: {run_dir: s, finetune: false}}\n")
+    with pytest.raises(S2S2Error, match="must name a kind that fine-tunes"):
+        ood_gain.load_stack_kinds(bad)
 
 
 def test_stack_note_reports_fidelity_and_appearance() -> None:
@@ -230,3 +292,23 @@ def test_stack_note_reports_fidelity_and_appearance() -> None:
     with_fidelity = ood_gain.stack_note({"inspect": {"mask_fidelity": fidelity}, "appearance": look})
     assert "Dice 0.81 vs 0.40 by chance" in with_fidelity and "originals: 0.95" in with_fidelity and "0.020" in with_fidelity and "25%" in with_fidelity
     assert "fidelity Dice not available" in ood_gain.stack_note({"inspect": {"mask_fidelity": None}, "appearance": look})
+
+
+def test_stack_kind_configs_apply_overlays_and_share_generators(tmp_path: Path) -> None:
+    from s2s2.pipeline.config.base import load_config
+    from s2s2.pipeline.errors import ConfigError
+
+    spec = tmp_path / "kinds.yaml"
+    spec.write_text("primary: a\nkinds:\n  a: {run_dir: runs/a, overlay: {store.k: 6}}\n"
+                    "  b: {run_dir: runs/b, store: elsewhere/b.zarr, generator_from: a}\n"
+                    "  c: {run_dir: runs/c, overlay: {generator.no_such_field: 1}}\n")
+    kinds = load_config(ood_gain.StackKinds, spec)
+    a = ood_gain.kind_config("a", kinds, quick=False)
+    assert (a.run_dir, a.store.path, a.store.k) == ("runs/a", "runs/a/stack.zarr", 6)
+    b = ood_gain.kind_config("b", kinds, quick=False)
+    assert b.store.path == "elsewhere/b.zarr" and b.generate.generator_dir == "runs/a/generator"
+    quick = ood_gain.kind_config("b", kinds, quick=True)  # throwaway: own folder, seconds of training
+    assert quick.store.path == f"{ood_gain.QUICK.run_dir}/stacks/b/stack.zarr" and quick.store.k == 2
+    assert quick.generate.generator_dir == f"{ood_gain.QUICK.run_dir}/stacks/a/generator"
+    with pytest.raises(ConfigError, match="no_such_field"):
+        ood_gain.kind_config("c", kinds, quick=True)

@@ -14,35 +14,20 @@ import pytest
 
 from s2s2.pipeline.errors import ConfigError, StoreError
 from s2s2.pipeline.generator.toy import toy_dataset, toy_project_config
-from s2s2.stages.finetune import run_finetune
-from s2s2.stages.generate import ShardTask, generate_shard, run_generate, stack_generator
+from s2s2.stages.generate import run_generate
 from s2s2.store.stack_store import StackStore
+from test_generate_support import reference_stack
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def generator(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny fine-tuned generator shared by this module's tests."""
-    cfg = toy_project_config(str(tmp_path_factory.mktemp("gen")))
-    return run_finetune(cfg, toy_dataset())
+def generator(toy_generator: Path) -> Path:
+    return toy_generator
 
 
 def _config(tmp_path: Path, generator: Path, **generate):
     return toy_project_config(str(tmp_path), generate={"generator_dir": str(generator), **generate})
-
-
-def _reference_stack(cfg, dataset, path: Path) -> np.ndarray:
-    """The whole stack generated in this process, shard by shard, without dask or interruption."""
-    store = StackStore.create(path, dataset, k=cfg.store.k, shard_size=cfg.store.shard_size)
-    resolution = dataset.image_shape[-1]
-    generator = stack_generator(cfg, store.k, store.manifest.prompt_template, resolution)
-    store.bind_generator(generator)
-    task = ShardTask(store_path=str(path), storage_options={}, generator_dir=cfg.generate.generator_dir,
-                     settings=cfg.generate, resolution=resolution, attention="auto", generator=generator)
-    for shard in range(store.num_shards):
-        generate_shard(task, shard)
-    return np.asarray(StackStore.open(path)._group["stack"][:])
 
 
 def test_two_worker_processes_fill_every_shard_exactly_once(tmp_path, generator):
@@ -58,7 +43,7 @@ def test_two_worker_processes_fill_every_shard_exactly_once(tmp_path, generator)
     identity = store.manifest.generator.sources[0].identity
     assert len(store.manifest.generator.sources) == 1 and identity.scheduler == "unipc" and identity.steps == 2 and len(identity.controlnet_hash) == 64
     stack = np.asarray(store._group["stack"][:])
-    assert np.array_equal(stack, _reference_stack(cfg, dataset, tmp_path / "reference.zarr"))
+    assert np.array_equal(stack, reference_stack(cfg, dataset, tmp_path / "reference.zarr"))
     assert run_generate(cfg, dataset) == []  # complete: a rerun does nothing
     reseeded = cfg.model_copy(update={"generate": cfg.generate.model_copy(update={"seed": 1})})
     with pytest.raises(StoreError, match="seed: 0 -> 1"):  # another generator must not mix in silently
@@ -70,41 +55,53 @@ import sys
 from s2s2.pipeline.generator.toy import toy_dataset, toy_project_config
 from s2s2.stages.generate import run_generate
 if __name__ == "__main__":
-    cfg = toy_project_config(sys.argv[1], store={"shard_size": 1}, generate={"generator_dir": sys.argv[2], "steps": 6})
+    cfg = toy_project_config(sys.argv[1], store={"shard_size": 1},
+                             generate={"generator_dir": sys.argv[2], "steps": 6, "claim_seconds": 3})
     run_generate(cfg, toy_dataset(n=16))
 """
 
 
-def test_sigkill_then_resume_gives_the_same_store(tmp_path, generator):
+def test_sigkill_then_resume_retakes_the_killed_shard_after_expiry_and_gives_the_same_store(tmp_path, generator):
     dataset = toy_dataset(n=16)
-    cfg = toy_project_config(str(tmp_path), store={"shard_size": 1}, generate={"generator_dir": str(generator), "steps": 6})
+    cfg = toy_project_config(str(tmp_path), store={"shard_size": 1},
+                             generate={"generator_dir": str(generator), "steps": 6, "claim_seconds": 3})
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     child = subprocess.Popen([sys.executable, "-c", _CHILD, str(tmp_path), str(generator)], env=env,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    done_before_kill = 0.0
+    held: dict = {}
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 240
         while time.monotonic() < deadline and child.poll() is None:
             if (tmp_path / "stack.zarr" / "zarr.json").is_file():
                 try:
-                    done_before_kill = StackStore.open(cfg.store.path).complete_fraction()
+                    store = StackStore.open(cfg.store.path)
                 except StoreError:  # manifest not written yet
-                    done_before_kill = 0.0
-                if done_before_kill > 0:
+                    continue
+                pending = store.pending_shards()
+                held = store.claims.live_claims(pending)
+                if held and 0 < store.complete_fraction() < 1:
                     break
             time.sleep(0.05)
     finally:
-        os.killpg(child.pid, signal.SIGKILL)  # the generate process and its dask workers, mid-run
+        os.killpg(child.pid, signal.SIGKILL)  # the generate process and its dask workers, mid-shard
         child.wait()
-    assert 0 < done_before_kill < 1, "the child was not caught mid-run"
-    pending = StackStore.open(cfg.store.path).pending_shards()
-    assert pending
+    killed_at = time.time()
+    assert held, "the child was not caught holding a claim mid-run"
+    store = StackStore.open(cfg.store.path)
+    pending = store.pending_shards()
+    assert 0 < store.complete_fraction() < 1 and set(held) <= set(pending)
+    dead = {shard: store.claims.current(shard) for shard in held}  # as the killed writer left them
+    assert all(claim.live(killed_at) for claim in dead.values())
     results = run_generate(cfg, dataset)
     assert sorted(r.shard for r in results) == pending  # only the unfinished shards were redone
+    for shard, claim in dead.items():  # retaken by the new run, and only once the dead claim had lapsed
+        retaken = store.claims.current(shard)
+        assert retaken.seq == claim.seq + 1 and retaken.writer != claim.writer and retaken.released
+        assert retaken.claimed >= claim.expires
     resumed = StackStore.open(cfg.store.path)
     assert resumed.done_ledger().all()
     stack = np.asarray(resumed._group["stack"][:])
-    assert np.array_equal(stack, _reference_stack(cfg, dataset, tmp_path / "reference.zarr"))
+    assert np.array_equal(stack, reference_stack(cfg, dataset, tmp_path / "reference.zarr"))
 
 
 def test_store_of_another_dataset_is_refused(tmp_path, generator):

@@ -37,7 +37,8 @@ def _fill_in_this_process(cfg: ProjectConfig, dataset: PreparedDataset) -> np.nd
     generator = stack_generator(cfg, store.k, store.manifest.prompt_template, resolution)
     store.bind_generator(generator)
     task = ShardTask(store_path=str(sc.path), storage_options={}, generator_dir=cfg.generate.generator_dir or "",
-                     settings=cfg.generate, resolution=resolution, attention="auto", generator=generator)
+                     settings=cfg.generate, resolution=resolution, attention="auto", generator=generator,
+                     writer="reference")
     for shard in range(store.num_shards):
         generate_shard(task, shard)
     return _stack(sc.path)
@@ -137,3 +138,13 @@ def test_bad_source_settings_exit_2_with_a_message(args: list[str], message: str
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 2, out.stderr[-2000:]
     assert message in out.stderr and "Traceback" not in out.stderr
+
+
+def test_finetune_has_nothing_to_do_for_a_synth_generator(tmp_path: Path) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    out = subprocess.run([sys.executable, "-m", "s2s2.cli", "finetune", "--set", f"run_dir={tmp_path}",
+                          "--set", "generator.kind=synth"], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "nothing to fine-tune" in out.stdout
+    assert not (tmp_path / "tiny-base").exists() and not (tmp_path / "generator").exists()

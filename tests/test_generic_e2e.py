@@ -54,8 +54,9 @@ def test_kvasir_layout_goes_through_every_stage_with_library_defaults(tmp_path):
         "data": {"adapter": "folder", "root": str(data), "size": 32, "cache_dir": str(tmp_path / "cache")},
         "store": {"k": 2, "shard_size": 4},
         "generator": {"base_model": "tiny", "tiny": {
-            "vae_channels": [8, 16], "unet_channels": [16, 32], "norm_num_groups": 8, "text_width": 16,
-            "text_layers": 1, "max_prompt_tokens": 48, "vae_steps": 2, "vae_max_seconds": None}},
+            "vae_channels": [8, 16], "unet_channels": [16, 32], "unet_attention": [False, True],
+            "norm_num_groups": 8, "text_width": 16, "text_layers": 1, "max_prompt_tokens": 48, "vae_steps": 2,
+            "vae_max_seconds": None}},
         "finetune": {"steps": 2, "batch_size": 2, "unlock_unet": True, "validate_every": 100,
                      "checkpoint_every": 100},
         "generate": {"steps": 2, "workers": 1, "device": "cpu"},

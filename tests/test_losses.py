@@ -120,3 +120,39 @@ def test_batched_2b_step_equals_two_separate_forwards_in_eval_mode(name):
     assert len(grads_batched) == len(grads_separate) > 0
     for a, b in zip(grads_batched, grads_separate):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)
+
+
+def reference_dice_loss(probabilities: np.ndarray, onehot: np.ndarray) -> float:
+    """MONAI's DiceLoss defaults written out: per image and channel, smooth 1e-5, mean over both."""
+    axes = (2, 3)
+    intersection = (probabilities * onehot).sum(axes)
+    denominator = probabilities.sum(axes) + onehot.sum(axes)
+    return float((1.0 - (2.0 * intersection + 1e-5) / (denominator + 1e-5)).mean())
+
+
+@pytest.mark.parametrize("classes", [2, 4])
+def test_seg_losses_match_their_definitions(classes):
+    """ce_dice: softmax CE + softmax Dice; bce_dice: sigmoid BCE + sigmoid Dice on every class channel
+    (MONAI's DiceCELoss(sigmoid=True) would take a softmax CE here for two or more channels)."""
+    rng = np.random.default_rng(classes)
+    logits = rng.normal(0, 2, size=(3, classes, 8, 8))
+    mask = rng.integers(0, classes, size=(3, 8, 8))
+    onehot = np.moveaxis(np.eye(classes)[mask], -1, 1)
+    sigmoid = 1.0 / (1.0 + np.exp(-logits))
+    bce = -(onehot * np.log(sigmoid) + (1 - onehot) * np.log(1 - sigmoid)).mean()
+    softmax = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    ce = -(onehot * np.log(softmax)).sum(1).mean()
+    want = {"bce_dice": 0.7 * bce + 1.3 * reference_dice_loss(sigmoid, onehot),
+            "ce_dice": 0.7 * ce + 1.3 * reference_dice_loss(softmax, onehot)}
+    for seg, expected in want.items():
+        loss = build_seg_loss(LossConfig(seg=seg, lambda_ce=0.7, lambda_dice=1.3))
+        got = loss(torch.tensor(logits, dtype=torch.float32), torch.tensor(mask)[:, None])
+        assert got.item() == pytest.approx(expected, rel=1e-5), seg
+
+
+def test_stack_terms_active_only_with_a_weight_on_the_stack_image():
+    from s2s2.pipeline.losses import stack_terms_active
+
+    assert not stack_terms_active(LossConfig(w_seg_gen=0, a_enc=0, a_dec=0))
+    for weights in ({"w_seg_gen": 0.1, "a_enc": 0}, {"w_seg_gen": 0, "a_enc": 1}, {"w_seg_gen": 0, "a_enc": 0, "a_dec": 1}):
+        assert stack_terms_active(LossConfig(**weights))

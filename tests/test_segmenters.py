@@ -15,7 +15,7 @@ from test_train_support import blob_dataset
 
 # Documented shapes at 32 px, batch 2, 1 channel, 4 classes (small presets).
 SHAPES = {
-    "unet": ([(2, 512, 1, 1)], (2, 16, 32, 32)),  # resnet18 stage 5; smp decoder output
+    "unet": ([(2, 256, 2, 2)], (2, 16, 32, 32)),  # resnet18 stage 4 (the default sc_stages); smp decoder output
     "transunet": ([(2, 4, 192)], (2, 16, 32, 32)),  # tokens [B, (32/16)^2, 192]; DecoderCup output
     "fcbformer": ([(2, 32, 8, 8), (2, 128, 2, 2)], (2, 32, 32, 32)),  # TB output (stride 4), FCB bottleneck
 }
@@ -90,3 +90,39 @@ def test_location_scale_is_a_monotone_remap_inside_unit_range():
         assert not np.allclose(out, image)
     inverted = bezier_remap(image, rng, inverse_prob=1.0)
     assert inverted.ravel()[0] > inverted.ravel()[-1]
+
+
+# Every encoder stage a model offers to L_enc, at 64 px (batch 2): what `model.sc_stages` can name.
+STAGE_SHAPES = {
+    "unet": {"stage1": (2, 64, 32, 32), "stage2": (2, 64, 16, 16), "stage3": (2, 128, 8, 8),
+             "stage4": (2, 256, 4, 4), "stage5": (2, 512, 2, 2)},
+    "transunet": {"stem": (2, 32, 32, 32), "stage1": (2, 64, 16, 16), "stage2": (2, 128, 8, 8),
+                  "tokens": (2, 16, 192)},
+    "fcbformer": {"tb": (2, 32, 16, 16), "fcb": (2, 128, 4, 4)},
+}
+
+
+@pytest.mark.parametrize("name", list(STAGE_SHAPES))
+def test_sc_stages_pick_the_encoder_features_and_default_per_model(name):
+    from s2s2.pipeline.segmenters import DEFAULT_SC_STAGES, ENCODER_STAGES
+
+    assert tuple(STAGE_SHAPES[name]) == ENCODER_STAGES[name]
+    torch.manual_seed(0)
+    model = build_segmenter(ModelConfig(name=name, sc_stages=list(ENCODER_STAGES[name])), 1, 4, 64)
+    x = torch.rand(2, 1, 64, 64)
+    everything = model(x)
+    assert [tuple(f.shape) for f in everything.encoder_features] == list(STAGE_SHAPES[name].values())
+    torch.manual_seed(0)
+    default = build_segmenter(ModelConfig(name=name), 1, 4, 64)(x)  # same init: same features
+    by_name = dict(zip(ENCODER_STAGES[name], everything.encoder_features))
+    assert len(default.encoder_features) == len(DEFAULT_SC_STAGES[name])
+    for stage, feature in zip(DEFAULT_SC_STAGES[name], default.encoder_features):
+        torch.testing.assert_close(feature, by_name[stage])
+    torch.testing.assert_close(default.logits, everything.logits)  # the choice never changes the prediction
+
+
+def test_unknown_or_repeated_sc_stages_are_refused():
+    with pytest.raises(ConfigError, match=r"unet offers the encoder stages \['stage1'.*'stage5'\]"):
+        build_segmenter(ModelConfig(name="unet", sc_stages=["tokens"]), 1, 4, 32)
+    with pytest.raises(ConfigError, match="at most once"):
+        build_segmenter(ModelConfig(name="transunet", sc_stages=["tokens", "tokens"]), 1, 4, 32)

@@ -98,24 +98,54 @@ def test_open_refuses_missing_or_foreign_or_future_stores(tmp_path):
         StackStore.open(tmp_path / "s.zarr")
 
 
-def test_bind_generator_refuses_another_generator_unless_overwrite(tmp_path):
+def write_as(store: StackStore, shard: int, ident: StackGenerator, writer: str = "run-a",
+             replaces: int | None = None) -> bool:
+    """One shard written through the claim protocol by the generator `ident`."""
+    claim = store.claims.claim(shard, writer, seconds=60)
+    assert claim is not None
+    images = fake_stack(store.shard_samples(shard), store.k, (1, 16, 16))
+    with store.claims.holding(claim, 60):
+        return store.write_claimed_shard(claim, ident, replaces, images, stale_seconds=60)
+
+
+def test_binding_happens_at_the_first_write_and_refuses_another_generator_unless_overwrite(tmp_path):
     ds = synthetic_dataset(n=12)
     store = StackStore.create(tmp_path / "s.zarr", ds, k=2, shard_size=2)
-    store.bind_generator(one_source())
-    store.write_shard(0, fake_stack(store.shard_samples(0), 2, (1, 16, 16)))
-    store.bind_generator(one_source())  # same identity: resume keeps the work
-    assert store.pending_shards() == [1]
+    assert store.check_generator(one_source(), "run-a") is None  # checking binds nothing
+    assert store.current_binding() is None and store.manifest.generator is None
+    assert write_as(store, 0, one_source())
+    assert store.current_binding().seq == 0 and store.pending_shards() == [1]
     assert StackStore.open(tmp_path / "s.zarr").manifest.generator == one_source()
-    with pytest.raises(StoreError, match=r"k 0-1 controlnet: steps: 20 -> 50"):
-        store.bind_generator(one_source(steps=50))
-    store.bind_generator(one_source(steps=50), overwrite=True)
+    assert store.check_generator(one_source(), "run-b") is None  # same identity: resume keeps the work
+    with pytest.raises(StoreError, match=r"k 0-1 controlnet: steps: 20 -> 50.*--overwrite"):
+        store.check_generator(one_source(steps=50), "run-b")
+    with pytest.raises(StoreError, match=r"steps: 20 -> 50"):  # a writer that was not allowed to replace it
+        write_as(store, 1, one_source(steps=50), writer="run-b")
+    replaces = store.check_generator(one_source(steps=50), "run-b", overwrite=True)
+    assert replaces == 0 and store.pending_for(one_source(steps=50)) == [0, 1]
+    assert StackStore.open(tmp_path / "s.zarr").manifest.generator == one_source()  # not rebound before a write
+    assert write_as(store, 1, one_source(steps=50), writer="run-b", replaces=replaces)
     reopened = StackStore.open(tmp_path / "s.zarr", "r+")
-    assert reopened.manifest.generator.sources[0].identity.steps == 50 and reopened.pending_shards() == [0, 1]
+    assert reopened.manifest.generator.sources[0].identity.steps == 50 and reopened.current_binding().seq == 1
+    assert reopened.pending_shards() == [0]  # the rebinding cleared shard 0, written by the old generator
     assert reopened.manifest.status == "generating"
-    for shard in reopened.pending_shards():
-        reopened.write_shard(shard, fake_stack(reopened.shard_samples(shard), 2, (1, 16, 16)))
+    with pytest.raises(StoreError, match="another `generate --overwrite` took it over"):
+        write_as(reopened, 0, one_source(), writer="run-a")  # the old run cannot write any more
+    assert write_as(reopened, 0, one_source(steps=50), writer="run-b", replaces=replaces)
     assert reopened.refresh_status() == "complete"
     assert StackStore.open(tmp_path / "s.zarr").manifest.status == "complete"
+
+
+def test_a_store_bound_before_claim_records_keeps_its_generator(tmp_path):
+    ds = synthetic_dataset(n=12)
+    store = StackStore.create(tmp_path / "s.zarr", ds, k=2, shard_size=2)
+    store._update_manifest(generator=one_source(), status="generating")  # as older versions recorded it
+    legacy = StackStore.open(tmp_path / "s.zarr", "r+")
+    assert legacy.current_binding().seq == -1 and legacy.bound_to(one_source())
+    with pytest.raises(StoreError, match="seed: 0 -> 3"):
+        legacy.check_generator(one_source(seed=3), "run-a")
+    assert write_as(legacy, 0, one_source())
+    assert legacy.pending_shards() == [1]
 
 
 def test_a_schema_1_store_reads_as_one_controlnet_source(tmp_path):

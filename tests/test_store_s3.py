@@ -4,28 +4,18 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from moto.server import ThreadedMotoServer
 
 from s2s2.pipeline.errors import StoreError
 from s2s2.store.inspect import bytes_on_disk, summarise, verify
 from s2s2.stages.train.datasets import StackPairDataset
 from s2s2.store.stack_store import StackStore
-from test_store_support import fake_stack, synthetic_dataset
+from test_store_support import moto_s3, fake_stack, synthetic_dataset
 
 
 @pytest.fixture(scope="module")
 def s3_options():
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    options = {"endpoint_url": f"http://{host}:{port}", "key": "testing", "secret": "testing",
-               "client_kwargs": {"region_name": "us-east-1"}}
-    import boto3
-
-    boto3.client("s3", endpoint_url=options["endpoint_url"], aws_access_key_id="testing",
-                 aws_secret_access_key="testing", region_name="us-east-1").create_bucket(Bucket="s2s2-test")
-    yield options
-    server.stop()
+    with moto_s3("s2s2-test") as options:
+        yield options
 
 
 def test_create_write_and_read_pairs_on_s3(s3_options):
@@ -34,13 +24,13 @@ def test_create_write_and_read_pairs_on_s3(s3_options):
     store = StackStore.create(url, ds, k=2, shard_size=4, storage_options=s3_options)
     with pytest.raises(StoreError, match=r"66.7% generated"):
         store.write_shard(0, fake_stack(store.shard_samples(0), 2, (1, 16, 16)))
-        StackPairDataset(url, seed=0, storage_options=s3_options)
+        StackPairDataset(ds, url, seed=0, storage_options=s3_options)
     store.write_shard(1, fake_stack(store.shard_samples(1), 2, (1, 16, 16)))
 
     reopened = StackStore.open(url, storage_options=s3_options)
     assert reopened.pending_shards() == [] and reopened.ids == [ds.ids[i] for i in ds.indices("train")]
     np.testing.assert_array_equal(reopened.read_shard_stack(1), fake_stack(range(4, 6), 2, (1, 16, 16)))
-    dataset = StackPairDataset(url, seed=1, expected_fingerprint=ds.fingerprint(), storage_options=s3_options)
+    dataset = StackPairDataset(ds, url, seed=1, storage_options=s3_options)
     for i in range(len(dataset)):
         item = dataset[i]
         expected = fake_stack(range(item["index"], item["index"] + 1), 2, (1, 16, 16))[0, item["k"]]
@@ -56,10 +46,11 @@ def test_forked_dataloader_workers_read_from_s3(s3_options):
     from torch.utils.data import DataLoader
 
     url = "s3://s2s2-test/fork/stack.zarr"
-    store = StackStore.create(url, synthetic_dataset(n=24), k=2, shard_size=4, storage_options=s3_options)
+    ds = synthetic_dataset(n=24)
+    store = StackStore.create(url, ds, k=2, shard_size=4, storage_options=s3_options)
     for shard in store.pending_shards():
         store.write_shard(shard, fake_stack(store.shard_samples(shard), 2, (1, 16, 16)))
-    dataset = StackPairDataset(url, seed=4, storage_options=s3_options)
+    dataset = StackPairDataset(ds, url, seed=4, storage_options=s3_options)
     dataset[0]  # the parent holds an open handle when it forks
     batches = list(DataLoader(dataset, batch_size=3, num_workers=2, multiprocessing_context="fork", timeout=60))
     ks = torch.cat([b["k"] for b in batches]).tolist()

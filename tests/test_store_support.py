@@ -4,10 +4,13 @@ only numpy/zarr (no torch) so it starts in about a second."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -112,3 +115,22 @@ def start_python(code: str, *args: str) -> subprocess.Popen:
 def rewriter_versions(shape: tuple[int, ...]) -> list[np.ndarray]:
     """The two shard contents REWRITER alternates between."""
     return [np.random.default_rng(v).integers(0, 256, size=shape, dtype=np.uint8) for v in (1, 2)]
+
+
+@contextlib.contextmanager
+def moto_s3(bucket: str) -> Iterator[dict[str, Any]]:
+    """moto's S3 server on 127.0.0.1 (a real HTTP server) with `bucket` created; yields s3fs options."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        options = {"endpoint_url": f"http://{host}:{port}", "key": "testing", "secret": "testing",
+                   "client_kwargs": {"region_name": "us-east-1"}}
+        boto3.client("s3", endpoint_url=options["endpoint_url"], aws_access_key_id="testing",
+                     aws_secret_access_key="testing", region_name="us-east-1").create_bucket(Bucket=bucket)
+        yield options
+    finally:
+        server.stop()

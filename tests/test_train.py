@@ -53,7 +53,7 @@ def test_s2s2_reads_exactly_one_stack_image_per_sample_visit(tmp_path, dataset, 
     # the k read is the reader's seeded draw for (seed, epoch, index)
     for epoch in range(2):
         for index, k in stack_reads[epoch * 16:(epoch + 1) * 16]:
-            assert k == draw_k(cfg.train.seed, epoch, index, np.arange(3))[0]
+            assert k == draw_k(cfg.train.seed, epoch, index, np.arange(3))
 
 
 def weights(path):
@@ -131,15 +131,16 @@ def test_learning_rate_schedules():
     assert lr_at(0, cfg) == 0.5 and lr_at(2, cfg) == 1.0 and lr_at(6, cfg) == pytest.approx(0.5)
 
 
-def test_location_scale_touches_the_original_only():
-    from s2s2.stages.train.augment import PairAugment
+@pytest.mark.parametrize("option", ["location_scale", "gin"])
+def test_intensity_augmentations_touch_the_original_only(option):
     from s2s2.pipeline.config.train import AugmentConfig
-    from s2s2.stages.train.augment import OriginalAugment
+    from s2s2.stages.train.augment import PairAugment
 
     ds = blob_dataset(n=6, size=32)
     original, stack_image, mask = ds.images[0], 1.0 - ds.images[0], ds.masks[0]
-    transform = OriginalAugment(PairAugment(AugmentConfig(enabled=False)), location_scale=True)
-    new_original, new_stack, new_mask = transform(original, stack_image, mask, np.random.default_rng(3))
+    transform = PairAugment(AugmentConfig(enabled=False), **{option: True})
+    new_original, new_stack, new_mask = transform(original, stack_image, mask, np.random.default_rng(3),
+                                                  np.random.default_rng(4))
     assert not np.allclose(new_original, original)
     np.testing.assert_array_equal(new_stack, stack_image)
     np.testing.assert_array_equal(new_mask, mask)
@@ -148,3 +149,75 @@ def test_location_scale_touches_the_original_only():
 def test_baseline_with_location_scale_trains(tmp_path, dataset):
     folder = run_train(tiny_config(tmp_path, stack=False, location_scale=True, steps=3), dataset=dataset)
     assert json.loads((folder / "summary.json").read_text())["steps"] == 3
+
+
+def log_rows(folder):
+    return [{k: v for k, v in row.items() if k not in ("seconds",)} for row in csv.DictReader(open(folder / "log.csv"))]
+
+
+def test_s2s2_without_stack_terms_reproduces_the_baseline_exactly(tmp_path, dataset, monkeypatch):
+    """Matched runs: same seed, same samples, order, augmentation draws, init and steps. With every
+    stack term at zero, S2S2 reads its stack images but never forwards them, so its losses, validation
+    scores and weights equal the baseline's bit for bit; any stack term makes them differ."""
+    filled_store(tmp_path / "stack.zarr", dataset, k=3)
+    reads = []
+    real_read_stack = StackStore.read_stack
+    monkeypatch.setattr(StackStore, "read_stack", lambda self, i, k: reads.append(i) or real_read_stack(self, i, k))
+    common = {"steps": 7, "val_every": 3, "checkpoint_every": 7, "location_scale": True}  # crosses an epoch
+    base = run_train(tiny_config(tmp_path, stack=False, name="base", **common), dataset=dataset)
+    zero = {"w_seg_gen": 0.0, "a_enc": 0.0, "a_dec": 0.0}
+    matched = run_train(tiny_config(tmp_path, stack=True, name="zero", loss=zero, **common), dataset=dataset)
+    assert len(reads) == 7 * 4  # the S2S2 reader ran: one stack image per visit
+    assert json.loads((matched / "summary.json").read_text())["method"] == "s2s2"
+    assert log_rows(matched) == log_rows(base)  # every logged loss and validation Dice
+    for name in ("last.safetensors", "model.safetensors"):
+        a, b = weights(base / name), weights(matched / name)
+        assert all(torch.equal(a[key], b[key]) for key in a), name
+    seg_only = run_train(tiny_config(tmp_path, stack=True, name="seg_only", loss={**zero, "w_seg_gen": 0.1},
+                                     **common), dataset=dataset)
+    a, b = weights(base / "last.safetensors"), weights(seg_only / "last.safetensors")
+    assert not all(torch.equal(a[key], b[key]) for key in a)
+
+
+def test_a_new_run_refuses_an_existing_run_folder_unless_overwrite(tmp_path, dataset):
+    first = run_train(tiny_config(tmp_path, stack=False, steps=2), dataset=dataset)
+    before = weights(first / "model.safetensors")
+    with pytest.raises(ConfigError, match="already holds a run.*--overwrite.*--resume"):
+        run_train(tiny_config(tmp_path, stack=False, steps=2, seed=1), dataset=dataset)
+    after = weights(first / "model.safetensors")
+    assert all(torch.equal(before[key], after[key]) for key in before)  # nothing was deleted
+    run_train(tiny_config(tmp_path, stack=False, steps=4), resume=True, dataset=dataset)
+    assert json.loads((first / "summary.json").read_text())["steps"] == 4
+    with pytest.raises(ConfigError, match="pass one of them"):
+        run_train(tiny_config(tmp_path, stack=False, steps=4), resume=True, overwrite=True, dataset=dataset)
+    run_train(tiny_config(tmp_path, stack=False, steps=2, seed=1), overwrite=True, dataset=dataset)
+    summary = json.loads((first / "summary.json").read_text())
+    assert (summary["seed"], summary["steps"]) == (1, 2)
+
+
+def test_without_a_val_split_there_is_no_model_selection_on_training_data(tmp_path, dataset):
+    no_val = PreparedDataset(name=dataset.name, images=dataset.images, masks=dataset.masks, ids=dataset.ids,
+                             spacings=dataset.spacings, class_names=dataset.class_names, modality=dataset.modality,
+                             prompt_template=dataset.prompt_template,
+                             splits={**dataset.splits, "val": []})  # e.g. data.val_fraction: 0
+    folder = run_train(tiny_config(tmp_path, stack=False, steps=6, val_every=2), dataset=no_val)
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["model_selection"] == "last" and summary["best_val_dice_mean"] is None
+    assert not any(row["val_dice_mean"] for row in csv.DictReader(open(folder / "log.csv")))
+    a, b = weights(folder / "model.safetensors"), weights(folder / "last.safetensors")
+    assert all(torch.equal(a[key], b[key]) for key in a)
+    with_val = run_train(tiny_config(tmp_path, stack=False, steps=6, val_every=2, name="val"), dataset=dataset)
+    assert json.loads((with_val / "summary.json").read_text())["model_selection"] == "best_val"
+
+
+def test_a_run_stopped_by_its_time_cap_is_flagged_in_summary_and_report(tmp_path, dataset):
+    from s2s2.stages.report import results_markdown, run_entry
+
+    folder = run_train(tiny_config(tmp_path, stack=False, steps=500, max_seconds=0.01), dataset=dataset)
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["stopped_by_time_cap"] is True and summary["steps"] < 500 and summary["max_seconds"] == 0.01
+    (folder / "metrics.json").write_text(json.dumps({"test_sets": {"in_domain": {
+        "dice_mean": 0.5, "dice": {"grey matter": 0.5}, "hd95_mean": 1.0}}}))
+    assert f"| {summary['steps']} of 500 (STOPPED BY TIME CAP) |" in results_markdown([run_entry(folder)])
+    full = run_train(tiny_config(tmp_path, stack=False, steps=2, name="full"), dataset=dataset)
+    assert json.loads((full / "summary.json").read_text())["stopped_by_time_cap"] is False

@@ -37,6 +37,10 @@ def test_train_evaluate_report_and_a_clear_error(tmp_path):
     resolved = yaml.safe_load((folder / "config.yaml").read_text())
     assert resolved["model"]["name"] == "transunet" and resolved["train"]["stack"] is False
 
+    again = cli("train", "-c", str(config), "--name", "base", "--baseline", cwd=tmp_path)
+    assert again.returncode == 2 and "already holds a run" in again.stderr and "--overwrite" in again.stderr
+    assert "Traceback" not in again.stderr and (folder / "model.safetensors").is_file()
+
     evaluated = cli("evaluate", "--run", str(folder), cwd=tmp_path)  # config from the run folder
     assert evaluated.returncode == 0, evaluated.stderr[-2000:]
     assert "base in_domain: Dice" in evaluated.stdout

@@ -1,5 +1,6 @@
-"""The pair reader on real stores: two image reads per visit, uniform reproducible k, lazy
-per-worker opening under fork, refusal of incomplete or foreign stores."""
+"""The training samples on real stores: originals from the prepared data, one stack-image read per
+visit, uniform reproducible k, lazy per-worker opening under fork, refusal of incomplete or foreign
+stores, and the same originals and augmentation draws as the baseline."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from zarr.storage import LocalStore, WrapperStore
 from s2s2.stages.train.augment import PairAugment
 from s2s2.pipeline.config.train import AugmentConfig
 from s2s2.pipeline.errors import StoreError
-from s2s2.stages.train.datasets import StackPairDataset, draw_k
+from s2s2.stages.train.datasets import BaselineDataset, StackPairDataset, draw_k
 from s2s2.store.stack_store import StackStore
 from test_store_support import fake_stack, synthetic_dataset
 
@@ -49,10 +50,10 @@ def full_store(tmp_path_factory):
     return path, ds
 
 
-def test_a_visit_reads_exactly_two_images_and_the_mask(full_store):
-    path, _ = full_store
+def test_a_visit_reads_exactly_one_stack_image_from_the_store(full_store):
+    path, ds = full_store
     counting = CountingStore(LocalStore(str(path), read_only=True))
-    dataset = StackPairDataset(counting, seed=3)
+    dataset = StackPairDataset(ds, counting, seed=3)
     dataset[0]  # warm: array metadata is read once per handle
     counting.gets.clear()
     item = dataset[5]
@@ -61,7 +62,7 @@ def test_a_visit_reads_exactly_two_images_and_the_mask(full_store):
         if isinstance(byte_range, RangeByteRequest):  # an inner chunk; the other gets are shard indexes
             array = key.split("/")[0]
             chunk_reads[array] = chunk_reads.get(array, 0) + 1
-    assert chunk_reads == {"originals": 1, "stack": 1, "masks": 1}
+    assert chunk_reads == {"stack": 1}  # original and mask come from the prepared data
     assert not any(key.endswith("zarr.json") for key, _, _ in counting.gets)
     stack_bytes = sum(n for key, _, n in counting.gets if key.startswith("stack/"))
     shard_file = path / "stack" / "c" / "1" / "0" / "0" / "0" / "0"
@@ -69,30 +70,32 @@ def test_a_visit_reads_exactly_two_images_and_the_mask(full_store):
     expected = StackStore.open(path).read_stack(item["index"], item["k"])
     np.testing.assert_allclose(item["stack_image"].numpy(), expected / 255.0, atol=1e-6)
     counting.gets.clear()
-    dataset[6]  # same shard (samples 4..7): the shard indexes are cached, one request per image
-    assert len(counting.gets) == 3 and all(isinstance(r, RangeByteRequest) for _, r, _ in counting.gets)
+    dataset[6]  # same shard (samples 4..7): the shard index is cached, one request for the image
+    assert len(counting.gets) == 1 and all(isinstance(r, RangeByteRequest) for _, r, _ in counting.gets)
 
 
 def test_items_hold_the_right_pixels_types_and_shapes(full_store):
     path, ds = full_store
-    dataset = StackPairDataset(path, seed=0, expected_fingerprint=ds.fingerprint())
+    dataset = StackPairDataset(ds, path, seed=0)
     store = StackStore.open(path)
     assert len(dataset) == store.n_samples
     item = dataset[2]
+    index = ds.indices("train")[2]
     assert item["original"].dtype == torch.float32 and item["original"].shape == (1, 16, 16)
     assert item["mask"].dtype == torch.int64 and item["mask"].shape == (16, 16)
-    assert item["id"] == store.ids[2] and 0 <= item["k"] < K
-    np.testing.assert_array_equal(item["mask"].numpy(), ds.masks[ds.indices("train")[2]])
-    np.testing.assert_allclose(item["original"].numpy(), store.read_original(2) / 255.0, atol=1e-6)
-    assert 0.0 <= float(item["original"].min()) and float(item["original"].max()) <= 1.0
+    assert item["id"] == store.ids[2] == ds.ids[index] and 0 <= item["k"] < K
+    np.testing.assert_array_equal(item["mask"].numpy(), ds.masks[index])
+    # the float32 original of the prepared data, not the store's uint8 copy
+    np.testing.assert_array_equal(item["original"].numpy(), ds.images[index])
+    assert not np.array_equal(item["original"].numpy(), store.read_original(2) / np.float32(255))
 
 
 def test_k_is_uniform_and_reproducible(full_store):
-    path, _ = full_store
-    ks = np.array([draw_k(11, epoch, index, np.arange(K))[0] for epoch in range(500) for index in range(8)])
+    path, ds = full_store
+    ks = np.array([draw_k(11, epoch, index, np.arange(K)) for epoch in range(500) for index in range(8)])
     counts = np.bincount(ks, minlength=K)
     assert stats.chisquare(counts).pvalue > 0.001, counts
-    first, second = StackPairDataset(path, seed=11), StackPairDataset(path, seed=11)
+    first, second = StackPairDataset(ds, path, seed=11), StackPairDataset(ds, path, seed=11)
     epochs = []
     for epoch in range(3):
         first.set_epoch(epoch)
@@ -103,12 +106,12 @@ def test_k_is_uniform_and_reproducible(full_store):
     assert epochs[0] != epochs[1] or epochs[1] != epochs[2]  # a fresh draw per epoch
     first.set_epoch(0)
     assert [first[i]["k"] for i in range(len(first))] == epochs[0]
-    assert [StackPairDataset(path, seed=12)[i]["k"] for i in range(len(first))] != epochs[0]
+    assert [StackPairDataset(ds, path, seed=12)[i]["k"] for i in range(len(first))] != epochs[0]
 
 
 def test_dataloader_with_two_forked_workers_matches_single_process(full_store):
-    path, _ = full_store
-    dataset = StackPairDataset(path, seed=5, transform=PairAugment(AugmentConfig()))
+    path, ds = full_store
+    dataset = StackPairDataset(ds, path, seed=5, transform=PairAugment(AugmentConfig()))
     dataset.set_epoch(2)
     single = [dataset[i] for i in range(len(dataset))]
     assert dataset._store is not None  # opened lazily in this process by the reads above
@@ -129,12 +132,44 @@ def test_incomplete_and_foreign_stores_are_refused(tmp_path):
     path = tmp_path / "partial.zarr"
     store = StackStore.create(path, ds, k=K, shard_size=4)
     with pytest.raises(StoreError, match="no generated images"):
-        StackPairDataset(path, seed=0, allow_incomplete=True)
+        StackPairDataset(ds, path, seed=0, allow_incomplete=True)
     store.write_shard(1, fake_stack(store.shard_samples(1), K, (1, 16, 16)))
-    with pytest.raises(StoreError, match=r"50.0% generated.*--allow-incomplete"):
-        StackPairDataset(path, seed=0)
-    partial = StackPairDataset(path, seed=0, allow_incomplete=True)
+    with pytest.raises(StoreError, match=r"50.0% generated.*`--set store.allow_incomplete=true`") as refused:
+        StackPairDataset(ds, path, seed=0)
+    assert "--allow-incomplete" not in str(refused.value)  # no such option: name the one that exists
+    partial = StackPairDataset(ds, path, seed=0, allow_incomplete=True)
     assert len(partial) == 4 and sorted(partial[i]["index"] for i in range(4)) == [4, 5, 6, 7]
     other = synthetic_dataset(n=24, seed=9)
     with pytest.raises(StoreError, match="made from another dataset"):
-        StackPairDataset(path, seed=0, allow_incomplete=True, expected_fingerprint=other.fingerprint())
+        StackPairDataset(other, path, seed=0, allow_incomplete=True)
+
+
+def test_a_store_of_another_split_is_refused(tmp_path):
+    ds = synthetic_dataset(n=24)
+    path = tmp_path / "val.zarr"
+    store = StackStore.create(path, ds, k=2, shard_size=4, split="val")
+    for shard in store.pending_shards():
+        store.write_shard(shard, fake_stack(store.shard_samples(shard), 2, (1, 16, 16)))
+    with pytest.raises(StoreError, match="split 'val', which lacks 8 of the 8 training samples"):
+        StackPairDataset(ds, path, seed=0)
+
+
+def test_s2s2_visits_match_the_baseline_and_k_and_stack_photometrics_draw_their_own_streams(full_store):
+    """Same seed: the same samples in the same order, the same original and mask pixel for pixel
+    (geometry and photometrics), whichever k is drawn and however the stack image is jittered."""
+    path, ds = full_store
+    augment = PairAugment(AugmentConfig(hflip_p=0.5, vflip_p=0.5, affine_p=1.0, photometric_p=1.0),
+                          location_scale=True)
+    baseline, pairs = BaselineDataset(ds, seed=4, transform=augment), StackPairDataset(ds, path, seed=4, transform=augment)
+    assert pairs.samples.tolist() == baseline.samples.tolist() == ds.indices("train")
+    no_stack_jitter = StackPairDataset(ds, path, seed=4, transform=PairAugment(
+        augment.cfg.model_copy(update={"stack_photometric": False}), location_scale=True))
+    for epoch in range(3):
+        for dataset in (baseline, pairs, no_stack_jitter):
+            dataset.set_epoch(epoch)
+        for i in range(len(baseline)):
+            a, b, c = baseline[i], pairs[i], no_stack_jitter[i]
+            assert a["index"] == b["index"] == c["index"] and "stack_image" not in a
+            assert torch.equal(a["original"], b["original"]) and torch.equal(a["original"], c["original"])
+            assert torch.equal(a["mask"], b["mask"]) and torch.equal(a["mask"], c["mask"])
+            assert b["k"] == c["k"] and not torch.equal(b["stack_image"], c["stack_image"])

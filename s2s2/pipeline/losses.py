@@ -77,12 +77,42 @@ def consistency_loss(u: torch.Tensor, v: torch.Tensor, distance: str = "cosine",
     return (weights * per_position).sum() / weights.sum().clamp_min(1e-8)
 
 
+class BCEDiceLoss(nn.Module):
+    """Sigmoid BCE + sigmoid Dice on every class channel against the one-hot mask (background included).
+
+    Written out because MONAI's `DiceCELoss(sigmoid=True)` pairs its sigmoid Dice with a *softmax* CE
+    whenever the logits have two or more channels (it picks BCE only for one channel).
+    """
+
+    def __init__(self, lambda_bce: float = 1.0, lambda_dice: float = 1.0) -> None:
+        super().__init__()
+        from monai.losses import DiceLoss
+
+        self.dice = DiceLoss(to_onehot_y=True, sigmoid=True)
+        self.lambda_bce, self.lambda_dice = lambda_bce, lambda_dice
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """`logits` [B,K,H,W], `target` [B,1,H,W] class ids."""
+        onehot = F.one_hot(target[:, 0].long(), logits.shape[1]).permute(0, 3, 1, 2).to(logits.dtype)
+        bce = F.binary_cross_entropy_with_logits(logits, onehot)
+        return self.lambda_bce * bce + self.lambda_dice * self.dice(logits, target)
+
+
 def build_seg_loss(cfg: LossConfig) -> nn.Module:
-    """The base segmentation loss (MONAI): CE + Dice (softmax) or BCE + Dice (sigmoid, per channel)."""
+    """The base segmentation loss: softmax CE + softmax Dice (MONAI's DiceCELoss), or sigmoid BCE +
+    sigmoid Dice per class channel (`BCEDiceLoss`)."""
+    if cfg.seg == "bce_dice":
+        return BCEDiceLoss(cfg.lambda_ce, cfg.lambda_dice)
     from monai.losses import DiceCELoss
 
-    return DiceCELoss(to_onehot_y=True, softmax=cfg.seg == "ce_dice", sigmoid=cfg.seg == "bce_dice",
-                      lambda_ce=cfg.lambda_ce, lambda_dice=cfg.lambda_dice)
+    return DiceCELoss(to_onehot_y=True, softmax=True, lambda_ce=cfg.lambda_ce, lambda_dice=cfg.lambda_dice)
+
+
+def stack_terms_active(cfg: LossConfig) -> bool:
+    """Whether any term of the objective looks at the stack image. With all of them at zero the
+    trainer forwards the originals alone: the 2B forward would let the stack images change the
+    batch-norm statistics, so S2S2 would no longer reduce to the baseline."""
+    return cfg.w_seg_gen > 0 or cfg.a_enc > 0 or cfg.a_dec > 0
 
 
 class LossParts(NamedTuple):

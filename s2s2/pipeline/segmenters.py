@@ -1,8 +1,8 @@
 """The segmenter zoo behind one interface: every model returns logits, encoder feature(s), decoder map.
 
 `L_sc` compares what `SegOutput` holds, so the trainer never needs to know the architecture:
-- `encoder_features`: list of the deepest encoder outputs, `[B,C,h,w]` maps or `[B,N,C]` token
-  sequences (cosine is taken over C in both cases);
+- `encoder_features`: the encoder stage(s) named by `model.sc_stages` (default per model in
+  `DEFAULT_SC_STAGES`), `[B,C,h,w]` maps or `[B,N,C]` token sequences (cosine over C in both cases);
 - `decoder_feature`: the last decoder map before the classification head, `[B,C,H,W]`.
 
 Backbones, blocks and decoders come from timm, smp and MONAI; only the glue is written here.
@@ -52,6 +52,27 @@ PRESETS: dict[str, dict[str, dict]] = {
 
 MIN_DIVISOR = {"unet": 32, "transunet": 16, "fcbformer": 32}
 
+# The encoder stages each model can hand to L_enc (`model.sc_stages`), shallow to deep.
+# unet: the encoder's five stages, stride 2, 4, 8, 16, 32 (at 64 px: 32x32 ... 2x2 maps).
+# transunet: the CNN stem (stride 2) and CNN stages (stride 4, 8) of the hybrid backbone, then the ViT
+#   tokens (stride 16), which the authors compare.
+# fcbformer: the transformer branch's output (stride 4) and the convolutional branch's bottleneck
+#   (stride 16), the two features the authors compare.
+ENCODER_STAGES: dict[str, tuple[str, ...]] = {
+    "unet": ("stage1", "stage2", "stage3", "stage4", "stage5"),
+    "transunet": ("stem", "stage1", "stage2", "tokens"),
+    "fcbformer": ("tb", "fcb"),
+}
+# Defaults of `model.sc_stages`. transunet and fcbformer: the authors' features. unet: stage4 (stride 16,
+# 4x4 at 64 px) had the best mean validation Dice of the five candidates on the embedded default, over
+# 3 seeds against each of two stacks, though within the seed spread of stage5 (BENCHMARKS.md, "Which
+# encoder stage L_enc compares").
+DEFAULT_SC_STAGES: dict[str, tuple[str, ...]] = {
+    "unet": ("stage4",),
+    "transunet": ("tokens",),
+    "fcbformer": ("tb", "fcb"),
+}
+
 
 def _conv_bn_relu(cin: int, cout: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
@@ -61,25 +82,28 @@ class UNetSegmenter(nn.Module):
     """smp U-Net over a timm/smp encoder; encoder feature = deepest stage, decoder = smp decoder output."""
 
     def __init__(self, in_channels: int, num_classes: int, encoder: str, decoder_channels: tuple[int, ...],
-                 pretrained: bool) -> None:
+                 pretrained: bool, sc_stages: tuple[str, ...]) -> None:
         super().__init__()
         import segmentation_models_pytorch as smp
 
         self.net = smp.Unet(encoder_name=encoder, encoder_weights="imagenet" if pretrained else None,
                             in_channels=in_channels, classes=num_classes, decoder_channels=decoder_channels,
                             encoder_depth=len(decoder_channels))
+        # smp's encoder returns the input first, then stage1..stage5
+        self.sc_levels = [ENCODER_STAGES["unet"].index(name) + 1 for name in sc_stages]
 
     def forward(self, x: torch.Tensor) -> SegOutput:
         features = self.net.encoder(x)
         decoded = self.net.decoder(features)
-        return SegOutput(self.net.segmentation_head(decoded), [features[-1]], decoded)
+        return SegOutput(self.net.segmentation_head(decoded), [features[i] for i in self.sc_levels], decoded)
 
 
 class TransUNetSegmenter(nn.Module):
     """TransUNet-style: timm ResNet-ViT hybrid encoder (tokens = encoder feature), cascaded upsampling
     decoder (TransUNet's DecoderCup) with skips from the CNN stem and stages, taken by forward hooks."""
 
-    def __init__(self, in_channels: int, num_classes: int, image_size: int, preset: dict, pretrained: bool) -> None:
+    def __init__(self, in_channels: int, num_classes: int, image_size: int, preset: dict, pretrained: bool,
+                 sc_stages: tuple[str, ...]) -> None:
         super().__init__()
         import timm
         from timm.layers import GroupNormAct, StdConv2dSame
@@ -123,10 +147,12 @@ class TransUNetSegmenter(nn.Module):
             cin = cout
         self.blocks = nn.ModuleList(blocks)
         self.head = nn.Conv2d(dec[-1], num_classes, 3, padding=1)
+        self.sc_stages = sc_stages
 
     def forward(self, x: torch.Tensor) -> SegOutput:
         self._skips.clear()
         tokens = self.vit.forward_features(x)[:, self.vit.num_prefix_tokens:]  # [B, N, C]
+        stages = dict(zip(ENCODER_STAGES["transunet"], [*self._skips, tokens]))
         skips = self._skips[::-1]
         self._skips = []
         b, n, c = tokens.shape
@@ -136,7 +162,7 @@ class TransUNetSegmenter(nn.Module):
             if i < len(skips):
                 y = torch.cat([y, skips[i]], dim=1)
             y = block(y)
-        return SegOutput(self.head(y), [tokens], y)
+        return SegOutput(self.head(y), [stages[name] for name in self.sc_stages], y)
 
 
 class FCBFormerSegmenter(nn.Module):
@@ -144,7 +170,8 @@ class FCBFormerSegmenter(nn.Module):
     convolutional branch (FCB: MONAI BasicUNet) and a prediction head of two residual blocks.
     Encoder features: the TB output and the FCB bottleneck. Decoder feature: the head's second block."""
 
-    def __init__(self, in_channels: int, num_classes: int, preset: dict, pretrained: bool) -> None:
+    def __init__(self, in_channels: int, num_classes: int, preset: dict, pretrained: bool,
+                 sc_stages: tuple[str, ...]) -> None:
         super().__init__()
         import timm
         from monai.networks.blocks import UnetResBlock
@@ -166,6 +193,7 @@ class FCBFormerSegmenter(nn.Module):
             UnetResBlock(2, width, width, kernel_size=3, stride=1, norm_name="batch"),
         )
         self.classifier = nn.Conv2d(width, num_classes, 1)
+        self.sc_stages = sc_stages
 
     def forward(self, x: torch.Tensor) -> SegOutput:
         levels = [le(f) for le, f in zip(self.local_emphasis, self.tb(x))]
@@ -178,7 +206,8 @@ class FCBFormerSegmenter(nn.Module):
         bottleneck = self._bottleneck.pop()
         tb_full = F.interpolate(tb_out, size=x.shape[-2:], mode="bilinear", align_corners=False)
         decoded = self.head(torch.cat([tb_full, fcb_out], dim=1))
-        return SegOutput(self.classifier(decoded), [tb_out, bottleneck], decoded)
+        stages = {"tb": tb_out, "fcb": bottleneck}
+        return SegOutput(self.classifier(decoded), [stages[name] for name in self.sc_stages], decoded)
 
 
 def check_image_size(cfg: ModelConfig, image_size: int) -> None:
@@ -189,18 +218,30 @@ def check_image_size(cfg: ModelConfig, image_size: int) -> None:
                           f"{image_size} px; set data.size to a multiple of {divisor}")
 
 
+def resolve_sc_stages(cfg: ModelConfig) -> tuple[str, ...]:
+    """The encoder stages L_enc compares: `model.sc_stages`, or the model's default; unknown names refused."""
+    stages = tuple(cfg.sc_stages) if cfg.sc_stages is not None else DEFAULT_SC_STAGES[cfg.name]
+    known = ENCODER_STAGES[cfg.name]
+    unknown = [name for name in stages if name not in known]
+    if unknown or len(set(stages)) != len(stages):
+        raise ConfigError(f"model.sc_stages={list(stages)}: {cfg.name} offers the encoder stages {list(known)} "
+                          "(shallow to deep), each at most once; fix: name some of these")
+    return stages
+
+
 def build_segmenter(cfg: ModelConfig, in_channels: int, num_classes: int, image_size: int) -> nn.Module:
     """Build the configured segmenter for images [B,in_channels,image_size,image_size]."""
     check_image_size(cfg, image_size)
     preset = dict(PRESETS[cfg.name][cfg.preset])
+    stages = resolve_sc_stages(cfg)
     if cfg.name == "unet":
         return UNetSegmenter(in_channels, num_classes, cfg.encoder or preset["encoder"],
-                             tuple(preset["decoder_channels"]), cfg.pretrained)
+                             tuple(preset["decoder_channels"]), cfg.pretrained, stages)
     if cfg.encoder is not None:
         raise ConfigError(f"model.encoder={cfg.encoder!r} applies to model.name=unet only; remove it for {cfg.name}")
     if cfg.name == "transunet":
-        return TransUNetSegmenter(in_channels, num_classes, image_size, preset, cfg.pretrained)
-    return FCBFormerSegmenter(in_channels, num_classes, preset, cfg.pretrained)
+        return TransUNetSegmenter(in_channels, num_classes, image_size, preset, cfg.pretrained, stages)
+    return FCBFormerSegmenter(in_channels, num_classes, preset, cfg.pretrained, stages)
 
 
 def model_identity(cfg: ModelConfig, in_channels: int, num_classes: int, image_size: int) -> dict[str, str]:
@@ -220,14 +261,20 @@ def save_weights(model: nn.Module, path: str | Path, identity: dict[str, str]) -
 
 def load_weights(model: nn.Module, path: str | Path, identity: dict[str, str]) -> None:
     """Load safetensors weights into `model`, refusing a checkpoint of another architecture or class count."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
     path = Path(path)
     if not path.is_file():
         raise S2S2Error(f"checkpoint {path} does not exist; fix: train first (`s2s2 train`) or pass an existing file")
-    with safe_open(str(path), framework="pt") as handle:
-        recorded = handle.metadata() or {}
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            recorded = handle.metadata() or {}
+    except (SafetensorError, OSError) as err:
+        raise S2S2Error(f"checkpoint {path} is not a readable safetensors file ({err}): it is truncated, corrupt, "
+                        "or another format (pickled .pt/.pth checkpoints are never loaded: unpickling can run "
+                        "arbitrary code); fix: pass the model.safetensors (or last.safetensors) that `s2s2 train` "
+                        "wrote") from None
     differ = {k: (recorded.get(k), v) for k, v in identity.items() if recorded.get(k) != v}
     if differ:
         detail = ", ".join(f"{k}: checkpoint {a!r} vs config {b!r}" for k, (a, b) in differ.items())

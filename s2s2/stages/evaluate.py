@@ -207,6 +207,29 @@ def summary_lines(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def merge_metrics(previous: dict[str, Any] | None, results: dict[str, Any]) -> dict[str, Any]:
+    """`results` plus the test sets of an earlier evaluation of the same checkpoint that this one
+    did not redo (evaluating one set adds it to metrics.json instead of dropping the others)."""
+    if not previous or not same_checkpoint(previous.get("checkpoint"), results["checkpoint"]):
+        return results
+    return {**results, "test_sets": {**previous.get("test_sets", {}), **results["test_sets"]}}
+
+
+def same_checkpoint(a: str | None, b: str | None) -> bool:
+    """Whether two metrics.json entries score the same weights (the atlas copy has none)."""
+    if a is None or b is None:
+        return a is None and b is None
+    return Path(a).resolve() == Path(b).resolve()
+
+
+def read_metrics(path: Path) -> dict[str, Any] | None:
+    """An existing metrics.json, or None if there is none or it cannot be read (it is then replaced)."""
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+
+
 def score_text(entry: dict[str, Any]) -> str:
     """"Dice 0.812 (grey matter 0.801, ...), HD95 3.20 mm" of one metrics entry."""
     per_class = ", ".join(f"{n} {v:.3f}" for n, v in entry["dice"].items())
@@ -250,22 +273,25 @@ def score_test_sets(cfg: ProjectConfig, train_data: PreparedDataset,
 
 
 def write_results(folder: Path, results: dict[str, Any], rows: list[list[np.ndarray]], titles: list[str]) -> None:
-    """metrics.json (strict JSON) and predictions.png into `folder`."""
+    """metrics.json (strict JSON; merged with the sets of an earlier evaluation of the same weights)
+    and predictions.png into `folder`."""
     from s2s2.pipeline.viz import save_grid
 
     folder.mkdir(parents=True, exist_ok=True)
+    merged = merge_metrics(read_metrics(folder / "metrics.json"), json_safe(results))
     with atomic_path(folder / "metrics.json") as tmp:
-        tmp.write_text(json.dumps(json_safe(results), indent=1, allow_nan=False))
+        tmp.write_text(json.dumps(merged, indent=1, allow_nan=False))
     if rows:
         save_grid(rows, folder / "predictions.png", row_titles=titles, col_titles=["image", "truth", "prediction"])
 
 
 def run_evaluate(cfg: ProjectConfig, checkpoint: str | Path | None = None, sets: list[str] | None = None,
                  datasets: dict[str, tuple[PreparedDataset, list[int]]] | None = None,
-                 train_data: PreparedDataset | None = None) -> dict[str, Any]:
+                 train_data: PreparedDataset | None = None, folder: str | Path | None = None) -> dict[str, Any]:
     """Evaluate the run's best or last checkpoint (`evaluate.checkpoint`, or `checkpoint`) on the test sets;
-    returns and writes metrics.json.
+    returns the results and merges them into the run's metrics.json.
 
+    `folder` is the run folder for every read and write (default {run_dir}/train/{train.name}).
     The model's classes and input shape come from the training data (`train_data`, default
     `prepare_dataset(cfg.data)`), whichever test sets are asked for. `datasets` replaces
     `test_datasets(cfg, sets)` (tests that hold the data in memory).
@@ -273,7 +299,7 @@ def run_evaluate(cfg: ProjectConfig, checkpoint: str | Path | None = None, sets:
     from s2s2.pipeline.data.prepare import prepare_dataset
     from s2s2.stages.train.loop import run_folder
 
-    folder = run_folder(cfg)
+    folder = Path(folder) if folder is not None else run_folder(cfg)
     default = "model.safetensors" if cfg.evaluate.checkpoint == "best" else "last.safetensors"
     checkpoint = Path(checkpoint) if checkpoint else folder / default
     train_data = train_data if train_data is not None else prepare_dataset(cfg.data)

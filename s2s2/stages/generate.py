@@ -1,15 +1,18 @@
 """Stage one, part two: fill the stack store with K generated images per training mask.
 
 The stack's sources (`generator.kind`: the fine-tuned ControlNet, the training-free synth source,
-or a mix of both) each own a range of k. The unit of work is a store shard: a dask task opens the
-store, makes the missing images of every source in the shard and writes the whole shard in one call
-(images first, then the done flags). Each worker process loads the ControlNet pipeline once and
-keeps it. The coordinator submits only pending shards, so an interrupted run resumes where it
-stopped, and per-image seeds make the resumed pixels identical.
+or a mix of both) each own a range of k. The unit of work is a store shard: a dask task claims it
+(see `s2s2.store.claims`), makes the missing images of every source in the shard and writes the
+whole shard in one call (images first, then the done flags). Each worker process loads the
+ControlNet pipeline once and keeps it. The coordinator submits only pending shards that no other
+run holds, and repeats until every shard is done, so an interrupted run resumes where it stopped,
+several `generate` runs on one store split the work, and per-image seeds make the resumed pixels
+identical.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import time
 from collections.abc import Iterator
@@ -34,7 +37,8 @@ _PIPELINES: dict[tuple, Any] = {}  # per worker process: the loaded pipeline, ke
 
 @dataclass(frozen=True)
 class ShardTask:
-    """What a worker needs to generate one shard (picklable; no open handles)."""
+    """What a worker needs to generate one shard (picklable; no open handles; paths absolute or URLs,
+    since workers may run in another directory or on another host)."""
 
     store_path: str
     storage_options: dict[str, Any]
@@ -42,7 +46,9 @@ class ShardTask:
     settings: GenerateConfig
     resolution: int
     attention: str
-    generator: StackGenerator  # the sources bound to the store, each with its k range
+    generator: StackGenerator  # the sources that fill the store, each with its k range
+    writer: str  # this `generate` run: the owner of its shard claims
+    replaces: int | None = None  # the binding this run may replace (--overwrite), else None
 
 
 @dataclass(frozen=True)
@@ -124,36 +130,44 @@ def source_images(task: ShardTask, source: StackSource, masks: np.ndarray, promp
                           appearance=AppearanceRemapConfig.model_validate(looks["remap"]) if looks else None)
 
 
-def generate_shard(task: ShardTask, shard: int) -> ShardResult:
-    """Make the missing images of every source of one shard and write the whole shard (runs on a worker)."""
-    import os
-    import socket
-
+def generate_shard(task: ShardTask, shard: int) -> ShardResult | None:
+    """Claim one shard, make the missing images of every source in it and write the whole shard
+    (runs on a worker). None when there was nothing to do: another run holds or finished the shard."""
+    from s2s2.store.claims import this_process
     from s2s2.store.layout import to_store_dtype
     from s2s2.store.stack_store import StackStore
 
     started = time.monotonic()
     store = StackStore.open(task.store_path, mode="r+", storage_options=task.storage_options or None)
-    rows = store.shard_samples(shard)
-    manifest = store.manifest
-    done = store.done_ledger()[rows.start:rows.stop]
-    todo = sources_to_make(done, task.generator)
-    shape = (len(rows), store.k, *manifest.image_shape)
-    stack = store.read_shard_stack(shard) if done.any() else np.zeros(shape, dtype=manifest.dtype)
-    masks = store.read_masks(list(rows))
-    prompts = store.prompts[rows.start:rows.stop]
-    needs_originals = any(getattr(source.identity, "appearance", None) for source in todo)
-    originals = store.read_originals(list(rows)) if needs_originals else None
-    regenerated = still_bad = 0
-    for source in todo:
-        images, again, bad = source_images(task, source, masks, prompts, rows, len(manifest.class_names),
-                                           manifest.image_shape, originals)
-        stack[:, source.k_start:source.k_stop] = to_store_dtype(images, manifest.dtype)
-        regenerated, still_bad = regenerated + again, still_bad + bad
-    store.write_shard(shard, stack)
+    store.refuse_other_generator(task.generator, task.replaces)  # before the expensive part
+    seconds = task.settings.claim_seconds
+    claim = store.claims.claim(shard, task.writer, seconds)
+    if claim is None:
+        return None
+    with store.claims.holding(claim, seconds):
+        rows = store.shard_samples(shard)
+        done = store.done_for(task.generator, rows)
+        todo = sources_to_make(done, task.generator)
+        if not todo:  # another run of this generator finished it since it was submitted
+            return None
+        manifest = store.manifest
+        shape = (len(rows), store.k, *manifest.image_shape)
+        stack = store.read_shard_stack(shard) if done.any() else np.zeros(shape, dtype=manifest.dtype)
+        masks = store.read_masks(list(rows))
+        prompts = store.prompts[rows.start:rows.stop]
+        needs_originals = any(getattr(source.identity, "appearance", None) for source in todo)
+        originals = store.read_originals(list(rows)) if needs_originals else None
+        regenerated = still_bad = 0
+        for source in todo:
+            images, again, bad = source_images(task, source, masks, prompts, rows, len(manifest.class_names),
+                                               manifest.image_shape, originals)
+            stack[:, source.k_start:source.k_stop] = to_store_dtype(images, manifest.dtype)
+            regenerated, still_bad = regenerated + again, still_bad + bad
+        if not store.write_claimed_shard(claim, task.generator, task.replaces, stack, stale_seconds=seconds):
+            return None
     return ShardResult(shard=shard, images=images_to_make(done, task.generator),
                        sources=tuple(s.kind for s in todo), regenerated=regenerated, still_bad=still_bad,
-                       worker=f"{socket.gethostname()}:{os.getpid()}", seconds=time.monotonic() - started)
+                       worker=this_process(), seconds=time.monotonic() - started)
 
 
 @contextmanager
@@ -169,39 +183,89 @@ def dask_client(settings: GenerateConfig) -> Iterator[Any]:
         return
     gpus = torch.cuda.device_count() if settings.device != "cpu" else 0
     workers = settings.workers or max(gpus, 1)
+    # Worker logs only at CRITICAL: a task's error reaches the coordinator, which reports it once.
     with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
-                      silence_logs=40) as cluster, Client(cluster) as client:
+                      silence_logs=logging.CRITICAL) as cluster, Client(cluster) as client:
         yield client
 
 
-def run_shards(task: ShardTask, shards: list[int], images_per_shard: dict[int, int]) -> list[ShardResult]:
-    """Run one task per shard on the dask cluster, with a progress bar of images/s and ETA."""
+def dashboard_link(client: Any) -> str | None:
+    """The scheduler's dashboard address, or None when it has none: disabled, or bokeh missing on
+    the scheduler's machine (its page would only say that bokeh is needed)."""
+    if "dashboard" not in client.scheduler_info().get("services", {}):
+        return None
+    try:  # a lambda travels by value: the scheduler needs no s2s2 installed to answer
+        has_bokeh = client.run_on_scheduler(lambda: importlib.util.find_spec("bokeh") is not None)
+    except Exception:  # an informational line only: say nothing rather than something wrong
+        return None
+    return (client.dashboard_link or None) if has_bokeh else None
+
+
+def run_shards(task: ShardTask, store: Any) -> list[ShardResult]:
+    """Generate every pending shard of `store` on the dask cluster, in rounds: submit the pending
+    shards no other run holds, collect, re-read the ledger; wait while the only pending shards are
+    held by another run (until it finishes them or its claims expire). Progress bar of images/s."""
     from dask.distributed import as_completed
 
     results: list[ShardResult] = []
-    with dask_client(task.settings) as client:
-        if client.dashboard_link:
-            logger.info(f"dask dashboard: {client.dashboard_link}")
-        futures = [client.submit(generate_shard, task, shard, pure=False, key=f"shard-{shard}-{time.time_ns()}")
-                   for shard in shards]
-        with tqdm(total=sum(images_per_shard[s] for s in shards), desc="generate", unit="img") as bar:
-            for future in as_completed(futures):
-                result = future.result()
-                results.append(result)
-                bar.update(result.images)
-                bar.set_postfix(shards=f"{len(results)}/{len(shards)}", regenerated=sum(r.regenerated for r in results))
+    done = store.done_for(task.generator)
+    pending = store.pending_for(task.generator)
+    rows = {shard: store.shard_samples(shard) for shard in pending}
+    images_of = {shard: images_to_make(done[rows[shard].start:rows[shard].stop], task.generator) for shard in pending}
+    counted: set[int] = set()  # shards whose images the bar shows as done
+    poll = min(task.settings.claim_seconds / 4, 5.0)
+    waiting = False
+    with dask_client(task.settings) as client, \
+            tqdm(total=sum(images_of.values()), desc="generate", unit="img") as bar:
+        link = dashboard_link(client)
+        if link:
+            logger.info(f"dask dashboard: {link}")
+        while pending:
+            held = store.claims.live_claims(pending, except_writer=task.writer)
+            free = [shard for shard in pending if shard not in held]
+            if not free:
+                if not waiting:
+                    workers = ", ".join(sorted({claim.worker for claim in held.values()}))
+                    logger.info(f"waiting for {len(held)} shard(s) claimed by another run ({workers}): "
+                                "taken over if their claims expire")
+                waiting = True
+                time.sleep(poll)
+            else:
+                waiting = False
+                futures = [client.submit(generate_shard, task, shard, pure=False, key=f"shard-{shard}-{time.time_ns()}")
+                           for shard in free]
+                for future in as_completed(futures):
+                    result = future.result()
+                    if result is not None:
+                        results.append(result)
+                        counted.add(result.shard)
+                        bar.update(images_of.get(result.shard, 0))
+                        bar.set_postfix(shards=len(results), regenerated=sum(r.regenerated for r in results))
+            still = store.pending_for(task.generator)
+            done_elsewhere = [shard for shard in pending if shard not in still and shard not in counted]
+            bar.update(sum(images_of.get(shard, 0) for shard in done_elsewhere))
+            counted.update(done_elsewhere)
+            pending = still
     return results
 
 
+def absolute(path: str | Path) -> str:
+    """A local path made absolute (dask workers may run in another directory); URLs unchanged."""
+    return str(path) if "://" in str(path) else str(Path(path).expanduser().resolve())
+
+
 def controlnet_folder(cfg: ProjectConfig) -> Path:
-    """The fine-tuned pipeline folder to sample from, checked to be one."""
+    """The fine-tuned pipeline folder to sample from (absolute), checked to be one whose weights load
+    safely."""
+    from s2s2.pipeline.generator.loading import check_pipeline_folder
     from s2s2.pipeline.generator.paths import sampling_generator_dir
 
-    generator = sampling_generator_dir(cfg)
+    generator = Path(absolute(sampling_generator_dir(cfg)))
     if not (generator / "model_index.json").is_file():
         raise ConfigError(f"generator folder {generator} has no model_index.json\n"
                           "fix: run `s2s2 finetune` first, or set generate.generator_dir to a fine-tuned pipeline; "
                           "generator.kind: synth needs no fine-tuned generator")
+    check_pipeline_folder(generator)
     return generator
 
 
@@ -243,12 +307,15 @@ def describe_sources(generator: StackGenerator) -> str:
 
 
 def run_generate(cfg: ProjectConfig, dataset: PreparedDataset | None = None,
-                 overwrite: bool = False) -> list[ShardResult]:
-    """Create or reopen the store at `cfg.store.path`, bind its sources, generate pending shards.
+                 overwrite: bool = False, force: bool = False) -> list[ShardResult]:
+    """Create or reopen the store at `cfg.store.path`, check its sources against it, generate the
+    pending shards (together with any other run on the same store).
 
-    Returns one result per shard generated in this run (none when the store was already complete).
+    `overwrite` regenerates the images of sources that changed (refused while another run writes
+    the store, unless `force`). Returns one result per shard this run generated (none when complete).
     """
     from s2s2.pipeline.generator.paths import resolution_of
+    from s2s2.store.claims import new_writer_id
     from s2s2.store.stack_store import StackStore
 
     sc = cfg.store
@@ -259,32 +326,30 @@ def run_generate(cfg: ProjectConfig, dataset: PreparedDataset | None = None,
         from s2s2.pipeline.data.prepare import prepare_dataset
 
         dataset = prepare_dataset(cfg.data)
-    store = StackStore.create(sc.path, dataset, k=sc.k, split=sc.split, shard_size=sc.shard_size, dtype=sc.dtype,
+    store_path = absolute(sc.path)
+    store = StackStore.create(store_path, dataset, k=sc.k, split=sc.split, shard_size=sc.shard_size, dtype=sc.dtype,
                               compression=sc.compression, compression_level=sc.compression_level,
                               storage_options=sc.storage_options or None)
     settings = cfg.generate
     resolution = resolution_of(cfg, store.manifest.image_shape[-1])
     generator = stack_generator(cfg, store.k, store.manifest.prompt_template, resolution)
-    store.bind_generator(generator, overwrite=overwrite)
-    pending = store.pending_shards()
+    writer = new_writer_id()
+    replaces = store.check_generator(generator, writer, overwrite=overwrite, force=force)
+    pending = store.pending_for(generator)
     logger.info(f"{sc.path}: {store.n_samples} samples x K={store.k}, {len(pending)} of {store.num_shards} shards "
-                f"pending; {describe_sources(generator)}")
+                f"to generate; {describe_sources(generator)}")
     results: list[ShardResult] = []
     if pending:
-        task = ShardTask(store_path=str(sc.path), storage_options=dict(sc.storage_options), generator_dir=generator_dir,
+        task = ShardTask(store_path=store_path, storage_options=dict(sc.storage_options), generator_dir=generator_dir,
                          settings=settings, resolution=resolution, attention=cfg.generator.attention,
-                         generator=generator)
-        done = store.done_ledger()
-        sizes = {}
-        for shard in pending:
-            rows = store.shard_samples(shard)
-            sizes[shard] = images_to_make(done[rows.start:rows.stop], generator)
+                         generator=generator, writer=writer, replaces=replaces)
         started = time.monotonic()
-        results = run_shards(task, pending, sizes)
+        with store.claims.running(writer, settings.claim_seconds):
+            results = run_shards(task, store)
         seconds = time.monotonic() - started
         images = sum(r.images for r in results)
         logger.info(f"generated {images} images in {seconds:.1f} s ({images / seconds:.2f} img/s) on "
-              f"{len({r.worker for r in results})} worker(s); regenerated {sum(r.regenerated for r in results)} "
-              f"NaN/black images, {sum(r.still_bad for r in results)} still bad after retries")
+                    f"{len({r.worker for r in results})} worker(s); regenerated {sum(r.regenerated for r in results)} "
+                    f"NaN/black images, {sum(r.still_bad for r in results)} still bad after retries")
     logger.info(f"store status: {store.refresh_status()}")
     return results

@@ -38,7 +38,8 @@ def run_entry(folder: Path) -> dict[str, Any]:
                         "`s2s2 evaluate` for this run first") from None
     return {
         "name": summary["name"], "model": summary["model"], "method": summary["method"], "seed": summary["seed"],
-        "steps": summary["steps"], "seconds": summary["seconds"],
+        "steps": summary["steps"], "planned_steps": summary.get("planned_steps", summary["steps"]),
+        "stopped_by_time_cap": bool(summary.get("stopped_by_time_cap", False)), "seconds": summary["seconds"],
         "metrics": {name: set_scores(entry) for name, entry in metrics["test_sets"].items()},
     }
 
@@ -51,6 +52,13 @@ def reference_entry(results: dict[str, Any]) -> dict[str, Any]:
 
 def _fmt(value: float | None, digits: int = 3) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
+
+
+def steps_cell(row: dict[str, Any]) -> str:
+    """The steps a run trained; a run stopped by its time cap says so (its numbers are not comparable)."""
+    if row.get("stopped_by_time_cap"):
+        return f"{row['steps']} of {row['planned_steps']} (STOPPED BY TIME CAP)"
+    return str(row["steps"])
 
 
 def _table(rows: list[dict[str, Any]], sets: list[str], volume: bool) -> list[str]:
@@ -68,7 +76,7 @@ def _table(rows: list[dict[str, Any]], sets: list[str], volume: bool) -> list[st
             per_class = " / ".join(_fmt(v) for v in entry["dice"].values())
             cells += [f"**{_fmt(entry['dice_mean'])}** ({per_class})",
                       f"{_fmt(entry['hd95_mean'], 2)} {entry['hd95_unit'] or ''}".strip()]
-        lines.append(f"| {row['name']} | {row['model']} | {row['method']} | {row['seed']} | {row['steps']} | "
+        lines.append(f"| {row['name']} | {row['model']} | {row['method']} | {row['seed']} | {steps_cell(row)} | "
                      + " | ".join(cells) + " |")
     return lines
 

@@ -27,29 +27,38 @@ def run_inspect(path: str, as_json: bool, preview: Path | None, verify_chunks: b
                 storage_options: dict[str, Any] | None, echo: Callable[[str], None]) -> None:
     """Print the summary (text or JSON), optionally write a preview PNG and verify every chunk.
 
-    Raises StoreError naming every bad shard when `verify_chunks` finds a fatal problem.
+    Raises StoreError naming every bad shard file and the repair when `verify_chunks` finds a fatal
+    problem (the summary is left out when the damage prevents it).
     """
-    from s2s2.store.inspect import format_summary, save_preview, summarise, verify
+    from s2s2.store.inspect import format_summary, save_preview, summarise, verification_error, verify
 
     store = StackStore.open(path, "r", storage_options)
     problems = verify(store, storage_options) if verify_chunks else []
+    failure = verification_error(store, problems)
     bad_shards = tuple(sorted({p.shard for p in problems if p.fatal and p.shard is not None}))
-    summary = summarise(store, storage_options=storage_options, skip_shards=bad_shards)
+    try:
+        summary: dict[str, Any] | None = summarise(store, storage_options=storage_options, skip_shards=bad_shards)
+    except StoreError:
+        if failure is None:
+            raise
+        summary = None  # the damage that verify found also breaks the summary
     if verify_chunks:
-        summary["verify"] = {"ok": not any(p.fatal for p in problems),
-                             "problems": [{"shard": p.shard, "message": p.message, "fatal": p.fatal} for p in problems]}
-    if preview is not None:
+        summary = summary or {"path": str(path)}
+        summary["verify"] = {"ok": failure is None,
+                             "problems": [{"shard": p.shard, "array": p.array, "message": p.message, "fatal": p.fatal}
+                                          for p in problems]}
+    if preview is not None and failure is None:
         save_preview(store, preview)
     if as_json:
         echo(json.dumps(summary, indent=1))
     else:
-        echo(format_summary(summary))
+        if summary is not None and "n_samples" in summary:
+            echo(format_summary(summary))
         if verify_chunks:
             echo("  verify      " + ("ok: every chunk decodes" if not problems else f"{len(problems)} problem(s)"))
             for problem in problems:
                 echo(f"    {'ERROR' if problem.fatal else 'note '} {problem.message}")
-        if preview is not None:
+        if preview is not None and failure is None:
             echo(f"  preview     {preview}")
-    if bad_shards:
-        raise StoreError(f"{path}: verification failed in shard(s) {', '.join(str(s) for s in bad_shards)}; "
-                         "fix: re-run `s2s2 generate` for them (delete their done flags) or restore the store")
+    if failure is not None:
+        raise failure

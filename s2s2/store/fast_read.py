@@ -157,8 +157,9 @@ class ShardReader:
     never rewritten, i.e. done shards; a missing shard is never cached)."""
 
     def __init__(self, arrays: Mapping[str, zarr.Array], where: str, cache_indexes: bool = False,
-                 missing_is_error: bool = False):
+                 missing_is_error: bool = False, repair: Callable[[str, int], str] | None = None):
         self.where = where
+        self.repair = repair  # (array, shard) -> how to repair that shard file, for the error messages
         self.cache_indexes = cache_indexes
         self.missing_is_error = missing_is_error
         self.source = byte_source(next(iter(arrays.values())).store)
@@ -197,10 +198,15 @@ class ShardReader:
             self._keys[(name, shard)] = key
         return key
 
+    def _fix(self, name: str, shard: tuple[int, ...]) -> str:
+        if self.repair is not None:
+            return self.repair(name, shard[0])
+        return ("run `s2s2 stack inspect --verify`, then re-run `s2s2 generate` for the shards it names (delete "
+                "their done flags) or restore the store")
+
     def _damaged(self, name: str, shard: tuple[int, ...], reason: str) -> StoreError:
         return StoreError(f"{self.where}: shard {shard[0]} of {name!r} ({self._key(name, shard)}) is damaged: {reason}; "
-                          "fix: run `s2s2 stack inspect --verify`, then re-run `s2s2 generate` for the shards "
-                          "it names (delete their done flags) or restore the store")
+                          f"fix: {self._fix(name, shard)}")
 
     def _decode_index(self, name: str, shard: tuple[int, ...], raw: Any) -> np.ndarray:
         layout = self.layout(name)
@@ -220,8 +226,7 @@ class ShardReader:
             if raw is None:
                 if self.missing_is_error:
                     raise StoreError(f"{self.where}: shard {shard[0]} of {name!r} ({self._key(name, shard)}) is missing "
-                                     "although the done ledger says it was written; fix: re-run `s2s2 generate` for "
-                                     "it (delete its done flags) or restore the store")
+                                     f"although the done ledger says it was written; fix: {self._fix(name, shard)}")
                 found[(name, shard)] = None
                 continue
             found[(name, shard)] = self._decode_index(name, shard, raw)

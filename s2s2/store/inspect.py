@@ -12,8 +12,9 @@ from tqdm import tqdm
 
 from s2s2.store.fidelity import SCORES, mask_fidelity, normalised_fidelity, stack_appearance
 from s2s2.store.layout import to_unit_float
+from s2s2.pipeline.errors import StoreError
 from s2s2.store.manifest import StackGenerator, utc_now
-from s2s2.store.stack_store import StackStore
+from s2s2.store.stack_store import DECODE_ERRORS, StackStore, repair_advice
 
 FIDELITY_MIN_COMPLETE = 0.25  # below this completion the fidelity sample is too thin to report
 FIDELITY_MAX_SAMPLES = 64
@@ -35,6 +36,15 @@ def stale_temporaries(path: Any, storage_options: dict[str, Any] | None = None) 
     """Leftover `*.partial` files of writers killed mid-write (harmless: never renamed into place)."""
     fs, root = _filesystem(path, storage_options)
     return sorted(p for p in fs.find(root) if fnmatch.fnmatch(p, "*.partial"))
+
+
+def writers_now(store: StackStore) -> dict[str, Any] | None:
+    """The `generate` runs writing the store now and the shards they hold (None for Store objects)."""
+    if not isinstance(store.path, (str, Path)):
+        return None
+    book = store.claims
+    held = book.live_claims(store.pending_shards())
+    return {"running": [f"{w.host} pid {w.pid}" for w in book.running_writers()], "claimed_shards": sorted(held)}
 
 
 def class_pixel_share(masks: np.ndarray, num_classes: int) -> list[float]:
@@ -125,6 +135,7 @@ def summarise(store: StackStore, with_fidelity: bool = True, storage_options: di
         "complete_fraction": store.complete_fraction(),
         "bytes_on_disk": bytes_on_disk(store.path, storage_options) if isinstance(store.path, (str, Path)) else None,
         "status": m.status,
+        "writers": writers_now(store),
         "generator": _generator_summary(m.generator),
         "schema_version": m.schema_version,
         "software_version": m.software_version,
@@ -174,6 +185,10 @@ def format_summary(s: dict) -> str:
         f"status {s['status']}",
         f"  created     {s['created']} ({s['age_hours']:.1f} h ago), updated {s['updated']}",
     ]
+    writers = s.get("writers")
+    if writers and (writers["running"] or writers["claimed_shards"]):
+        lines.append(f"  writing     {len(writers['running'])} generate run(s) ({', '.join(writers['running'])}), "
+                     f"{len(writers['claimed_shards'])} shard(s) claimed")
     gen = s["generator"]
     if gen:
         for number, source in enumerate(gen["sources"]):
@@ -259,11 +274,12 @@ def save_preview(store: StackStore, path: str | Path, n_rows: int = 4) -> None:
 
 @dataclass(frozen=True)
 class Problem:
-    """One finding of `verify`: which shard (or None for the whole store) and what is wrong."""
+    """One finding of `verify`: which shard (or None for the whole store), which array, what is wrong."""
 
     shard: int | None
     message: str
     fatal: bool = True
+    array: str | None = None
 
 
 def _check_images(images: np.ndarray, done: np.ndarray, rows: range, shard: int) -> list[Problem]:
@@ -276,39 +292,47 @@ def _check_images(images: np.ndarray, done: np.ndarray, rows: range, shard: int)
             where = f"shard {shard}: sample {rows.start + r} image k={k}"
             pixels = flat[r, k]
             if np.isnan(pixels).any():
-                problems.append(Problem(shard, f"{where} has NaN pixels"))
+                problems.append(Problem(shard, f"{where} has NaN pixels", array="stack"))
             elif not pixels.any():
-                problems.append(Problem(shard, f"{where} is marked done but all zero (ledger disagrees with data)"))
+                problems.append(Problem(shard, f"{where} is marked done but all zero (ledger disagrees with data)",
+                                        array="stack"))
             elif pixels.min() == pixels.max():
-                problems.append(Problem(shard, f"{where} is constant ({pixels[0]})"))
+                problems.append(Problem(shard, f"{where} is constant ({pixels[0]})", array="stack"))
     return problems
 
 
-def verify_shard(store: StackStore, shard: int, done: np.ndarray) -> list[Problem]:
-    """Decode every chunk of one shard (originals, masks, stack) and check the done images."""
-    rows = store.shard_samples(shard)
-    problems = []
-    for name, read in (("originals", lambda: store.read_originals(np.arange(rows.start, rows.stop))),
-                       ("masks", lambda: store.read_masks(np.arange(rows.start, rows.stop)))):
+def verify_shard(store: StackStore, shard: int) -> list[Problem]:
+    """Decode every file of one shard (done ledger, originals, masks, stack) and check the done images."""
+    decoded, problems = {}, []
+    for array in ("done", "originals", "masks", "stack"):
         try:
-            read()
-        except Exception as err:  # any decode failure is a finding, whatever the codec raises
-            problems.append(Problem(shard, f"shard {shard}: {name} cannot be decoded: {type(err).__name__}: {err}"))
-    try:
-        images = store.read_shard_stack(shard)
-    except Exception as err:
-        return problems + [Problem(shard, f"shard {shard}: stack cannot be decoded: {type(err).__name__}: {err}")]
-    return problems + _check_images(images, done[rows.start:rows.stop], rows, shard)
+            decoded[array] = store.decode_shard(array, shard)
+        except DECODE_ERRORS as err:  # named here; `run_inspect` turns them into one error with the fix
+            problems.append(Problem(shard, f"shard {shard}: {array} cannot be decoded ({store.shard_file(array, shard)}): "
+                                           f"{type(err).__name__}: {str(err)[:120]}", array=array))
+    if "stack" in decoded:
+        done = decoded.get("done", np.zeros(decoded["stack"].shape[:2], dtype=bool))
+        problems += _check_images(decoded["stack"], done, store.shard_samples(shard), shard)
+    return problems
 
 
 def verify(store: StackStore, storage_options: dict[str, Any] | None = None) -> list[Problem]:
     """Read every chunk of the store; list the problems found (empty list: the store is sound)."""
-    done = store.done_ledger()
     problems: list[Problem] = []
     for shard in tqdm(range(store.num_shards), desc="verify", unit="shard", leave=False):
-        problems += verify_shard(store, shard, done)
+        problems += verify_shard(store, shard)
     if isinstance(store.path, (str, Path)):
         for leftover in stale_temporaries(store.path, storage_options):
             problems.append(Problem(None, f"stale temporary file of an interrupted writer: {leftover} "
                                           "(harmless, never read; may be deleted)", fatal=False))
     return problems
+
+
+def verification_error(store: StackStore, problems: list[Problem]) -> StoreError | None:
+    """The error that `--verify` exits with: every bad shard and how to repair it (None if sound)."""
+    damaged = sorted({(p.array or "stack", p.shard) for p in problems if p.fatal and p.shard is not None})
+    if not damaged:
+        return None
+    shards = sorted({shard for _, shard in damaged})
+    return StoreError(f"{store.path}: verification failed in shard(s) {', '.join(str(s) for s in shards)}; "
+                      f"fix: {repair_advice(store.path, damaged, store.shard_file)}")

@@ -19,13 +19,22 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
 
 
-def _format_validation_error(err: ValidationError, source: str) -> str:
-    lines = [f"invalid configuration in {source}:"]
+def _origin(loc: tuple, origins: dict[tuple[str, ...], str], path: Path | None) -> str:
+    """Where the value at `loc` came from: the command line (the longest matching override) or the file."""
+    keys = tuple(str(p) for p in loc)
+    for length in range(len(keys), 0, -1):
+        if keys[:length] in origins:
+            return origins[keys[:length]]
+    return f"in {path}" if path is not None else "default"
+
+
+def _format_validation_error(err: ValidationError, origins: dict[tuple[str, ...], str], path: Path | None) -> str:
+    lines = ["invalid configuration:"]
     for item in err.errors():
         where = ".".join(str(p) for p in item["loc"]) or "(top level)"
         value = item.get("input")
         shown = repr(value) if not isinstance(value, dict) else "{...}"
-        lines.append(f"  {where} = {shown}: {item['msg']}")
+        lines.append(f"  {where} = {shown} ({_origin(item['loc'], origins, path)}): {item['msg']}")
     return "\n".join(lines)
 
 
@@ -61,29 +70,34 @@ def load_config(
     `overrides` maps dotted keys to values and skips `None` (an option the user did not give).
     Errors name the file, the field and the offending value.
     """
-    source = str(path) if path else "command-line options"
     data: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist (pass an existing YAML file)")
         try:
-            loaded = yaml.safe_load(path.read_text()) or {}
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError as err:
+            raise ConfigError(f"config file {path} is not a text file (byte {err.start} is not UTF-8); "
+                              "fix: pass a YAML config, e.g. configs/default.yaml") from None
         except yaml.YAMLError as err:
             raise ConfigError(f"config file {path} is not valid YAML: {err}") from err
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file {path} must hold a mapping at the top level, not {type(loaded).__name__}")
         data = loaded
+    origins: dict[tuple[str, ...], str] = {}  # command-line values, so errors blame the right place
     for key, value in (overrides or {}).items():
         if value is not None:
             _set_path(data, key.split("."), value)
+            origins[tuple(key.split("."))] = "from a command-line option"
     for item in dotted or []:
         keys, value = parse_override(item)
         _set_path(data, keys, value)
+        origins[tuple(keys)] = f"from --set {item}"
     try:
         return model.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(_format_validation_error(err, source)) from None
+        raise ConfigError(_format_validation_error(err, origins, path)) from None
 
 
 def dump_config(config: StrictModel, path: str | Path) -> None:

@@ -154,6 +154,7 @@ class GenerateConfig(StrictModel):
     appearance_probability: float = Field(1.0, ge=0, le=1)
     workers: Optional[int] = Field(None, ge=1)  # dask worker processes; None = one per GPU, else 1
     scheduler_address: Optional[str] = None  # tcp://host:port of an existing dask scheduler
+    claim_seconds: float = Field(120.0, gt=0)  # a shard claim lapses this long after its writer's last renewal
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"  # auto = fp16 on GPU, fp32 on CPU
     generator_dir: Optional[str] = None  # pipeline to sample from; default generator.output_dir

@@ -20,13 +20,18 @@ class ModelConfig(StrictModel):
     preset: Literal["small", "full"] = "small"
     encoder: Optional[str] = None  # U-Net only: any smp/timm encoder name; None = the preset's
     pretrained: bool = False  # timm/smp ImageNet weights; needs the hub, so off by default
+    # Encoder stage(s) whose features L_enc compares (names in `segmenters.ENCODER_STAGES`);
+    # None = the model's default (`segmenters.DEFAULT_SC_STAGES`, chosen on the validation split).
+    sc_stages: Optional[list[str]] = Field(None, min_length=1)
 
 
 class LossConfig(StrictModel):
     """The S2S2 objective: L = w_seg*L_seg(p0) + w_seg_gen*L_seg(pk) + a_enc*L_enc + a_dec*L_dec."""
 
-    seg: Literal["ce_dice", "bce_dice"] = "ce_dice"  # multi-class CE + Dice, or per-channel BCE + Dice
-    lambda_ce: float = Field(1.0, ge=0)
+    # ce_dice: softmax CE + softmax Dice (mutually exclusive classes); bce_dice: sigmoid BCE + sigmoid
+    # Dice on every class channel against the one-hot mask (per-channel, as for region-based labels)
+    seg: Literal["ce_dice", "bce_dice"] = "ce_dice"
+    lambda_ce: float = Field(1.0, ge=0)  # weight of the CE (ce_dice) or BCE (bce_dice) term
     lambda_dice: float = Field(1.0, ge=0)
     # Defaults chosen on the validation split of the embedded default (unet and transunet, 300 steps):
     # weight 1 on the generated images' seg loss and on L_dec cost 5-8 val Dice points with the tiny
@@ -56,6 +61,9 @@ class AugmentConfig(StrictModel):
     contrast: float = Field(0.2, ge=0, lt=1, description="multiplier about the mean in [1-c, 1+c]")
     gamma: float = Field(0.2, ge=0, le=2, description="gamma = exp(u), u in [-g, g]")
     noise_std: float = Field(0.02, ge=0, le=1, description="Gaussian noise sigma drawn in [0, noise_std]")
+    stack_photometric: bool = Field(True, description="photometric jitter on the stack image too (False: the "
+                                    "stack image gets the shared geometric transforms only, as the authors ran "
+                                    "S2S2 on top of SLAug)")
 
 
 class TrainConfig(StrictModel):
@@ -66,9 +74,12 @@ class TrainConfig(StrictModel):
     loss: LossConfig = Field(default_factory=LossConfig)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     location_scale: bool = False  # SLAug-style global location-scale intensity aug on the original
+    gin: bool = False  # GIN random shallow-convolution intensity aug on the original (Ouyang et al. 2022)
     seed: int = 0
     steps: int = Field(300, ge=1)
-    max_seconds: Optional[float] = Field(None, gt=0)  # stop early (and say so) when the budget is spent
+    # Optional safety cap on wall time: runs are defined by `steps`; a run this cap stopped is flagged
+    # (`stopped_by_time_cap` in summary.json and in every results table).
+    max_seconds: Optional[float] = Field(None, gt=0)
     batch_size: int = Field(8, ge=1)  # global batch B of originals; S2S2 forwards 2B images
     optimizer: Literal["adamw", "sgd"] = "adamw"
     lr: float = Field(1e-3, gt=0)

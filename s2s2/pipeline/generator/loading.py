@@ -28,7 +28,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 from transformers.utils import logging as transformers_logging
 
 from s2s2.pipeline.config.appearance import AppearanceRemapConfig
-from s2s2.pipeline.errors import S2S2Error
+from s2s2.pipeline.errors import ConfigError, S2S2Error
 
 CONTROL_EMBEDDING_CHANNELS = (16, 32, 96, 256)  # diffusers' default, for a VAE factor of 8
 PALETTE_CHANNELS = 3  # the mask drawn in VOC colours
@@ -53,7 +53,8 @@ def _load_error(name: str, what: str, err: Exception) -> S2S2Error:
     else:
         hint = ("it is neither a local folder nor a cached hub id; download it once with network "
                 "access (or set HF_HUB_OFFLINE=0), or point the config at a local diffusers folder")
-    return S2S2Error(f"cannot load the {what} from {name!r}: {type(err).__name__}: {str(err).splitlines()[0]}\n"
+    first_line = (str(err).splitlines() or [""])[0]
+    return S2S2Error(f"cannot load the {what} from {name!r}: {type(err).__name__}: {first_line}\n"
                      f"fix: {hint}")
 
 
@@ -161,16 +162,51 @@ def make_scheduler(name: str, config: dict) -> SchedulerMixin:
     return SCHEDULERS[name](config)
 
 
-def load_pipeline(folder: str | Path, scheduler: str, device: torch.device, dtype: torch.dtype,
-                  attention: str = "auto") -> StableDiffusionControlNetPipeline:
-    """Load a fine-tuned generator folder for sampling, with the named scheduler, on `device`."""
+PICKLED_WEIGHTS = (".bin", ".pt", ".pth", ".ckpt")
+
+
+def check_pipeline_folder(folder: str | Path) -> None:
+    """Refuse a generator folder whose weights cannot be loaded safely, before any work starts:
+    every model subfolder (one with a config.json) needs safetensors weights with an intact header.
+    Pickled weights (.bin, .pt, ...) are never loaded: unpickling runs arbitrary code."""
+    from safetensors import SafetensorError, safe_open
+
     folder = Path(folder)
     if not (folder / "model_index.json").is_file():
-        raise S2S2Error(f"generator folder {folder} has no model_index.json\n"
-                        "fix: run `s2s2 finetune` first, or set generate.generator_dir to a fine-tuned pipeline")
+        raise ConfigError(f"generator folder {folder} has no model_index.json\n"
+                          "fix: run `s2s2 finetune` first, or set generate.generator_dir to a fine-tuned pipeline")
+    for part in sorted(p for p in folder.iterdir() if (p / "config.json").is_file()):
+        weights = sorted(part.glob("*.safetensors"))
+        if not weights:
+            pickled = sorted(p.name for p in part.iterdir() if p.suffix in PICKLED_WEIGHTS)
+            found = f"only pickled weights ({', '.join(pickled)})" if pickled else "no weights"
+            raise S2S2Error(f"generator folder {folder}: {part.name}/ holds {found}; s2s2 loads safetensors only "
+                            "(unpickling can run arbitrary code)\nfix: convert it once where you trust the file: "
+                            "load the pipeline with diffusers and save it with `save_pretrained(folder, "
+                            "safe_serialization=True)`, or re-run `s2s2 finetune --overwrite`")
+        for path in weights:
+            try:
+                with safe_open(str(path), framework="pt"):
+                    pass
+            except (SafetensorError, OSError) as err:
+                raise S2S2Error(f"generator weights {path} cannot be read ({err}): the file is truncated or "
+                                "corrupt\nfix: copy the generator folder again, or re-run "
+                                "`s2s2 finetune --overwrite`") from None
+
+
+def load_pipeline(folder: str | Path, scheduler: str, device: torch.device, dtype: torch.dtype,
+                  attention: str = "auto") -> StableDiffusionControlNetPipeline:
+    """Load a fine-tuned generator folder for sampling, with the named scheduler, on `device`
+    (safetensors weights only, checked first)."""
+    folder = Path(folder)
+    check_pipeline_folder(folder)
     diffusers_logging.disable_progress_bar()
     transformers_logging.disable_progress_bar()
-    pipe = StableDiffusionControlNetPipeline.from_pretrained(folder, safety_checker=None, dtype=dtype)
+    try:
+        pipe = StableDiffusionControlNetPipeline.from_pretrained(folder, safety_checker=None, dtype=dtype,
+                                                                 use_safetensors=True)
+    except (OSError, ValueError, RuntimeError) as err:  # a damaged config or weights file (JSON errors are ValueErrors)
+        raise _load_error(str(folder), "generator", err) from None
     pipe.scheduler = make_scheduler(scheduler, pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     pipe = pipe.to(device)

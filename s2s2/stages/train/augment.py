@@ -1,6 +1,11 @@
-"""Pair augmentation for S2S2: one geometric transform shared by the original, the stack image
-and the mask (so features stay aligned with the labels), and independent photometric jitter on
-each image (so the pair differs in appearance only). Pure numpy/scipy, deterministic given the rng.
+"""Training augmentation: one geometric transform shared by the original, the stack image and the
+mask (so features stay aligned with the labels); photometric jitter and the optional intensity
+augmentations (SLAug location-scale, GIN) on the original, drawn from the original's generator; the
+stack image's own photometric jitter from a generator of its own.
+
+Two generators per visit make runs matched: the baseline and S2S2 with the same seed draw the same
+geometry and the same photometrics for the original, whatever happens to the stack image.
+Pure numpy/scipy (GIN: a few torch convolutions), deterministic given the generators.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import numpy as np
 from scipy import ndimage
 
 from s2s2.pipeline.config.train import AugmentConfig
+from s2s2.stages.train.gin import gin_augment
 from s2s2.stages.train.location_scale import global_location_scale
 
 
@@ -74,16 +80,23 @@ def photometric(image: np.ndarray, cfg: AugmentConfig, rng: np.random.Generator)
 
 
 PairTransform = Callable[
-    [np.ndarray, "np.ndarray | None", np.ndarray, np.random.Generator],
+    [np.ndarray, "np.ndarray | None", np.ndarray, np.random.Generator, "np.random.Generator | None"],
     "tuple[np.ndarray, np.ndarray | None, np.ndarray]",
 ]
 
 
 class PairAugment:
-    """Callable `(original, stack_image | None, mask, rng) -> (original, stack_image | None, mask)`."""
+    """Callable `(original, stack_image | None, mask, rng, stack_rng) -> (original, stack_image | None, mask)`.
 
-    def __init__(self, cfg: AugmentConfig | None = None):
+    `rng` draws the shared geometry, then the original's photometrics, location-scale and GIN;
+    `stack_rng` draws the stack image's photometrics only (none with `cfg.stack_photometric` off).
+    `cfg.enabled` switches the geometric and photometric part; location-scale and GIN are separate.
+    """
+
+    def __init__(self, cfg: AugmentConfig | None = None, location_scale: bool = False, gin: bool = False):
         self.cfg = cfg if cfg is not None else AugmentConfig()
+        self.location_scale = location_scale
+        self.gin = gin
 
     def __call__(
         self,
@@ -91,30 +104,24 @@ class PairAugment:
         stack_image: np.ndarray | None,
         mask: np.ndarray,
         rng: np.random.Generator,
+        stack_rng: np.random.Generator | None = None,
     ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
-        if not self.cfg.enabled:
-            return original, stack_image, mask
-        geometry = draw_geometry(self.cfg, mask.shape, rng)  # type: ignore[arg-type]
+        if stack_image is not None and stack_rng is None:
+            raise ValueError("the stack image needs its own generator (stack_rng) for its photometric draws")
+        if self.cfg.enabled:
+            geometry = draw_geometry(self.cfg, mask.shape, rng)  # type: ignore[arg-type]
 
-        def warp(image: np.ndarray) -> np.ndarray:
-            return np.stack([apply_geometry(plane, geometry, order=1) for plane in image]).astype(np.float32)
+            def warp(image: np.ndarray) -> np.ndarray:
+                return np.stack([apply_geometry(plane, geometry, order=1) for plane in image]).astype(np.float32)
 
-        original = photometric(warp(original), self.cfg, rng)
-        if stack_image is not None:
-            stack_image = photometric(warp(stack_image), self.cfg, rng)
-        return original, stack_image, apply_geometry(mask, geometry, order=0)
-
-
-class OriginalAugment:
-    """`PairAugment`, then (optionally) SLAug's global location-scale remap of the original only."""
-
-    def __init__(self, pair_augment: PairAugment, location_scale: bool) -> None:
-        self.pair_augment = pair_augment
-        self.location_scale = location_scale
-
-    def __call__(self, original: np.ndarray, stack_image: np.ndarray | None, mask: np.ndarray,
-                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
-        original, stack_image, mask = self.pair_augment(original, stack_image, mask, rng)
+            original = photometric(warp(original), self.cfg, rng)
+            mask = apply_geometry(mask, geometry, order=0)
+            if stack_image is not None:
+                stack_image = warp(stack_image)
+                if self.cfg.stack_photometric:
+                    stack_image = photometric(stack_image, self.cfg, stack_rng)  # type: ignore[arg-type]
         if self.location_scale:
             original = global_location_scale(original, rng)
+        if self.gin:
+            original = gin_augment(original, rng)
         return original, stack_image, mask

@@ -1,12 +1,19 @@
-"""What the trainer iterates: S2S2 pairs from the stack store, or baseline samples without one.
+"""What the trainer iterates: the training split of a `PreparedDataset`, with (S2S2) or without
+(baseline) one stack image per visit from the stack store.
 
-Both yield dicts with `original`, `mask`, `index`, `id` (and `stack_image`, `k` for S2S2). Data order
-and every random draw derive from (seed, epoch, index), so a resumed run sees the same batches.
+Matched runs: both methods take the original and its mask from the same prepared arrays (float32),
+visit the samples in the same order, and draw every random number from per-visit generators seeded
+by (seed, epoch, index, stream), one stream per purpose:
+- `ORIGINAL_STREAM`: the shared geometry and the original's photometrics (and location-scale, GIN);
+- `K_STREAM`: which stack image k this visit reads;
+- `STACK_STREAM`: the stack image's own photometrics.
+So the baseline and S2S2 with the same seed see the same originals, augmented the same way; only
+the stack image is extra. A resumed run sees the same batches.
 
-The pair reader reads exactly two images per visit (one inner chunk of `originals`, one of
-`stack`) plus the mask. The store is opened lazily in each process (DataLoader worker): after a
-`fork` the child opens its own handle. Local stores work with `fork`; fsspec stores (s3://) should
-use `multiprocessing_context="spawn"`, since their event loop and HTTP sessions do not survive a fork.
+The stack image is the only read from the store per visit (`StackStore.read_stack`, one inner
+chunk). The store is opened lazily in each process (DataLoader worker): after a `fork` the child
+opens its own handle. Local stores work with `fork`; fsspec stores (s3://) should use
+`multiprocessing_context="spawn"`, since their event loop and HTTP sessions do not survive a fork.
 """
 
 from __future__ import annotations
@@ -27,21 +34,21 @@ from s2s2.stages.train.augment import PairTransform
 from s2s2.store.layout import to_unit_float
 from s2s2.store.stack_store import StackStore
 
+ORIGINAL_STREAM, K_STREAM, STACK_STREAM = 0, 1, 2
 
-def draw_k(seed: int, epoch: int, index: int, choices: np.ndarray) -> tuple[int, np.random.Generator]:
-    """Pick k uniformly among `choices` with a generator seeded by (seed, epoch, index); the same
-    generator then drives the augmentation of that visit."""
-    rng = np.random.default_rng([seed, epoch, index])
-    return int(choices[rng.integers(len(choices))]), rng
+
+def draw_k(seed: int, epoch: int, index: int, choices: np.ndarray) -> int:
+    """k uniformly among `choices`, from the visit's own k stream (it leaves the augmentation alone)."""
+    return int(choices[sample_rng(seed, epoch, index, K_STREAM).integers(len(choices))])
 
 
 class BaselineDataset(Dataset):
-    """The baseline's samples: one split of a `PreparedDataset`, augmented like the S2S2 pairs."""
+    """The training split of a `PreparedDataset`: original and mask per visit, augmented."""
 
-    def __init__(self, dataset: PreparedDataset, split: str, seed: int, transform: PairTransform | None) -> None:
+    def __init__(self, dataset: PreparedDataset, seed: int, transform: PairTransform | None = None) -> None:
         self.dataset = dataset
-        self.samples = np.asarray(dataset.indices(split))
-        self.seed = seed
+        self.samples = np.asarray(dataset.indices("train"), dtype=np.int64)
+        self.seed = int(seed)
         self.transform = transform
         self.epoch = 0
 
@@ -49,50 +56,61 @@ class BaselineDataset(Dataset):
         return len(self.samples)
 
     def set_epoch(self, epoch: int) -> None:
-        """Draw new augmentations for the next epoch."""
+        """Draw new augmentations (and k's) for the next epoch; call before iterating."""
         self.epoch = int(epoch)
+
+    def stack_image(self, index: int) -> tuple[np.ndarray | None, dict[str, Any]]:
+        """The visit's stack image and what to report about it (none for the baseline)."""
+        return None, {}
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         index = int(self.samples[i])
-        original = self.dataset.images[index].astype(np.float32)
+        original = np.asarray(self.dataset.images[index], dtype=np.float32)
         mask = self.dataset.masks[index]
+        stack_image, extra = self.stack_image(index)
         if self.transform is not None:
-            original, _, mask = self.transform(original, None, mask, sample_rng(self.seed, self.epoch, index))
-        return {
+            rng = sample_rng(self.seed, self.epoch, index, ORIGINAL_STREAM)
+            stack_rng = sample_rng(self.seed, self.epoch, index, STACK_STREAM) if stack_image is not None else None
+            original, stack_image, mask = self.transform(original, stack_image, mask, rng, stack_rng)
+        item = {
             "original": torch.from_numpy(np.ascontiguousarray(original, dtype=np.float32)),
             "mask": torch.from_numpy(np.ascontiguousarray(mask).astype(np.int64)),
             "index": index,
             "id": self.dataset.ids[index],
+            **extra,
         }
+        if stack_image is not None:
+            item["stack_image"] = torch.from_numpy(np.ascontiguousarray(stack_image, dtype=np.float32))
+        return item
 
 
-class StackPairDataset(Dataset):
-    """Pairs for the two-sample S2S2 objective from a complete (or `allow_incomplete`) store.
+class StackPairDataset(BaselineDataset):
+    """The baseline's visits plus one stack image k of the visited sample, from the stack store.
 
-    With `allow_incomplete`, only samples with at least one done image are served, and k is drawn
+    The store must be made from this dataset (fingerprint) and hold every training sample; with
+    `allow_incomplete`, only training samples with at least one done image are served, and k is drawn
     among that sample's done images (writers fill whole shards, so in practice all K or none).
     """
 
     def __init__(
         self,
+        dataset: PreparedDataset,
         path: str | Path | Any,
         seed: int,
         transform: PairTransform | None = None,
-        expected_fingerprint: str | None = None,
         allow_incomplete: bool = False,
         storage_options: dict[str, Any] | None = None,
     ):
+        super().__init__(dataset, seed, transform)
         self.path = path
-        self.seed = int(seed)
-        self.transform = transform
         self.storage_options = storage_options
-        self.epoch = 0
         store = StackStore.open(path, "r", storage_options)
         manifest = store.manifest
-        if expected_fingerprint is not None and manifest.dataset_fingerprint != expected_fingerprint:
+        fingerprint = dataset.fingerprint()
+        if manifest.dataset_fingerprint != fingerprint:
             raise StoreError(
                 f"{path}: the stack store was made from another dataset (store fingerprint "
-                f"{manifest.dataset_fingerprint[:12]}…, this dataset {expected_fingerprint[:12]}…); "
+                f"{manifest.dataset_fingerprint[:12]}…, this dataset {fingerprint[:12]}…); "
                 "fix: point store.path at the stack made for this dataset, or re-create it with "
                 "`s2s2 stack init --overwrite` and `s2s2 generate`")
         done = store.done_ledger()
@@ -100,23 +118,23 @@ class StackPairDataset(Dataset):
         if fraction < 1.0 and not allow_incomplete:
             raise StoreError(f"{path}: the stack is {100 * fraction:.1f}% generated "
                              f"({len(store.pending_shards())} of {store.num_shards} shards pending); "
-                             "fix: finish `s2s2 generate`, or pass --allow-incomplete to train on done samples")
-        self.samples = np.flatnonzero(done.any(axis=1))
-        if len(self.samples) == 0:
+                             "fix: finish `s2s2 generate`, or add `--set store.allow_incomplete=true` to train on the "
+                             "done samples only")
+        row_of = {int(index): row for row, index in enumerate(store.source_indices)}
+        missing = [int(i) for i in self.samples if int(i) not in row_of]
+        if missing:
+            raise StoreError(f"{path}: the store holds split {manifest.split!r}, which lacks {len(missing)} of the "
+                             f"{len(self.samples)} training samples (e.g. {dataset.ids[missing[0]]}); fix: create the "
+                             "store from the training split (store.split: train) with `s2s2 stack init --overwrite`")
+        served = [i for i in self.samples if done[row_of[int(i)]].any()]
+        if not served:
             raise StoreError(f"{path}: no generated images yet; fix: run `s2s2 generate` first")
-        self._choices = [np.flatnonzero(done[i]) for i in self.samples]
-        self.k = manifest.k
+        self.samples = np.asarray(served, dtype=np.int64)
+        self._rows = {int(i): row_of[int(i)] for i in served}
+        self._choices = {int(i): np.flatnonzero(done[row_of[int(i)]]) for i in served}
         self.manifest = manifest
-        self._ids = store.ids
         self._store: StackStore | None = None  # opened per process on first use
         self._pid = -1
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Draw new k's (and augmentations) for the next epoch; call before iterating."""
-        self.epoch = int(epoch)
 
     def _handle(self) -> StackStore:
         if self._store is None or self._pid != os.getpid():
@@ -129,21 +147,10 @@ class StackPairDataset(Dataset):
         state["_store"] = None  # spawned workers open their own handle
         return state
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        index = int(self.samples[i])
-        k, rng = draw_k(self.seed, self.epoch, index, self._choices[i])
-        original, stack_image, mask = self._handle().read_pair(index, k)
-        original, stack_image = to_unit_float(original), to_unit_float(stack_image)
-        if self.transform is not None:
-            original, stack_image, mask = self.transform(original, stack_image, mask, rng)
-        return {
-            "original": torch.from_numpy(np.ascontiguousarray(original, dtype=np.float32)),
-            "stack_image": torch.from_numpy(np.ascontiguousarray(stack_image, dtype=np.float32)),
-            "mask": torch.from_numpy(np.ascontiguousarray(mask).astype(np.int64)),
-            "k": k,
-            "index": index,
-            "id": self._ids[index],
-        }
+    def stack_image(self, index: int) -> tuple[np.ndarray | None, dict[str, Any]]:
+        """Stack image k of dataset sample `index` (k from the visit's k stream), as float [0, 1]."""
+        k = draw_k(self.seed, self.epoch, index, self._choices[index])
+        return to_unit_float(self._handle().read_stack(self._rows[index], k)), {"k": k}
 
 
 class EpochBatchSampler(Sampler[list[int]]):

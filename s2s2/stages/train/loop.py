@@ -3,7 +3,15 @@
 One step reads like the method's equation:
     p0, pk = model(cat[x0, xk])                      # one forward of 2B images
     L = w_seg*L_seg(p0,y) + w_seg_gen*L_seg(pk,y) + a_enc*L_sc(f0,fk) + a_dec*L_sc(g0,gk)
-The baseline runs the same loop with the stack off: L = w_seg*L_seg(p0,y).
+The baseline runs the same loop with the stack off: L = w_seg*L_seg(p0,y). With every stack term at
+zero (w_seg_gen = a_enc = a_dec = 0) S2S2 forwards the originals alone (batch-norm statistics over 2B
+images would differ), and so reproduces the baseline of the same seed exactly: same samples, batch
+order, augmentation draws, init and steps (see datasets.py).
+
+Runs are defined by `train.steps`; `train.max_seconds` is an optional wall-time cap, and a run it
+stopped says so (`stopped_by_time_cap` in summary.json). The best validation checkpoint becomes
+model.safetensors; without a val split there is no selection: the last weights are kept and
+summary.json says `model_selection: last`.
 
 Outputs in {run_dir}/train/{name}/: config.yaml (resolved), log.csv, progress.png, model.safetensors
 (best validation Dice), last.safetensors + state.pt (resume), summary.json.
@@ -32,16 +40,19 @@ from s2s2.pipeline.config.train import TrainConfig
 from s2s2.pipeline.data.prepared import PreparedDataset
 from s2s2.pipeline.distributed import any_process, processes_in_sync
 from s2s2.pipeline.errors import ConfigError, S2S2Error, StoreError
-from s2s2.pipeline.losses import LossParts, build_seg_loss, s2s2_loss, split_output
+from s2s2.pipeline.losses import LossParts, build_seg_loss, s2s2_loss, split_output, stack_terms_active
 from s2s2.pipeline.metrics import dice, nanmean
 from s2s2.pipeline.seeding import seed_everything, set_torch_rng_state, torch_rng_state
 from s2s2.pipeline.segmenters import build_segmenter, load_weights, model_identity, predict, save_weights
-from s2s2.stages.train.augment import OriginalAugment, PairAugment
+from s2s2.stages.train.augment import PairAugment
 from s2s2.stages.train.datasets import BaselineDataset, EpochBatchSampler, StackPairDataset
 
 logger = logging.getLogger(__name__)
 
 LOSS_NAMES = ("loss", "seg", "seg_gen", "enc", "dec")
+# Files of a run folder: a new run refuses to replace them unless asked (--overwrite).
+RUN_OUTPUTS = ("config.yaml", "model.safetensors", "last.safetensors", "state.pt", "log.csv", "progress.png",
+               "summary.json", "metrics.json", "predictions.png")
 # Fields that may change between a run and its --resume (they do not change the weights).
 RESUMABLE_CHANGES = {"train.steps", "train.max_seconds", "train.num_workers", "train.device", "train.val_every",
                      "train.log_every", "train.checkpoint_every"}
@@ -77,18 +88,17 @@ def run_folder(cfg: ProjectConfig) -> Path:
     return Path(cfg.run_dir) / "train" / cfg.train.name
 
 
-def build_train_set(cfg: ProjectConfig, dataset: PreparedDataset) -> torch.utils.data.Dataset:
-    """S2S2 pairs from the store (checked against the dataset) or, for the baseline, the train split."""
-    transform = OriginalAugment(PairAugment(cfg.train.augment), cfg.train.location_scale)
+def build_train_set(cfg: ProjectConfig, dataset: PreparedDataset) -> BaselineDataset:
+    """The train split, with (S2S2) or without (baseline) a stack image per visit from the store."""
+    transform = PairAugment(cfg.train.augment, cfg.train.location_scale, cfg.train.gin)
     if not cfg.train.stack:
-        return BaselineDataset(dataset, "train", cfg.train.seed, transform)
+        return BaselineDataset(dataset, cfg.train.seed, transform)
     path = cfg.store.path
     if "://" not in path and not Path(path).exists():
         raise StoreError(f"{path}: no stack store here; fix: run `make generate` (or `s2s2 stack init` and "
                          "`s2s2 generate`), point store.path at an existing stack, or train the baseline "
                          "with --set train.stack=false")
-    pairs = StackPairDataset(path, seed=cfg.train.seed, transform=transform,
-                             expected_fingerprint=dataset.fingerprint(),
+    pairs = StackPairDataset(dataset, path, seed=cfg.train.seed, transform=transform,
                              allow_incomplete=cfg.store.allow_incomplete,
                              storage_options=cfg.store.storage_options or None)
     manifest = pairs.manifest
@@ -114,8 +124,10 @@ def eval_class_ids(class_names: tuple[str, ...], eval_classes: list[str] | None)
 
 
 def validate(model: torch.nn.Module, dataset: PreparedDataset, device: torch.device, batch_size: int) -> dict[str, float]:
-    """Mean per-case Dice of every foreground class on the val split (the test split is never seen)."""
-    indices = dataset.indices("val") or dataset.indices("train")
+    """Mean per-case Dice of every foreground class on the val split (never the test or train split)."""
+    indices = dataset.splits.get("val", [])
+    if not indices:
+        raise ConfigError(f"dataset {dataset.name} has no val split to validate on")
     predictions = predict(model, dataset.images[indices], device, batch_size)
     truth = dataset.masks[indices]
     return {name: nanmean([dice(p == c, t == c) for p, t in zip(predictions, truth)])
@@ -167,6 +179,31 @@ def config_differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "
     return out
 
 
+STATE_KEYS = ("step", "optimizer", "rng", "best", "elapsed", "history")
+
+
+def load_state(path: Path) -> dict[str, Any]:
+    """The resume state (optimizer, RNG, history) of state.pt, loaded without unpickling code
+    (`weights_only`: tensors and plain values only); a damaged or foreign file is a clear error."""
+    import pickle
+    import zipfile
+
+    fix = ("fix: train again without --resume (the run restarts at step 0), or restore state.pt and "
+           "last.safetensors from a copy")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, zipfile.BadZipFile) as err:
+        detail = str(err).strip().splitlines()[0][:200]
+        raise S2S2Error(f"cannot resume: {path} cannot be loaded safely ({type(err).__name__}: {detail}); it is "
+                        "truncated, corrupt or not written by s2s2 (only tensors and plain values are accepted, "
+                        f"nothing is unpickled); {fix}") from None
+    if not isinstance(state, dict) or any(key not in state for key in STATE_KEYS):
+        found = sorted(state) if isinstance(state, dict) else type(state).__name__
+        raise S2S2Error(f"cannot resume: {path} is not an s2s2 training state (needs {', '.join(STATE_KEYS)}; "
+                        f"found {found}); {fix}")
+    return state
+
+
 class Trainer:
     """Holds the model, optimizer and history of one run; `step()` is one optimisation step.
 
@@ -185,6 +222,10 @@ class Trainer:
                      else torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay))
         self.ddp, self.optimizer = accelerator.prepare(self.model, optimizer)
         self.seg_loss = build_seg_loss(t.loss)
+        # Forward the stack images only when a term uses them (2B batch-norm statistics otherwise).
+        self.forward_stack = t.stack and stack_terms_active(t.loss)
+        # Model selection on the val split; without one, the last weights (never the training split).
+        self.selects_on_val = bool(dataset.splits.get("val"))
         self.step_index = 0
         self.best = -1.0
         self.elapsed = 0.0
@@ -197,7 +238,7 @@ class Trainer:
         mask = batch["mask"].to(self.device, non_blocking=True)
         for group in self.optimizer.param_groups:
             group["lr"] = lr_at(self.step_index, self.cfg.train)
-        if self.cfg.train.stack:
+        if self.forward_stack:
             stack_image = batch["stack_image"].to(self.device, non_blocking=True)
             output_0, output_k = split_output(self.ddp(torch.cat([original, stack_image])), len(original))
         else:
@@ -234,7 +275,7 @@ class Trainer:
         state_path = self.folder / "state.pt"
         if not state_path.is_file():
             raise S2S2Error(f"cannot resume: {state_path} does not exist; fix: train without --resume first")
-        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        state = load_state(state_path)
         load_weights(self.model, self.folder / "last.safetensors", {**self.identity, "step": str(state["step"])})
         self.optimizer.load_state_dict(state["optimizer"])
         set_torch_rng_state(state["rng"])
@@ -242,7 +283,11 @@ class Trainer:
         self.history = state["history"]
 
     def validate_and_keep_best(self, epoch: int) -> dict[str, float]:
-        """Validation Dice; the best weights (mean over the evaluation classes) go to model.safetensors."""
+        """Validation Dice; the best weights (mean over the evaluation classes) go to model.safetensors.
+        Without a val split: no validation, the latest weights go to model.safetensors."""
+        if not self.selects_on_val:
+            save_weights(self.model, self.folder / "model.safetensors", self.identity)
+            return {}
         scores = validate(self.model, self.dataset, self.device, self.cfg.evaluate.batch_size)
         mean = nanmean([scores[n] for n in self.eval_ids])
         row = {"step": self.step_index, "epoch": epoch, "val_dice_mean": mean, **{f"val_{n}": v for n, v in scores.items()}}
@@ -256,10 +301,13 @@ class Trainer:
         return row
 
 
-def _start_folder(cfg: ProjectConfig, resume: bool) -> None:
-    """Fresh run: clear old outputs. Resume: refuse a config that would change the weights."""
+def _start_folder(cfg: ProjectConfig, resume: bool, overwrite: bool) -> None:
+    """Fresh run: refuse a folder with another run's outputs unless `overwrite` (then clear them).
+    Resume: refuse a config that would change the weights."""
     folder = run_folder(cfg)
     saved = folder / "config.yaml"
+    if resume and overwrite:
+        raise ConfigError("--resume continues a run and --overwrite replaces it: pass one of them")
     if resume:
         if not saved.is_file():
             raise S2S2Error(f"cannot resume: {saved} does not exist; fix: train without --resume first")
@@ -269,18 +317,22 @@ def _start_folder(cfg: ProjectConfig, resume: bool) -> None:
             raise ConfigError(f"cannot resume {folder} with a different config: {', '.join(changed)} changed "
                               f"(see {saved}); fix: use the same settings or another train.name")
     else:
-        for name in ("model.safetensors", "last.safetensors", "state.pt", "log.csv", "progress.png",
-                     "summary.json", "metrics.json"):
-            (folder / name).unlink(missing_ok=True)
+        existing = [name for name in RUN_OUTPUTS if (folder / name).exists()]
+        if existing and not overwrite:
+            raise ConfigError(f"{folder} already holds a run ({', '.join(existing)}); fix: pass --overwrite to "
+                              "replace it, --resume to continue it, or choose another --name")
+        for name in existing:
+            (folder / name).unlink()
     folder.mkdir(parents=True, exist_ok=True)
     dump_config(cfg, saved)
 
 
 def run_train(cfg: ProjectConfig, resume: bool = False, stop_after: int | None = None,
-              dataset: PreparedDataset | None = None) -> Path:
+              dataset: PreparedDataset | None = None, overwrite: bool = False) -> Path:
     """Train the configured segmenter; returns the run folder.
 
-    `resume` continues from last.safetensors + state.pt at the exact step. `stop_after` ends this
+    A folder that holds another run is refused unless `overwrite` (which replaces it) or `resume`,
+    which continues from last.safetensors + state.pt at the exact step. `stop_after` ends this
     invocation after that many steps (saving a resumable checkpoint), e.g. for time-sliced schedulers.
     `dataset` replaces `prepare_dataset(cfg.data)` (tests and notebooks that hold the data in memory).
     """
@@ -299,9 +351,12 @@ def run_train(cfg: ProjectConfig, resume: bool = False, stop_after: int | None =
     if steps_per_epoch == 0:
         raise ConfigError(f"train.batch_size={t.batch_size} exceeds the {len(train_set)} training samples; lower it")
     if is_main:
-        _start_folder(cfg, resume)
+        _start_folder(cfg, resume, overwrite)
     accelerator.wait_for_everyone()
     trainer = Trainer(cfg, dataset, accelerator)
+    if not trainer.selects_on_val and is_main:
+        logger.warning(f"train {t.name}: the data has no val split, so there is no model selection: "
+                       "model.safetensors holds the last weights (summary.json: model_selection last)")
     if resume:
         trainer.load_last()
     class_names = list(dataset.class_names[1:])
@@ -309,9 +364,9 @@ def run_train(cfg: ProjectConfig, resume: bool = False, stop_after: int | None =
     last_step = t.steps if stop_after is None else min(t.steps, start_step + stop_after)
     bar = tqdm(total=t.steps, initial=start_step, desc=f"train {t.name}", disable=not is_main, dynamic_ncols=True)
     running: dict[str, list[float]] = {n: [] for n in LOSS_NAMES}
-    began, stopped_by_budget = time.perf_counter() - trainer.elapsed, False
+    began, stopped_by_cap = time.perf_counter() - trainer.elapsed, False
     trainer.model.train()
-    while trainer.step_index < last_step and not stopped_by_budget:
+    while trainer.step_index < last_step and not stopped_by_cap:
         epoch, first_batch = divmod(trainer.step_index, steps_per_epoch)
         train_set.set_epoch(epoch)
         # The sampler shards each global batch by rank itself and is rebuilt from (seed, epoch, first batch):
@@ -325,8 +380,8 @@ def run_train(cfg: ProjectConfig, resume: bool = False, stop_after: int | None =
             bar.update(1)
             step = trainer.step_index
             trainer.elapsed = time.perf_counter() - began
-            stopped_by_budget = any_process(accelerator, t.max_seconds is not None and trainer.elapsed >= t.max_seconds)
-            final = step >= last_step or stopped_by_budget
+            stopped_by_cap = any_process(accelerator, t.max_seconds is not None and trainer.elapsed >= t.max_seconds)
+            final = step >= last_step or stopped_by_cap
             if step % t.log_every == 0 or final:
                 row = {"step": step, "epoch": epoch, "lr": lr_at(step - 1, t), "seconds": round(trainer.elapsed, 2),
                        **{n: float(np.mean(v)) for n, v in running.items()}}
@@ -336,7 +391,8 @@ def run_train(cfg: ProjectConfig, resume: bool = False, stop_after: int | None =
                 running = {n: [] for n in LOSS_NAMES}
             if is_main and (step % t.val_every == 0 or final):
                 row = trainer.validate_and_keep_best(epoch)
-                bar.set_postfix({"val_dice": f"{row['val_dice_mean']:.3f}"})
+                if row:
+                    bar.set_postfix({"val_dice": f"{row['val_dice_mean']:.3f}"})
                 write_progress_png(trainer.history, class_names, trainer.folder / "progress.png")
                 write_log_csv(trainer.history, class_names, trainer.folder / "log.csv")
             if is_main and (step % t.checkpoint_every == 0 or final):
@@ -348,13 +404,16 @@ def run_train(cfg: ProjectConfig, resume: bool = False, stop_after: int | None =
     if is_main:
         summary = {"name": t.name, "model": cfg.model.name, "method": "s2s2" if t.stack else "baseline",
                    "seed": t.seed, "steps": trainer.step_index, "planned_steps": t.steps,
-                   "stopped_by_time_budget": stopped_by_budget, "seconds": round(trainer.elapsed, 1),
-                   "best_val_dice_mean": trainer.best, "world_size": world_size, "ranks_in_sync": in_sync}
+                   "stopped_by_time_cap": stopped_by_cap, "max_seconds": t.max_seconds,
+                   "seconds": round(trainer.elapsed, 1),
+                   "model_selection": "best_val" if trainer.selects_on_val else "last",
+                   "best_val_dice_mean": trainer.best if trainer.selects_on_val else None,
+                   "world_size": world_size, "ranks_in_sync": in_sync}
         with atomic_path(trainer.folder / "summary.json") as tmp:
             tmp.write_text(json.dumps(summary, indent=1))
-        if stopped_by_budget:
-            logger.warning(f"train {t.name}: time budget of {t.max_seconds} s spent after {trainer.step_index} of "
-                  f"{t.steps} steps (continue with --resume and a larger train.max_seconds)")
+        if stopped_by_cap:
+            logger.warning(f"train {t.name}: STOPPED BY THE TIME CAP of {t.max_seconds} s after {trainer.step_index} "
+                           f"of {t.steps} steps (continue with --resume and a larger or no train.max_seconds)")
     accelerator.wait_for_everyone()
     if not in_sync:
         raise S2S2Error("DDP ranks ended with different weights; this is a bug, please report it with summary.json")
