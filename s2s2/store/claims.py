@@ -183,8 +183,9 @@ def _renewing(every: float, renew: Callable[[], bool], name: str) -> Iterator[No
     stop = threading.Event()
 
     def loop() -> None:
-        while not stop.wait(every) and renew():
-            pass
+        while not stop.wait(every):
+            if not renew():
+                return
 
     thread = threading.Thread(target=loop, name=name, daemon=True)
     thread.start()
