@@ -186,8 +186,8 @@ def check_pipeline_folder(folder: str | Path) -> None:
                             "safe_serialization=True)`, or re-run `s2s2 finetune --overwrite`")
         for path in weights:
             try:
-                with safe_open(str(path), framework="pt"):
-                    pass
+                with safe_open(str(path), framework="pt") as tensors:
+                    tensors.keys()  # parses the header: a truncated file fails here, not mid-generation
             except (SafetensorError, OSError) as err:
                 raise S2S2Error(f"generator weights {path} cannot be read ({err}): the file is truncated or "
                                 "corrupt\nfix: copy the generator folder again, or re-run "
