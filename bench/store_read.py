@@ -27,7 +27,7 @@ import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -79,8 +79,9 @@ def loader_layouts(quick: bool) -> list[Layout]:
     return rows
 
 
-def build(root: Path, layout: Layout, seed: int = 0) -> tuple[str, list[Path]]:
-    """Write the same cases both ways: our store (uint8, zstd) and one npz per case."""
+def build(root: Path, layout: Layout, seed: int = 0) -> tuple[str, list[Path], Any]:
+    """Write the same cases both ways: our store (uint8, zstd) and one npz per case; also returns
+    the PreparedDataset the store was made from (what s2s2's training reads originals from)."""
     from s2s2.pipeline.data.prepared import PreparedDataset
     from s2s2.store.stack_store import StackStore
 
@@ -105,17 +106,18 @@ def build(root: Path, layout: Layout, seed: int = 0) -> tuple[str, list[Path]]:
                 lambda a: np.rint(a * 255).astype(np.uint8))
             np.savez(path, image=as_dtype(dataset.images[i]), mask=masks[i], stack=as_dtype(stack[r]))
             files.append(path)
-    return store_path, files
+    return store_path, files, dataset
 
 
 def pair_item(image: np.ndarray, stack_image: np.ndarray, mask: np.ndarray, k: int, i: int) -> dict[str, Any]:
-    """What both loaders hand the trainer: float32 images in [0, 1], int64 mask (as training does)."""
+    """What both loaders hand the trainer, as s2s2's training datasets do: float32 images in [0, 1],
+    the mask in its stored dtype (the trainer widens it after the hand-over)."""
     import torch
 
     scale = np.float32(1 / 255) if image.dtype == np.uint8 else np.float32(1)
     return {"original": torch.from_numpy(np.multiply(image, scale, dtype=np.float32)),  # one pass each
             "stack_image": torch.from_numpy(np.multiply(stack_image, scale, dtype=np.float32)),
-            "mask": torch.from_numpy(mask.astype(np.int64)), "k": k, "index": i}
+            "mask": torch.from_numpy(np.ascontiguousarray(mask)), "k": k, "index": i}
 
 
 def visit_k(seed: int, i: int, k: int) -> int:
@@ -151,34 +153,45 @@ class NpzPairDataset:
 
 class StorePairDataset:
     """Our layout through the store's read path: original, stack image k and mask per visit, a
-    whole batch requested at once (`__getitems__`); the handle opens once per worker process."""
+    whole batch requested at once (`__getitems__`). The store is opened once, in the process that
+    makes the dataset, with every shard index fetched in one trip; the workers (forked) read
+    through that handle's reader and open nothing, as s2s2's training dataset does."""
 
     def __init__(self, path: str, k: int, seed: int, storage_options: dict[str, Any] | None = None):
         from s2s2.store.stack_store import StackStore
 
-        self.path, self.k, self.seed, self.storage_options = path, k, seed, storage_options
-        self.n = StackStore.open(path, "r", storage_options).n_samples
-        self._store: Any = None
-        self._pid = -1
+        self.k, self.seed = k, seed
+        self.store = StackStore.open(path, "r", storage_options, cache_shard_indexes=True)
+        self.n = self.store.n_samples
+        firsts = list(range(0, self.n, self.store.manifest.shard_size))
+        self.store.pair_chunk_ranges(firsts, [0] * len(firsts))
 
     def __len__(self) -> int:
         return self.n
 
-    def _handle(self) -> Any:
-        from s2s2.store.stack_store import StackStore
-
-        if self._store is None or self._pid != os.getpid():
-            self._store = StackStore.open(self.path, "r", self.storage_options, cache_shard_indexes=True)
-            self._pid = os.getpid()
-        return self._store
-
     def __getitems__(self, items: list[int]) -> list[dict[str, Any]]:
         ks = [visit_k(self.seed, i, self.k) for i in items]
-        pairs = self._handle().read_pairs(items, ks)
+        pairs = self.store.read_pairs(items, ks)
         return [pair_item(*pair, k, i) for pair, k, i in zip(pairs, ks, items)]
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         return self.__getitems__([i])[0]
+
+
+class TrainingPairDataset:
+    """s2s2's own training dataset (`StackPairDataset`, no augmentation): the original and mask
+    from the prepared arrays in memory, only the stack image read from the store (one chunk)."""
+
+    def __init__(self, prepared: Any, path: str, k: int, seed: int, storage_options: dict[str, Any] | None = None):
+        from s2s2.stages.train.datasets import StackPairDataset
+
+        self.pairs = StackPairDataset(prepared, path, seed=seed, storage_options=storage_options)
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitems__(self, items: list[int]) -> list[dict[str, Any]]:
+        return self.pairs.__getitems__(items)
 
 
 def _rchar() -> int:
@@ -242,18 +255,25 @@ def _epoch(loader: Any) -> tuple[float, int]:
     return time.perf_counter() - start, pairs
 
 
-def loader_rates(dataset: Any, files: list[Path], workers: int, batch: int, epochs: int) -> dict[str, float]:
+def loader_rates(make_dataset: Callable[[], Any], files: list[Path], workers: int, batch: int,
+                 epochs: int) -> dict[str, float]:
     """Pairs/s per worker through a DataLoader with persistent workers, each epoch in its own
-    shuffled order. Local files: a first epoch starts the workers (not timed), then `epochs` cold
-    epochs (the files evicted before each; the workers keep what they learnt, e.g. shard indexes)
-    and `epochs` warm ones. Object storage (no `files`): cold = the first epoch of fresh workers,
-    start included; warm = `epochs` later ones."""
+    shuffled order. Local files: the dataset is made and a first epoch starts the workers (not
+    timed), then `epochs` cold epochs (the files evicted before each; the workers keep what they
+    learnt, e.g. shard indexes) and `epochs` warm ones. Object storage (no `files`): cold = making
+    the dataset (opening the store, if it opens one) plus the first epoch of fresh workers; warm =
+    `epochs` later ones."""
     import torch
     from torch.utils.data import DataLoader, RandomSampler
 
+    from s2s2.stages.train.datasets import collate_visits
+
+    start = time.perf_counter()
+    dataset = make_dataset()
+    made = time.perf_counter() - start
     sampler = RandomSampler(range(len(dataset)), generator=torch.Generator().manual_seed(0))
     loader = DataLoader(dataset, batch_size=batch, sampler=sampler, num_workers=workers, persistent_workers=True,
-                        multiprocessing_context="fork")
+                        multiprocessing_context="fork", collate_fn=collate_visits)
     out: dict[str, float] = {}
     if files:
         _epoch(loader)
@@ -262,7 +282,8 @@ def loader_rates(dataset: Any, files: list[Path], workers: int, batch: int, epoc
             out["resident pages"] = max(out.get("resident pages", 0.0), float(evict(files)))
             cold.append(_epoch(loader))
     else:
-        cold = [_epoch(loader)]
+        seconds, pairs = _epoch(loader)
+        cold = [(made + seconds, pairs)]
     warm = [_epoch(loader) for _ in range(epochs)]
     for cache, runs in (("cold", cold), ("warm", warm)):
         out[cache] = sum(p for _, p in runs) / sum(t for t, _ in runs) / workers
@@ -371,7 +392,7 @@ def measure_layout(layout: Layout, root: Path, timings: bool, repeats: int = 1, 
     of both loaders, cold and warm, and the single-process read path and floor, on local disk or
     (with `s3` = {"direct": options, "proxied": options, "latency_ms": ms}) uploaded to and read
     through the delayed S3 endpoint; medians over `repeats` runs."""
-    store_path, npz_files = build(root, layout)
+    store_path, npz_files, prepared = build(root, layout)
     store_files = [p for p in Path(store_path).rglob("*") if p.is_file()]
     if not timings:
         ours, theirs = StorePairDataset(store_path, layout.k, 0), NpzPairDataset([str(p) for p in npz_files], layout.k, 0)
@@ -393,9 +414,10 @@ def measure_layout(layout: Layout, root: Path, timings: bool, repeats: int = 1, 
     for medium, path, npz, options, files in media:
         runs: dict[str, list[float]] = {}
         for _ in range(repeats):
-            for name, dataset in (("ours", StorePairDataset(path, layout.k, 0, options)),
-                                  ("npz", NpzPairDataset(npz, layout.k, 0, options))):
-                for key, value in loader_rates(dataset, files, workers, batch, epochs).items():
+            for name, make in (("ours", lambda: StorePairDataset(path, layout.k, 0, options)),
+                               ("npz", lambda: NpzPairDataset(npz, layout.k, 0, options)),
+                               ("training", lambda: TrainingPairDataset(prepared, path, layout.k, 0, options))):
+                for key, value in loader_rates(make, files, workers, batch, epochs).items():
                     runs.setdefault(f"{name} {key}", []).append(value)
             measured = single_process_rates(path, files, layout, batch, options)
             if options is None:
@@ -407,11 +429,14 @@ def measure_layout(layout: Layout, root: Path, timings: bool, repeats: int = 1, 
                "npz dtype": layout.npz_dtype, "cases": layout.n_cases,
                "cold": ("page cache evicted (fadvise; resident pages after: "
                         f"{max(med['ours resident pages'], med['npz resident pages']):.0f})") if files
-               else "first epoch of fresh workers"}
+               else "making the dataset + the first epoch of fresh workers"}
         for cache in ("cold", "warm"):
             row[f"ours {cache}"] = med[f"ours {cache}"]
             row[f"npz {cache}"] = med[f"npz {cache}"]
             row[f"speedup {cache}"] = med[f"ours {cache}"] / med[f"npz {cache}"]
+        for cache in ("cold", "warm"):
+            row[f"training {cache}"] = med[f"training {cache}"]
+            row[f"training speedup {cache}"] = med[f"training {cache}"] / med[f"npz {cache}"]
         for cache in ("cold", "warm"):
             floor = 1.0 / (med[f"read {cache}"] + med["decode"])
             row[f"floor {cache}"] = floor
@@ -506,10 +531,14 @@ def measure_loader_speedup(quick: bool = False) -> dict[str, Any]:
     return {"value": headline["speedup cold"], "met": all(verdict.values()), "targets": verdict,
             "rows": rows, "raw_runs": raw,
             "note": "ours/npz = pairs/s per DataLoader worker (batch 8, 2 fork workers, persistent), no "
-                    "augmentation, same order and float32/int64 conversions for both; local disk: cold = page cache "
-                    "evicted before each epoch (fadvise after fdatasync, checked with mincore), workers already "
-                    "running; S3 (moto's server behind a proxy adding the latency to every request): cold = the "
-                    "first epoch of fresh workers; warm = later epochs. read path = StackStore.read_pairs per batch "
+                    "augmentation, same order and the same hand-over for both (s2s2's collate_visits: float32 "
+                    "images in [0, 1], the mask in its stored uint8, index and k as lists); ours reads original, "
+                    "stack image and mask from the store; training = s2s2's StackPairDataset (original and mask "
+                    "from the prepared arrays in memory, the stack image from the store); local disk: cold = page "
+                    "cache evicted before each epoch (fadvise after fdatasync, checked with mincore), workers already "
+                    "running; S3 (moto's server behind a proxy adding the latency to every request): cold = making "
+                    "the dataset (opening the store, fetching its shard indexes) plus the first epoch of fresh "
+                    "workers; warm = later epochs. read path = StackStore.read_pairs per batch "
                     "in one process; floor = one process reading the same byte ranges raw plus zstd-decoding them "
                     "(pairs/s, shard indexes known). CPU ms/pair (local rows): process time per pair in one "
                     "process, warm page cache, of each loader's item production and of zarr-python's own reads of "

@@ -15,6 +15,7 @@ from s2s2.pipeline.data.prepared import PreparedDataset
 from s2s2.pipeline.errors import ConfigError, S2S2Error, StoreError
 from s2s2.stages.train.loop import lr_at, run_train
 from s2s2.stages.train.datasets import draw_k
+from s2s2.store.fast_read import ShardReader
 from s2s2.store.stack_store import StackStore
 from test_train_support import blob_dataset, filled_store, tiny_config
 
@@ -27,22 +28,17 @@ def dataset() -> PreparedDataset:
 def test_s2s2_reads_exactly_one_stack_image_per_sample_visit(tmp_path, dataset, monkeypatch):
     store = filled_store(tmp_path / "stack.zarr", dataset, k=3)
     stack_reads: list[tuple[int, int]] = []  # (sample, k) of every stack image decoded, by any read path
-    real = {name: getattr(StackStore, name) for name in ("read_pair", "read_stack", "read_shard_stack")}
+    real_read, real_read_shard_stack = ShardReader.read, StackStore.read_shard_stack
 
-    def read_pair(self, index, k):
-        stack_reads.append((int(index), int(k)))
-        return real["read_pair"](self, index, k)
-
-    def read_stack(self, index, k):
-        stack_reads.append((int(index), int(k)))
-        return real["read_stack"](self, index, k)
+    def read(self, requests):  # every single-image read of the store goes through here
+        stack_reads.extend((int(lead[0]), int(lead[1])) for name, lead in requests if name == "stack")
+        return real_read(self, requests)
 
     def read_shard_stack(self, shard):
         stack_reads.extend((i, k) for i in self.shard_samples(shard) for k in range(self.k))
-        return real["read_shard_stack"](self, shard)
+        return real_read_shard_stack(self, shard)
 
-    monkeypatch.setattr(StackStore, "read_pair", read_pair)
-    monkeypatch.setattr(StackStore, "read_stack", read_stack)
+    monkeypatch.setattr(ShardReader, "read", read)
     monkeypatch.setattr(StackStore, "read_shard_stack", read_shard_stack)
     cfg = tiny_config(tmp_path, steps=8, batch_size=4, val_every=100, checkpoint_every=100)
     run_train(cfg, dataset=dataset)
@@ -161,8 +157,8 @@ def test_s2s2_without_stack_terms_reproduces_the_baseline_exactly(tmp_path, data
     scores and weights equal the baseline's bit for bit; any stack term makes them differ."""
     filled_store(tmp_path / "stack.zarr", dataset, k=3)
     reads = []
-    real_read_stack = StackStore.read_stack
-    monkeypatch.setattr(StackStore, "read_stack", lambda self, i, k: reads.append(i) or real_read_stack(self, i, k))
+    real_read = ShardReader.read
+    monkeypatch.setattr(ShardReader, "read", lambda self, requests: reads.extend(requests) or real_read(self, requests))
     common = {"steps": 7, "val_every": 3, "checkpoint_every": 7, "location_scale": True}  # crosses an epoch
     base = run_train(tiny_config(tmp_path, stack=False, name="base", **common), dataset=dataset)
     zero = {"w_seg_gen": 0.0, "a_enc": 0.0, "a_dec": 0.0}

@@ -4,6 +4,8 @@ stores, and the same originals and augmentation draws as the baseline."""
 
 from __future__ import annotations
 
+import pickle
+
 import numpy as np
 import pytest
 import torch
@@ -15,7 +17,7 @@ from zarr.storage import LocalStore, WrapperStore
 from s2s2.stages.train.augment import PairAugment
 from s2s2.pipeline.config.train import AugmentConfig
 from s2s2.pipeline.errors import StoreError
-from s2s2.stages.train.datasets import BaselineDataset, StackPairDataset, draw_k
+from s2s2.stages.train.datasets import BaselineDataset, StackPairDataset, collate_visits, draw_k
 from s2s2.store.stack_store import StackStore
 from test_store_support import fake_stack, synthetic_dataset
 
@@ -53,10 +55,10 @@ def full_store(tmp_path_factory):
 def test_a_visit_reads_exactly_one_stack_image_from_the_store(full_store):
     path, ds = full_store
     counting = CountingStore(LocalStore(str(path), read_only=True))
-    dataset = StackPairDataset(ds, counting, seed=3)
-    dataset[0]  # warm: array metadata is read once per handle
+    dataset = StackPairDataset(ds, counting, seed=3)  # reads metadata and every shard index, once
     counting.gets.clear()
     item = dataset[5]
+    assert len(counting.gets) == 1  # the image's chunk, nothing else
     chunk_reads = {}
     for key, byte_range, _ in counting.gets:
         if isinstance(byte_range, RangeByteRequest):  # an inner chunk; the other gets are shard indexes
@@ -74,6 +76,33 @@ def test_a_visit_reads_exactly_one_stack_image_from_the_store(full_store):
     assert len(counting.gets) == 1 and all(isinstance(r, RangeByteRequest) for _, r, _ in counting.gets)
 
 
+def test_a_batch_requests_its_stack_images_together_and_equals_its_visits_one_by_one(full_store):
+    """`__getitems__` (what the DataLoader calls with a batch) sends the batch's chunk reads in one
+    fetch and returns exactly the items single visits return; `collate_visits` stacks the images
+    and masks (masks in their stored dtype) and keeps index, id and k as lists."""
+    path, ds = full_store
+    counting = CountingStore(LocalStore(str(path), read_only=True))
+    dataset = StackPairDataset(ds, counting, seed=7, transform=PairAugment(AugmentConfig()))
+    dataset.set_epoch(1)
+    positions = [6, 1, 3, 0]
+    singles = [dataset[i] for i in positions]
+    source = dataset._reader.source
+    fetches = []
+    real_fetch = source.fetch
+    source.fetch = lambda requests: fetches.append(len(requests)) or real_fetch(requests)
+    batch_items = dataset.__getitems__(positions)
+    assert fetches == [4]  # shard indexes known since construction: one fetch of the 4 chunks
+    for single, item in zip(singles, batch_items):
+        assert single.keys() == item.keys() and single["k"] == item["k"] and single["id"] == item["id"]
+        for key in ("original", "stack_image", "mask"):
+            assert torch.equal(single[key], item[key]), key
+    batch = collate_visits(batch_items)
+    assert batch["original"].shape == (4, 1, 16, 16) and batch["stack_image"].dtype == torch.float32
+    assert batch["mask"].dtype == torch.uint8 and batch["mask"].shape == (4, 16, 16)
+    assert batch["k"] == [s["k"] for s in singles] and batch["index"] == [s["index"] for s in singles]
+    assert batch["id"] == [s["id"] for s in singles]
+
+
 def test_items_hold_the_right_pixels_types_and_shapes(full_store):
     path, ds = full_store
     dataset = StackPairDataset(ds, path, seed=0)
@@ -82,7 +111,7 @@ def test_items_hold_the_right_pixels_types_and_shapes(full_store):
     item = dataset[2]
     index = ds.indices("train")[2]
     assert item["original"].dtype == torch.float32 and item["original"].shape == (1, 16, 16)
-    assert item["mask"].dtype == torch.int64 and item["mask"].shape == (16, 16)
+    assert item["mask"].dtype == torch.uint8 and item["mask"].shape == (16, 16)  # stored dtype; the trainer widens it
     assert item["id"] == store.ids[2] == ds.ids[index] and 0 <= item["k"] < K
     np.testing.assert_array_equal(item["mask"].numpy(), ds.masks[index])
     # the float32 original of the prepared data, not the store's uint8 copy
@@ -114,10 +143,9 @@ def test_dataloader_with_two_forked_workers_matches_single_process(full_store):
     dataset = StackPairDataset(ds, path, seed=5, transform=PairAugment(AugmentConfig()))
     dataset.set_epoch(2)
     single = [dataset[i] for i in range(len(dataset))]
-    assert dataset._store is not None  # opened lazily in this process by the reads above
-    loader = DataLoader(dataset, batch_size=3, num_workers=2, multiprocessing_context="fork")
+    loader = DataLoader(dataset, batch_size=3, num_workers=2, multiprocessing_context="fork", collate_fn=collate_visits)
     batches = list(loader)
-    ks = torch.cat([b["k"] for b in batches]).tolist()
+    ks = [k for b in batches for k in b["k"]]
     assert ks == [s["k"] for s in single]
     originals = torch.cat([b["original"] for b in batches])
     stack_images = torch.cat([b["stack_image"] for b in batches])
@@ -125,6 +153,22 @@ def test_dataloader_with_two_forked_workers_matches_single_process(full_store):
     torch.testing.assert_close(originals, torch.stack([s["original"] for s in single]))
     torch.testing.assert_close(stack_images, torch.stack([s["stack_image"] for s in single]))
     assert torch.equal(masks, torch.stack([s["mask"] for s in single]))
+
+
+def test_a_pickled_dataset_carries_its_shard_indexes_and_reads_the_same_items(full_store):
+    """What a spawned DataLoader worker receives: the reader's layouts and every shard index travel
+    with the dataset, so the copy opens nothing and returns the same items."""
+    path, ds = full_store
+    dataset = StackPairDataset(ds, path, seed=9)
+    copy = pickle.loads(pickle.dumps(dataset))
+    assert copy._reader._arrays == {} and len(copy._reader._indexes) == 2  # 8 samples in shards of 4
+    sent = []
+    real_fetch = copy._reader.source.fetch
+    copy._reader.source.fetch = lambda requests: sent.extend(r for _, r in requests) or real_fetch(requests)
+    for i in range(len(dataset)):
+        a, b = dataset[i], copy[i]
+        assert a["k"] == b["k"] and torch.equal(a["stack_image"], b["stack_image"])
+    assert len(sent) == len(dataset) and all(isinstance(r, RangeByteRequest) for r in sent)  # chunks only
 
 
 def test_incomplete_and_foreign_stores_are_refused(tmp_path):

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import math
 import os
+import pickle
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -133,12 +134,22 @@ class StoreBytes:
 
     def __init__(self, store: Store):
         self.store = store
+        self._pid = os.getpid()
+
+    def _own_store(self) -> Store:
+        """The store, as a fresh copy in a forked child: the parent's HTTP sessions and event loop
+        do not survive a fork, and a pickled fsspec filesystem is rebuilt in the new process."""
+        if self._pid != os.getpid():
+            self.store = pickle.loads(pickle.dumps(self.store))
+            self._pid = os.getpid()
+        return self.store
 
     def fetch(self, requests: Sequence[tuple[str, ByteRequest]]) -> list[Any]:
         prototype = default_buffer_prototype()
+        store = self._own_store()
 
         async def gather() -> list[Any]:
-            return await asyncio.gather(*(self.store.get(key, prototype, byte_range) for key, byte_range in requests))
+            return await asyncio.gather(*(store.get(key, prototype, byte_range) for key, byte_range in requests))
 
         return [None if buffer is None else buffer.as_numpy_array() for buffer in sync(gather())]
 
@@ -168,6 +179,14 @@ class ShardReader:
         self._indexes: dict[tuple[str, tuple[int, ...]], np.ndarray] = {}
         self._checked: set[tuple[str, int]] = set()  # (array, leading dims) known to address whole images
         self._keys: dict[tuple[str, tuple[int, ...]], str] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        """A reader travels to other processes (spawned DataLoader workers) with its layouts and
+        cached shard indexes, so they send no metadata or index request; the zarr arrays and the
+        repair advice (which needs the whole store) stay behind."""
+        for name in self._arrays:
+            self.layout(name)
+        return {**self.__dict__, "_arrays": {}, "repair": None}
 
     def layout(self, name: str) -> ShardLayout:
         if name not in self._layouts:
@@ -220,7 +239,7 @@ class ShardReader:
         shard with no file (an error when `missing_is_error`)."""
         wanted = list(dict.fromkeys(s for s in shards if s not in self._indexes))
         fetched = self.source.fetch([(self._key(name, shard), SuffixByteRequest(self.layout(name).index_bytes))
-                                     for name, shard in wanted])
+                                     for name, shard in wanted]) if wanted else []
         found: dict[tuple[str, tuple[int, ...]], np.ndarray | None] = {}
         for (name, shard), raw in zip(wanted, fetched):
             if raw is None:

@@ -84,7 +84,9 @@ def _open_group(path: Any, mode: str, storage_options: dict[str, Any] | None) ->
                          "(store.path or the PATH argument) or move the file away")
     options = storage_options if storage_options and isinstance(path, str) and "://" in path else None
     try:
-        return zarr.open_group(store=_store_like(path), mode=mode, storage_options=options)
+        # s2s2 writes Zarr v3 only; naming the format spares the probes for v2 metadata (three
+        # more requests per opening on object storage)
+        return zarr.open_group(store=_store_like(path), mode=mode, storage_options=options, zarr_format=3)
     except zarr.errors.GroupNotFoundError:  # no store there (callers decide what that means)
         raise
     except (ValueError, TypeError, KeyError) as err:  # JSONDecodeError is a ValueError
@@ -381,6 +383,11 @@ class StackStore:
     @_names_damage(("originals",), lambda self, indices: indices)
     def read_originals(self, indices: Any) -> np.ndarray:
         return np.asarray(self._originals.oindex[np.asarray(indices, dtype=np.int64)])
+
+    def image_reader(self) -> ShardReader:
+        """This handle's single-image reader, e.g. to hand to DataLoader workers: it carries its
+        array layouts and cached shard indexes along, so a worker opens nothing."""
+        return self._reader
 
     def read_stack(self, index: int, k: int) -> np.ndarray:
         """One stack image [C,H,W] in the store dtype (one ranged read of its inner chunk)."""

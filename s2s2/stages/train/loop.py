@@ -45,7 +45,7 @@ from s2s2.pipeline.metrics import dice, nanmean
 from s2s2.pipeline.seeding import seed_everything, set_torch_rng_state, torch_rng_state
 from s2s2.pipeline.segmenters import build_segmenter, load_weights, model_identity, predict, save_weights
 from s2s2.stages.train.augment import PairAugment
-from s2s2.stages.train.datasets import BaselineDataset, EpochBatchSampler, StackPairDataset
+from s2s2.stages.train.datasets import BaselineDataset, EpochBatchSampler, StackPairDataset, collate_visits
 
 logger = logging.getLogger(__name__)
 
@@ -235,7 +235,7 @@ class Trainer:
     # --- one step: the method's equation --------------------------------------------------------
     def step(self, batch: dict[str, Any]) -> LossParts:
         original = batch["original"].to(self.device, non_blocking=True)
-        mask = batch["mask"].to(self.device, non_blocking=True)
+        mask = batch["mask"].to(self.device, non_blocking=True).long()  # handed over in its stored dtype
         for group in self.optimizer.param_groups:
             group["lr"] = lr_at(self.step_index, self.cfg.train)
         if self.forward_stack:
@@ -372,7 +372,8 @@ def run_train(cfg: ProjectConfig, resume: bool = False, stop_after: int | None =
         # The sampler shards each global batch by rank itself and is rebuilt from (seed, epoch, first batch):
         # the data order needs no state beyond the step counter, which is what makes --resume exact.
         sampler = EpochBatchSampler(len(train_set), t.batch_size, t.seed, epoch, first_batch, rank, world_size)
-        loader = torch.utils.data.DataLoader(train_set, batch_sampler=sampler, num_workers=t.num_workers)
+        loader = torch.utils.data.DataLoader(train_set, batch_sampler=sampler, num_workers=t.num_workers,
+                                             collate_fn=collate_visits)
         for batch in loader:
             parts = trainer.step(batch)
             for name, value in zip(LOSS_NAMES, parts):
