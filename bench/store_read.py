@@ -555,10 +555,10 @@ def main() -> None:
 
     torch.set_num_threads(1)
     entry = measure_loader_speedup(args.quick)
-    keys = [key for key in entry["rows"][0]]
+    keys = list(dict.fromkeys(key for row in entry["rows"] for key in row))  # S3 rows have no CPU columns
     print(" | ".join(keys))
     for row in entry["rows"]:
-        print(" | ".join(f"{row[k]:.4g}" if isinstance(row[k], float) else str(row[k]) for k in keys))
+        print(" | ".join(f"{row[k]:.4g}" if isinstance(row.get(k), float) else str(row.get(k, "")) for k in keys))
     print(entry["note"])
 
 
