@@ -175,6 +175,18 @@ def test_s2s2_without_stack_terms_reproduces_the_baseline_exactly(tmp_path, data
     assert not all(torch.equal(a[key], b[key]) for key in a)
 
 
+def test_dataloader_workers_do_not_change_a_run(tmp_path, dataset):
+    """Two forked DataLoader workers (started again each epoch, reading through the dataset's shard
+    reader) give the same losses, validation scores and weights as reading in the main process."""
+    filled_store(tmp_path / "stack.zarr", dataset, k=3)
+    common = {"steps": 6, "val_every": 3, "checkpoint_every": 6}  # 4 steps per epoch: crosses one
+    inline = run_train(tiny_config(tmp_path, name="inline", num_workers=0, **common), dataset=dataset)
+    workers = run_train(tiny_config(tmp_path, name="workers", num_workers=2, **common), dataset=dataset)
+    assert log_rows(workers) == log_rows(inline)
+    a, b = weights(inline / "last.safetensors"), weights(workers / "last.safetensors")
+    assert all(torch.equal(a[key], b[key]) for key in a)
+
+
 def test_a_new_run_refuses_an_existing_run_folder_unless_overwrite(tmp_path, dataset):
     first = run_train(tiny_config(tmp_path, stack=False, steps=2), dataset=dataset)
     before = weights(first / "model.safetensors")
