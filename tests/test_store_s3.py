@@ -59,6 +59,28 @@ def test_forked_dataloader_workers_read_from_s3(s3_options):
     torch.testing.assert_close(stacked, torch.stack([dataset[i]["stack_image"] for i in range(len(dataset))]))
 
 
+def test_a_spawned_worker_reads_from_s3_through_the_carried_reader(s3_options):
+    """A spawned worker gets the dataset pickled: its reader brings the layouts and shard indexes
+    and builds its own s3fs connection; the batches equal the main process's reads."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from s2s2.stages.train.datasets import collate_visits
+
+    url = "s3://s2s2-test/spawn/stack.zarr"
+    ds = synthetic_dataset(n=24)
+    store = StackStore.create(url, ds, k=2, shard_size=4, storage_options=s3_options)
+    for shard in store.pending_shards():
+        store.write_shard(shard, fake_stack(store.shard_samples(shard), 2, (1, 16, 16)))
+    dataset = StackPairDataset(ds, url, seed=6, storage_options=s3_options)
+    loader = DataLoader(dataset, batch_size=4, num_workers=1, multiprocessing_context="spawn",
+                        collate_fn=collate_visits, timeout=120)
+    batches = list(loader)
+    assert [k for b in batches for k in b["k"]] == [dataset[i]["k"] for i in range(len(dataset))]
+    torch.testing.assert_close(torch.cat([b["stack_image"] for b in batches]),
+                               torch.stack([dataset[i]["stack_image"] for i in range(len(dataset))]))
+
+
 def test_direct_reads_equal_zarrs_own_and_damage_is_named_on_s3(s3_options):
     """Every image read through s3fs ranged GETs equals zarr's read; a torn or missing shard object
     is the store's error naming the shard."""

@@ -121,8 +121,6 @@ class StackPairDataset(BaselineDataset):
         storage_options: dict[str, Any] | None = None,
     ):
         super().__init__(dataset, seed, transform)
-        self.path = path
-        self.storage_options = storage_options
         store = StackStore.open(path, "r", storage_options, cache_shard_indexes=True)
         manifest = store.manifest
         fingerprint = dataset.fingerprint()
@@ -154,7 +152,7 @@ class StackPairDataset(BaselineDataset):
         self.manifest = manifest
         # The reader travels to the DataLoader workers (forked or pickled) with every served shard's
         # index, fetched here in one trip: a worker sends only its chunk requests, and the workers
-        # the trainer starts each epoch open nothing (0.45 s per worker on S3 with 10 ms latency).
+        # the trainer starts each epoch open nothing (0.16-0.5 s per worker on S3 with 10 ms latency).
         self._reader = store.image_reader()
         first_rows = sorted({row - row % manifest.shard_size for row in self._rows.values()})
         self._reader.locate([("stack", (row, 0)) for row in first_rows])
