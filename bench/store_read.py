@@ -178,22 +178,6 @@ class StorePairDataset:
         return self.__getitems__([i])[0]
 
 
-class TrainingPairDataset:
-    """s2s2's own training dataset (`StackPairDataset`, no augmentation): the original and mask
-    from the prepared arrays in memory, only the stack image read from the store (one chunk)."""
-
-    def __init__(self, prepared: Any, path: str, k: int, seed: int, storage_options: dict[str, Any] | None = None):
-        from s2s2.stages.train.datasets import StackPairDataset
-
-        self.pairs = StackPairDataset(prepared, path, seed=seed, storage_options=storage_options)
-
-    def __len__(self) -> int:
-        return len(self.pairs)
-
-    def __getitems__(self, items: list[int]) -> list[dict[str, Any]]:
-        return self.pairs.__getitems__(items)
-
-
 def _rchar() -> int:
     with open("/proc/self/io") as io_counts:
         return next(int(line.split()[1]) for line in io_counts if line.startswith("rchar:"))
@@ -405,6 +389,8 @@ def measure_layout(layout: Layout, root: Path, timings: bool, repeats: int = 1, 
         }
         row["bytes ratio"] = row["bytes/pair npz"] / row["bytes/pair ours"]
         return [row]
+    from s2s2.stages.train.datasets import StackPairDataset  # the `training` loader: s2s2's own, no augmentation
+
     media: list[tuple[str, str, list[str], dict[str, Any] | None, list[Path]]] = [
         ("local disk", store_path, [str(p) for p in npz_files], None, store_files + npz_files)]
     if s3 is not None:
@@ -416,7 +402,7 @@ def measure_layout(layout: Layout, root: Path, timings: bool, repeats: int = 1, 
         for _ in range(repeats):
             for name, make in (("ours", lambda: StorePairDataset(path, layout.k, 0, options)),
                                ("npz", lambda: NpzPairDataset(npz, layout.k, 0, options)),
-                               ("training", lambda: TrainingPairDataset(prepared, path, layout.k, 0, options))):
+                               ("training", lambda: StackPairDataset(prepared, path, seed=0, storage_options=options))):
                 for key, value in loader_rates(make, files, workers, batch, epochs).items():
                     runs.setdefault(f"{name} {key}", []).append(value)
             measured = single_process_rates(path, files, layout, batch, options)
