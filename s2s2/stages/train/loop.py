@@ -24,6 +24,7 @@ import json
 import logging
 import math
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +46,16 @@ from s2s2.pipeline.metrics import dice, nanmean
 from s2s2.pipeline.seeding import seed_everything, set_torch_rng_state, torch_rng_state
 from s2s2.pipeline.segmenters import build_segmenter, load_weights, model_identity, predict, save_weights
 from s2s2.stages.train.augment import PairAugment
+from s2s2.stages.train.batchnorm import originals_only_running_stats
 from s2s2.stages.train.datasets import BaselineDataset, EpochBatchSampler, StackPairDataset, collate_visits
+from s2s2.stages.train.stack_val import (
+    StackVal,
+    check_select_on,
+    load_stack_val,
+    selected_row,
+    selection_score,
+    validate_stack,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -150,6 +160,9 @@ def write_progress_png(history: list[dict[str, float]], class_names: list[str], 
     validated = [h for h in history if "val_dice_mean" in h]
     for name in class_names:
         right.plot([h["step"] for h in validated], [h[f"val_{name}"] for h in validated], marker=".", label=name)
+    stacked = [h for h in validated if "stack_val_dice_mean" in h]
+    if stacked:
+        right.plot([h["step"] for h in stacked], [h["stack_val_dice_mean"] for h in stacked], "k--", label="stack-val mean")
     right.set_xlabel("step"), right.set_ylim(0, 1), right.set_title("validation Dice"), right.legend(fontsize=7)
     fig.tight_layout()
     with atomic_path(path) as tmp:
@@ -159,7 +172,8 @@ def write_progress_png(history: list[dict[str, float]], class_names: list[str], 
 
 def write_log_csv(history: list[dict[str, float]], class_names: list[str], path: Path) -> None:
     """The whole history as CSV: one row per logged or validated step."""
-    columns = ["step", "epoch", "lr", *LOSS_NAMES, "seconds", "val_dice_mean", *(f"val_{n}" for n in class_names)]
+    columns = ["step", "epoch", "lr", *LOSS_NAMES, "seconds", "val_dice_mean", *(f"val_{n}" for n in class_names),
+               "stack_val_dice_mean", *(f"stack_val_{n}" for n in class_names)]
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
@@ -210,7 +224,8 @@ class Trainer:
     `accelerator` places the model and wraps it for distributed data parallelism (`self.ddp`);
     `self.model` is the bare module that checkpoints and validation use."""
 
-    def __init__(self, cfg: ProjectConfig, dataset: PreparedDataset, accelerator: Accelerator) -> None:
+    def __init__(self, cfg: ProjectConfig, dataset: PreparedDataset, accelerator: Accelerator,
+                 stack_val: StackVal | None = None) -> None:
         self.cfg, self.dataset, self.accelerator = cfg, dataset, accelerator
         self.device = accelerator.device
         self.folder = run_folder(cfg)
@@ -226,6 +241,8 @@ class Trainer:
         self.forward_stack = t.stack and stack_terms_active(t.loss)
         # Model selection on the val split; without one, the last weights (never the training split).
         self.selects_on_val = bool(dataset.splits.get("val"))
+        # The stack images of the val masks (store.val_path), when there are any: the stack-val Dice.
+        self.stack_val = stack_val if self.selects_on_val else None
         self.step_index = 0
         self.best = -1.0
         self.elapsed = 0.0
@@ -240,7 +257,9 @@ class Trainer:
             group["lr"] = lr_at(self.step_index, self.cfg.train)
         if self.forward_stack:
             stack_image = batch["stack_image"].to(self.device, non_blocking=True)
-            output_0, output_k = split_output(self.ddp(torch.cat([original, stack_image])), len(original))
+            with (nullcontext() if self.cfg.train.bn_stack_stats
+                  else originals_only_running_stats(self.model, len(original))):
+                output_0, output_k = split_output(self.ddp(torch.cat([original, stack_image])), len(original))
         else:
             output_0, output_k = self.ddp(original), None
         parts = s2s2_loss(self.cfg.train.loss, self.seg_loss, output_0, output_k, mask)
@@ -283,14 +302,21 @@ class Trainer:
         self.history = state["history"]
 
     def validate_and_keep_best(self, epoch: int) -> dict[str, float]:
-        """Validation Dice; the best weights (mean over the evaluation classes) go to model.safetensors.
+        """Validation Dice (real val, and stack-val when there is a stack-val store); the best weights
+        (train.select_on, means over the evaluation classes) go to model.safetensors.
         Without a val split: no validation, the latest weights go to model.safetensors."""
         if not self.selects_on_val:
             save_weights(self.model, self.folder / "model.safetensors", self.identity)
             return {}
         scores = validate(self.model, self.dataset, self.device, self.cfg.evaluate.batch_size)
-        mean = nanmean([scores[n] for n in self.eval_ids])
-        row = {"step": self.step_index, "epoch": epoch, "val_dice_mean": mean, **{f"val_{n}": v for n, v in scores.items()}}
+        row = {"step": self.step_index, "epoch": epoch, "val_dice_mean": nanmean([scores[n] for n in self.eval_ids]),
+               **{f"val_{n}": v for n, v in scores.items()}}
+        if self.stack_val is not None:
+            stack_scores = validate_stack(self.model, self.stack_val, self.dataset.class_names, self.device,
+                                          self.cfg.evaluate.batch_size)
+            row.update({"stack_val_dice_mean": nanmean([stack_scores[n] for n in self.eval_ids]),
+                        **{f"stack_val_{n}": v for n, v in stack_scores.items()}})
+        mean = selection_score(self.cfg.train.select_on, row)
         if self.history and self.history[-1]["step"] == self.step_index:
             self.history[-1].update(row)  # one CSV row per step
         else:
@@ -347,13 +373,15 @@ def run_train(cfg: ProjectConfig, resume: bool = False, stop_after: int | None =
 
         dataset = prepare_dataset(cfg.data)
     train_set = build_train_set(cfg, dataset)
+    check_select_on(cfg, dataset)
+    stack_val = load_stack_val(cfg, dataset) if dataset.splits.get("val") else None
     steps_per_epoch = len(train_set) // t.batch_size
     if steps_per_epoch == 0:
         raise ConfigError(f"train.batch_size={t.batch_size} exceeds the {len(train_set)} training samples; lower it")
     if is_main:
         _start_folder(cfg, resume, overwrite)
     accelerator.wait_for_everyone()
-    trainer = Trainer(cfg, dataset, accelerator)
+    trainer = Trainer(cfg, dataset, accelerator, stack_val)
     if not trainer.selects_on_val and is_main:
         logger.warning(f"train {t.name}: the data has no val split, so there is no model selection: "
                        "model.safetensors holds the last weights (summary.json: model_selection last)")
@@ -403,12 +431,18 @@ def run_train(cfg: ProjectConfig, resume: bool = False, stop_after: int | None =
     bar.close()
     in_sync = processes_in_sync(accelerator, trainer.model)
     if is_main:
+        chosen = selected_row(trainer.history, t.select_on) if trainer.selects_on_val else None
         summary = {"name": t.name, "model": cfg.model.name, "method": "s2s2" if t.stack else "baseline",
                    "seed": t.seed, "steps": trainer.step_index, "planned_steps": t.steps,
                    "stopped_by_time_cap": stopped_by_cap, "max_seconds": t.max_seconds,
                    "seconds": round(trainer.elapsed, 1),
                    "model_selection": "best_val" if trainer.selects_on_val else "last",
-                   "best_val_dice_mean": trainer.best if trainer.selects_on_val else None,
+                   # the real val and the stack-val Dice of the weights in model.safetensors
+                   "select_on": t.select_on if trainer.selects_on_val else None,
+                   "selected_step": chosen["step"] if chosen else None,
+                   "best_val_dice_mean": chosen["val_dice_mean"] if chosen else None,
+                   "best_stack_val_dice_mean": chosen.get("stack_val_dice_mean") if chosen else None,
+                   "bn_stack_stats": t.bn_stack_stats,
                    "world_size": world_size, "ranks_in_sync": in_sync}
         with atomic_path(trainer.folder / "summary.json") as tmp:
             tmp.write_text(json.dumps(summary, indent=1))
