@@ -73,10 +73,16 @@ def load_config(
     data: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
+        if path.is_dir():
+            raise ConfigError(f"config file {path} is a directory; fix: pass a YAML file "
+                              f"(e.g. {path / 'config.yaml'} or configs/default.yaml)")
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist (pass an existing YAML file)")
         try:
             loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except OSError as err:
+            raise ConfigError(f"config file {path} cannot be read ({err.strerror or err}); "
+                              "fix: check its permissions or pass another YAML file") from None
         except UnicodeDecodeError as err:
             raise ConfigError(f"config file {path} is not a text file (byte {err.start} is not UTF-8); "
                               "fix: pass a YAML config, e.g. configs/default.yaml") from None
