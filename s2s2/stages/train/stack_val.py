@@ -14,13 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from s2s2.pipeline.config.project import ProjectConfig
 from s2s2.pipeline.data.prepared import PreparedDataset
 from s2s2.pipeline.errors import ConfigError, StoreError
-from s2s2.pipeline.metrics import dice, nanmean
-from s2s2.pipeline.segmenters import predict
 from s2s2.store.layout import to_unit_float
 from s2s2.store.manifest import VAL_SPLIT
 
@@ -64,14 +61,6 @@ def load_stack_val(cfg: ProjectConfig, dataset: PreparedDataset) -> StackVal | N
                                                                          [k for _ in rows for k in range(store.k)])]
     masks = np.repeat(store.read_masks(rows), store.k, axis=0)
     return StackVal(images=np.stack(images).astype(np.float32), masks=masks, path=str(path))
-
-
-def validate_stack(model: torch.nn.Module, stack_val: StackVal, class_names: tuple[str, ...], device: torch.device,
-                   batch_size: int) -> dict[str, float]:
-    """Mean per-image Dice of every foreground class over all N x K stack-val images."""
-    predictions = predict(model, stack_val.images, device, batch_size)
-    return {name: nanmean([dice(p == c, t == c) for p, t in zip(predictions, stack_val.masks)])
-            for c, name in enumerate(class_names) if c > 0}
 
 
 def selection_score(select_on: str, row: dict[str, Any]) -> float:
