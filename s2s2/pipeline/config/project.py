@@ -2,13 +2,29 @@
 
 from __future__ import annotations
 
-from pydantic import Field, model_validator
+from typing import Any
+
+from pydantic import Field, ValidationError, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from s2s2.pipeline.config.base import StrictModel
 from s2s2.pipeline.config.data import DataConfig
 from s2s2.pipeline.config.generator import FinetuneConfig, GenerateConfig, GeneratorConfig
 from s2s2.pipeline.config.store import StoreConfig
 from s2s2.pipeline.config.train import EvalConfig, ModelConfig, TrainConfig
+
+
+def out_of_domain_config(data: DataConfig, fields: dict[str, Any]) -> DataConfig:
+    """An out-of-domain set's data config: every field of the training `data`, overridden by the ones it
+    names (nested sections such as `perturb` field by field).
+
+    So a test set is cut, resized and scaled as the training data is (a model trained on sagittal
+    slices is tested on sagittal slices)."""
+    def merged(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+        return {**base, **{k: merged(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+                           for k, v in override.items()}}
+
+    return DataConfig.model_validate(merged(data.model_dump(), fields))
 
 
 class ProjectConfig(StrictModel):
@@ -29,4 +45,20 @@ class ProjectConfig(StrictModel):
     def _store_follows_run_dir(self) -> "ProjectConfig":
         if self.store.path is None:
             self.store.path = f"{self.run_dir}/stack.zarr"
+        return self
+
+    @model_validator(mode="after")
+    def _out_of_domain_sets_valid(self) -> "ProjectConfig":
+        """Each `evaluate.out_of_domain` entry must give a valid data config over the training data's
+        fields: a mistake there is refused when the config is loaded (by `train` too), not at `evaluate`."""
+        problems: list[InitErrorDetails] = []
+        for name, fields in self.evaluate.out_of_domain.items():
+            try:
+                out_of_domain_config(self.data, fields)
+            except ValidationError as err:
+                problems += [InitErrorDetails(type=PydanticCustomError(item["type"], "{message}", {"message": item["msg"]}),
+                                              loc=("evaluate", "out_of_domain", name, *item["loc"]), input=item["input"])
+                             for item in err.errors(include_url=False)]
+        if problems:
+            raise ValidationError.from_exception_data(type(self).__name__, problems)
         return self
