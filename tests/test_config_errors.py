@@ -24,7 +24,7 @@ import yaml
 from pydantic import BaseModel
 
 from s2s2.cli import run
-from s2s2.pipeline.config.data import DataConfig
+from s2s2.pipeline.config.data import DATA_MODELS
 from s2s2.pipeline.config.project import ProjectConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,6 +37,12 @@ def _strip_optional(annotation: Any) -> Any:
         if len(members) == 1:
             return members[0]
     return annotation
+
+
+def _is_model_union(annotation: Any) -> bool:
+    members = [typing.get_args(a)[0] if typing.get_origin(a) is typing.Annotated else a
+               for a in typing.get_args(annotation)] if typing.get_origin(annotation) is typing.Union else []
+    return bool(members) and all(isinstance(m, type) and issubclass(m, BaseModel) for m in members)
 
 
 def _range_violations(metadata: list[Any], number: type) -> list[Any]:
@@ -57,42 +63,59 @@ def _range_violations(metadata: list[Any], number: type) -> list[Any]:
     return bad
 
 
-def bad_values(model: type[BaseModel], prefix: tuple[str, ...]) -> list[tuple[tuple[str, ...], Any]]:
-    """(key path, invalid value) for every field of `model` and its nested sections, and an unknown key
-    in each section."""
-    cases: list[tuple[tuple[str, ...], Any]] = [((*prefix, "no_such_key"), 1)]
+Case = tuple[tuple[str, ...], Any, dict[tuple[str, ...], Any]]  # key path, invalid value, other keys it needs
+
+
+def bad_values(model: type[BaseModel], prefix: tuple[str, ...]) -> list[Case]:
+    """(key path, invalid value, {}) for every field of `model` and its nested sections, and an unknown
+    key in each section; a data section (a union, one model per adapter) is walked for every adapter."""
+    cases: list[Case] = [((*prefix, "no_such_key"), 1, {})]
     for name, field in model.model_fields.items():
         key = (*prefix, name)
         annotation = _strip_optional(field.annotation)
         origin = typing.get_origin(annotation)
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            cases += [(key, 5), *bad_values(annotation, key)]
+        if _is_model_union(annotation):  # the data section: one model per adapter
+            cases += [(key, 5, {}), *data_values(key)]
+        elif isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            cases += [(key, 5, {}), *bad_values(annotation, key)]
         elif origin is typing.Literal:
-            cases.append((key, "no-such-choice"))
+            cases.append((key, "no-such-choice", {}))
         elif annotation is bool:
-            cases.append((key, "maybe"))
+            cases.append((key, "maybe", {}))
         elif annotation in (int, float):
-            cases += [(key, NOT_A_NUMBER), *((key, v) for v in _range_violations(field.metadata, annotation))]
-            if annotation is int:
-                cases.append((key, 1.5))
+            values = [NOT_A_NUMBER, *_range_violations(field.metadata, annotation), *([1.5] if annotation is int else [])]
+            cases += [(key, value, {}) for value in values]
         elif annotation is str or annotation is Path:
-            cases.append((key, [1, 2]))
+            cases.append((key, [1, 2], {}))
         elif origin in (list, tuple):
-            cases += [(key, 5), *((key, v) for v in _range_violations(field.metadata, int))]
+            cases += [(key, 5, {}), *((key, v, {}) for v in _range_violations(field.metadata, int))]
             item = _strip_optional(typing.get_args(annotation)[0])
             if isinstance(item, type) and issubclass(item, BaseModel):
-                cases.append((key, [{"no_such_key": 1}]))
+                cases.append((key, [{"no_such_key": 1}], {}))
             elif item in (int, float):
-                cases.append((key, [NOT_A_NUMBER]))
+                cases.append((key, [NOT_A_NUMBER], {}))
         elif origin is dict:
-            cases.append((key, 5))
+            cases.append((key, 5, {}))
         else:  # a field type this generator does not know yet: extend it rather than skip the field
             raise AssertionError(f"no invalid value known for {'.'.join(key)}: {field.annotation}")
     return cases
 
 
+def data_values(prefix: tuple[str, ...]) -> list[Case]:
+    """Bad values for the fields of every data adapter's model (each field once, under the first adapter
+    that has it), with `adapter` set to that adapter."""
+    cases: list[Case] = [((*prefix, "adapter"), "no-such-adapter", {})]
+    seen: set[tuple[str, ...]] = set()
+    for adapter, model in DATA_MODELS.items():
+        for key, value, _ in bad_values(model, prefix):
+            if key[len(prefix)] != "adapter" and (key, json.dumps(value)) not in seen:
+                seen.add((key, json.dumps(value)))
+                cases.append((key, value, {(*prefix, "adapter"): adapter}))
+    return cases
+
+
 OUT_OF_DOMAIN = ("evaluate", "out_of_domain", "ood")
-SCHEMA_CASES = bad_values(ProjectConfig, ()) + [(OUT_OF_DOMAIN, 5)] + bad_values(DataConfig, OUT_OF_DOMAIN)
+SCHEMA_CASES = bad_values(ProjectConfig, ()) + [(OUT_OF_DOMAIN, 5, {})] + data_values(OUT_OF_DOMAIN)
 
 
 def _commands(tmp: Path) -> dict[str, list[str]]:
@@ -102,10 +125,13 @@ def _commands(tmp: Path) -> dict[str, list[str]]:
             "generate": ["generate"], "train": ["train"], "evaluate": ["evaluate"], "report": ["report"]}
 
 
-def _nested(key: tuple[str, ...], value: Any) -> dict[str, Any]:
-    tree: Any = value
-    for part in reversed(key):
-        tree = {part: tree}
+def _nested(items: dict[tuple[str, ...], Any]) -> dict[str, Any]:
+    tree: dict[str, Any] = {}
+    for key, value in items.items():
+        node = tree
+        for part in key[:-1]:
+            node = node.setdefault(part, {})
+        node[key[-1]] = value
     return tree
 
 
@@ -131,14 +157,15 @@ def test_every_bad_field_through_set_and_yaml_exits_2(command: str, tmp_path: Pa
     monkeypatch.delenv("S2S2_DEBUG", raising=False)
     base = _commands(tmp_path)[command]
     failures: list[str] = []
-    for i, (key, value) in enumerate(SCHEMA_CASES):
+    for i, (key, value, context) in enumerate(SCHEMA_CASES):
         text = json.dumps(value)  # JSON is YAML: the value reaches the config as this Python value
         item = f"{'.'.join(key)}={text}"
-        problem = _check([*base, "--set", item], key, f"from --set {item}", capsys)
+        needed = [word for k, v in context.items() for word in ("--set", f"{'.'.join(k)}={json.dumps(v)}")]
+        problem = _check([*base, *needed, "--set", item], key, f"from --set {item}", capsys)
         if problem:
             failures.append(f"--set {item}: {problem}")
         config = tmp_path / f"bad-{i}.yaml"
-        config.write_text(yaml.safe_dump(_nested(key, value)))
+        config.write_text(yaml.safe_dump(_nested({**context, key: value})))
         problem = _check([*base, "-c", str(config)], key, f"in {config}", capsys)
         if problem:
             failures.append(f"{config.name} ({'.'.join(key)}: {text}): {problem}")
@@ -149,9 +176,11 @@ def test_every_bad_field_through_set_and_yaml_exits_2(command: str, tmp_path: Pa
 
 
 def test_the_schema_cases_reach_every_section() -> None:
-    sections = {key[0] for key, _ in SCHEMA_CASES}
+    sections = {key[0] for key, _, _ in SCHEMA_CASES}
     assert sections >= set(ProjectConfig.model_fields) - {"run_dir"}
-    assert sum(key[:3] == OUT_OF_DOMAIN for key, _ in SCHEMA_CASES) > len(DataConfig.model_fields)
+    for prefix in (("data",), OUT_OF_DOMAIN):
+        named = {key[len(prefix)] for key, _, _ in SCHEMA_CASES if key[:len(prefix)] == prefix and len(key) > len(prefix)}
+        assert all(set(model.model_fields) <= named for model in DATA_MODELS.values())
     assert len(SCHEMA_CASES) > 300
 
 

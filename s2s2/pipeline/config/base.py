@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from s2s2.pipeline.errors import ConfigError
 
@@ -17,6 +19,15 @@ class StrictModel(BaseModel):
     """Base of every config: unknown fields are errors, values are validated on assignment."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+def relocated(err: ValidationError, loc: Callable[[tuple[Any, ...]], tuple[Any, ...]]) -> ValidationError:
+    """`err` again with each error's location mapped by `loc` (to name a field as the user wrote it); every
+    error type, built-in or not, keeps its message."""
+    return ValidationError.from_exception_data(err.title, [
+        InitErrorDetails(type=PydanticCustomError(item["type"], "{message}", {"message": item["msg"]}),
+                         loc=loc(item["loc"]), input=item["input"])
+        for item in err.errors(include_url=False)])
 
 
 def _origin(loc: tuple, origins: dict[tuple[str, ...], str], path: Path | None) -> str:
