@@ -285,11 +285,11 @@ def paper_steps(
     name: Annotated[str, typer.Argument(help="Setting name, e.g. slaug_ct_to_mri (see `s2s2 paper list`).")],
     set_: SetOpt = None,
 ) -> None:
-    """Prepare the setting's data and print epoch-exact step counts as --set options for its commands."""
-    from s2s2.stages.paper import exact_steps
+    """Prepare the setting's data and print what stage two runs (L_enc stages, loss weights, augmentation) and
+    the epoch-exact step counts, last as --set options for its commands."""
+    from s2s2.stages.paper import describe_steps
 
-    steps = exact_steps(name, set_)
-    typer.echo(" ".join(f"--set {key}={value}" for key, value in steps.items()))
+    typer.echo(describe_steps(name, set_))
 
 
 def _log_to_stderr() -> None:

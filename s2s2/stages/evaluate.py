@@ -27,6 +27,7 @@ from s2s2.pipeline.data.prepared import PreparedDataset
 from s2s2.pipeline.errors import ConfigError
 from s2s2.pipeline.metrics import case_metrics, stack_slices, summarise
 from s2s2.pipeline.segmenters import build_segmenter, load_weights, model_identity, predict
+from s2s2.stages.run_folder import run_folder
 
 POLICY = ("Dice/HD95 per case (a 2-D slice, or under `volume` a 3-D volume of stacked slices) and class; truth "
           "and prediction both empty: NaN (left out of the mean); exactly one empty: Dice 0 and HD95 = the image "
@@ -283,7 +284,6 @@ def run_evaluate(cfg: ProjectConfig, checkpoint: str | Path | None = None, sets:
     `test_datasets(cfg, sets)` (tests that hold the data in memory).
     """
     from s2s2.pipeline.data.prepare import prepare_dataset
-    from s2s2.stages.train.loop import run_folder
 
     folder = Path(folder) if folder is not None else run_folder(cfg)
     default = "model.safetensors" if cfg.evaluate.checkpoint == "best" else "last.safetensors"
