@@ -39,8 +39,10 @@ class FCBFormerSegmenter(nn.Module):
         )
         self.classifier = nn.Conv2d(width, num_classes, 1)
         self.sc_stages = sc_stages
+        self.normalize: nn.Module = nn.Identity()  # the encoder's input normalisation, if pretrained
 
     def forward(self, x: torch.Tensor) -> SegOutput:
+        x = self.normalize(x)
         levels = [le(f) for le, f in zip(self.local_emphasis, self.tb(x))]
         tb_out = levels[-1]
         for i in range(len(levels) - 2, -1, -1):  # stepwise, deep to shallow
