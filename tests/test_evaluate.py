@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from s2s2.cli import main
-from s2s2.pipeline.config.data import DataConfig
+from s2s2.pipeline.config.data import data_config
 from s2s2.pipeline.data.prepared import PreparedDataset
 from s2s2.pipeline.errors import ConfigError, S2S2Error
 from s2s2.pipeline.metrics import dice
@@ -116,7 +116,7 @@ def test_out_of_domain_only_evaluation_keeps_the_models_classes(tmp_path, monkey
     root = write_nnunet_png(tmp_path / "train_data", cases=12)  # background, polyp, tool
     ood_root = write_folder_dataset(tmp_path / "ood_data", n=4)  # 0/255 masks: background, polyp
     cfg = tiny_config(tmp_path, stack=False, steps=2, batch_size=2)
-    cfg.data = DataConfig(adapter="nnunet", root=root, size=32, cache_dir=tmp_path / "cache")
+    cfg.data = data_config(adapter="nnunet", root=root, size=32, cache_dir=tmp_path / "cache")
     cfg.evaluate.eval_classes = ["polyp"]
     cfg.evaluate.out_of_domain = {"ood": {"adapter": "folder", "root": str(ood_root),
                                           "class_names": ["background", "polyp"]}}
@@ -130,11 +130,11 @@ def test_out_of_domain_only_evaluation_keeps_the_models_classes(tmp_path, monkey
 
 
 def test_out_of_domain_sets_inherit_every_data_field():
-    data = DataConfig(axis=0, size=48, min_foreground_fraction=0.1, slab_gap=5)
+    data = data_config(axis=0, size=48, min_foreground_fraction=0.1, slab_gap=5)
     ood = out_of_domain_config(data, {"adapter": "spm152", "contrast": "PD"})
     assert (ood.adapter, ood.contrast, ood.axis, ood.size, ood.min_foreground_fraction) == ("spm152", "PD", 0, 48, 0.1)
     assert out_of_domain_config(data, {"adapter": "spm152", "axis": 2}).axis == 2  # what an entry names wins
-    data = DataConfig(perturb={"seed": 7, "max_rotate_deg": 5})
+    data = data_config(perturb={"seed": 7, "max_rotate_deg": 5})
     ood = out_of_domain_config(data, {"adapter": "spm152", "perturb": {"enabled": False}})
     assert (ood.perturb.enabled, ood.perturb.seed, ood.perturb.max_rotate_deg) == (False, 7, 5)
 
@@ -200,7 +200,7 @@ def test_volume_data_is_scored_per_volume_and_reported_with_the_atlas_copy(tmp_p
     out-of-domain copy, and `s2s2 report` with the atlas-copy row in both tables."""
     root = write_nnunet_nifti(tmp_path / "Dataset001_Toy", cases=6)
     cfg = tiny_config(tmp_path, stack=False, steps=2)
-    cfg.data = DataConfig(adapter="nnunet", root=root, size=32, cache_dir=tmp_path / "cache")
+    cfg.data = data_config(adapter="nnunet", root=root, size=32, cache_dir=tmp_path / "cache")
     cfg.evaluate.out_of_domain = {"moved": {"perturb": {"enabled": True}}}
     folder = run_train(cfg)
     monkeypatch.setattr(sys, "argv", ["s2s2", "evaluate", "--run", str(folder)])

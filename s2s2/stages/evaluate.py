@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from s2s2.pipeline.atomic import atomic_path
-from s2s2.pipeline.config.data import DataConfig
+from s2s2.pipeline.config.data import DATA_MODELS, DataConfig, data_config
 from s2s2.pipeline.config.project import ProjectConfig
 from s2s2.pipeline.data.prepared import PreparedDataset
 from s2s2.pipeline.errors import ConfigError
@@ -47,8 +47,8 @@ def json_safe(value: Any) -> Any:
 
 
 def out_of_domain_config(data: DataConfig, fields: dict[str, Any]) -> DataConfig:
-    """An out-of-domain set's data config: every field of the training `data`, overridden by the ones it
-    names (nested sections such as `perturb` field by field).
+    """An out-of-domain set's data config: every field of the training `data` that the set's adapter has,
+    overridden by the ones it names (nested sections such as `perturb` field by field).
 
     So a test set is cut, resized and scaled as the training data is (a model trained on sagittal
     slices is tested on sagittal slices)."""
@@ -56,7 +56,9 @@ def out_of_domain_config(data: DataConfig, fields: dict[str, Any]) -> DataConfig
         return {**base, **{k: merged(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
                            for k, v in override.items()}}
 
-    return DataConfig.model_validate(merged(data.model_dump(), fields))
+    target = DATA_MODELS.get(str(fields.get("adapter", data.adapter)), type(data))
+    inherited = {k: v for k, v in data.model_dump().items() if k in target.model_fields}
+    return data_config(**merged(inherited, fields))
 
 
 def test_datasets(cfg: ProjectConfig, names: list[str] | None = None,

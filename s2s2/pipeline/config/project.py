@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import Field, model_validator
 
 from s2s2.pipeline.config.base import StrictModel
-from s2s2.pipeline.config.data import DataConfig
+from s2s2.pipeline.config.data import DataConfig, Icbm152Data
 from s2s2.pipeline.config.generator import FinetuneConfig, GenerateConfig, GeneratorConfig
 from s2s2.pipeline.config.store import StoreConfig
 from s2s2.pipeline.config.train import EvalConfig, ModelConfig, TrainConfig
@@ -16,7 +16,7 @@ class ProjectConfig(StrictModel):
     unless `store.path` names another place)."""
 
     run_dir: str = "runs/default"
-    data: DataConfig = Field(default_factory=DataConfig)
+    data: DataConfig = Field(default_factory=Icbm152Data)
     store: StoreConfig = Field(default_factory=StoreConfig)
     generator: GeneratorConfig = Field(default_factory=GeneratorConfig)
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
