@@ -43,7 +43,7 @@ from s2s2.pipeline.errors import ConfigError, S2S2Error, StoreError
 from s2s2.pipeline.losses import LossParts, build_seg_loss, s2s2_loss, split_output, stack_terms_active
 from s2s2.pipeline.metrics import dice, nanmean
 from s2s2.pipeline.seeding import seed_everything, set_torch_rng_state, torch_rng_state
-from s2s2.pipeline.segmenters import build_segmenter, load_weights, model_identity, predict, save_weights
+from s2s2.pipeline.segmenters import ACTIVATION, build_segmenter, load_weights, model_identity, predict, save_weights
 from s2s2.stages.train.augment import PairAugment
 from s2s2.stages.train.datasets import BaselineDataset, EpochBatchSampler, StackPairDataset, collate_visits
 
@@ -123,12 +123,14 @@ def eval_class_ids(class_names: tuple[str, ...], eval_classes: list[str] | None)
     return {name: class_names.index(name) for name in eval_classes}
 
 
-def validate(model: torch.nn.Module, dataset: PreparedDataset, device: torch.device, batch_size: int) -> dict[str, float]:
-    """Mean per-case Dice of every foreground class on the val split (never the test or train split)."""
+def validate(model: torch.nn.Module, dataset: PreparedDataset, device: torch.device, batch_size: int,
+             activation: str = "softmax") -> dict[str, float]:
+    """Mean per-case Dice of every foreground class on the val split (never the test or train split);
+    classes as the loss defines them (`activation`: argmax, or sigmoid > 0.5 per class)."""
     indices = dataset.splits.get("val", [])
     if not indices:
         raise ConfigError(f"dataset {dataset.name} has no val split to validate on")
-    predictions = predict(model, dataset.images[indices], device, batch_size)
+    predictions = predict(model, dataset.images[indices], device, batch_size, activation)
     truth = dataset.masks[indices]
     return {name: nanmean([dice(p == c, t == c) for p, t in zip(predictions, truth)])
             for c, name in enumerate(dataset.class_names) if c > 0}
@@ -288,7 +290,8 @@ class Trainer:
         if not self.selects_on_val:
             save_weights(self.model, self.folder / "model.safetensors", self.identity)
             return {}
-        scores = validate(self.model, self.dataset, self.device, self.cfg.evaluate.batch_size)
+        scores = validate(self.model, self.dataset, self.device, self.cfg.evaluate.batch_size,
+                          ACTIVATION[self.cfg.train.loss.seg])
         mean = nanmean([scores[n] for n in self.eval_ids])
         row = {"step": self.step_index, "epoch": epoch, "val_dice_mean": mean, **{f"val_{n}": v for n, v in scores.items()}}
         if self.history and self.history[-1]["step"] == self.step_index:
