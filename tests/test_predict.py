@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from s2s2.cli import run as cli
-from s2s2.pipeline.config.data import DataConfig
+from s2s2.pipeline.config.data import data_config
 from s2s2.pipeline.config.train import ModelConfig
 from s2s2.pipeline.segmenters import build_segmenter, from_pretrained, predict, predict_with_probabilities
 from s2s2.pipeline.segmenters.normalization import input_normalization
@@ -27,7 +27,7 @@ def brain_run(tmp_path_factory, repo_cache_dir):
     """A 2-step baseline U-Net on the embedded default (64 px), exported as a model folder."""
     tmp = tmp_path_factory.mktemp("brain")
     cfg = tiny_config(tmp, stack=False, steps=2, val_every=2, checkpoint_every=2)
-    cfg.data = DataConfig(cache_dir=repo_cache_dir)
+    cfg.data = data_config(cache_dir=repo_cache_dir)
     folder = run_train(cfg)
     return cfg, folder, run_export(folder, tmp / "model")
 
@@ -88,7 +88,7 @@ def picture_model(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("pictures")
     root = write_folder_dataset(tmp / "data", n=8)
     cfg = tiny_config(tmp, stack=False, steps=2, val_every=2, checkpoint_every=2)
-    cfg.data = DataConfig(adapter="folder", root=root, size=32, cache_dir=tmp / "cache")
+    cfg.data = data_config(adapter="folder", root=root, size=32, cache_dir=tmp / "cache")
     return run_export(run_train(cfg), tmp / "model")
 
 

@@ -18,6 +18,8 @@ import warnings
 
 import numpy as np
 
+from s2s2.pipeline.monai_import import import_monai
+
 
 def dice(prediction: np.ndarray, truth: np.ndarray) -> float:
     """Dice of two boolean masks under the policy above (NaN when both are empty)."""
@@ -37,6 +39,7 @@ def hd95(prediction: np.ndarray, truth: np.ndarray, spacing: tuple[float, ...], 
     """Symmetric percentile Hausdorff distance of two boolean masks (2-D or 3-D, one spacing per axis)
     under the policy above."""
     import torch
+    import_monai()
     from monai.metrics import compute_hausdorff_distance
 
     prediction, truth = np.asarray(prediction, bool), np.asarray(truth, bool)

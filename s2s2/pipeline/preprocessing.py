@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from s2s2.pipeline.config.base import StrictModel
-from s2s2.pipeline.config.data import BRAIN_TEMPLATES, DataConfig
+from s2s2.pipeline.config.data import BrainTemplate, DataConfig
 from s2s2.pipeline.data.geometry import crop_square, pad_box, resize_image, robust_scale
 from s2s2.pipeline.errors import ConfigError
 
@@ -44,9 +44,10 @@ class Preprocessing(StrictModel):
 
 def preprocessing_for(data: DataConfig, channels: int) -> Preprocessing:
     """The preprocessing of `data` as its adapter applies it (the adapters that `predict` can repeat)."""
-    common = dict(adapter=data.adapter, axis=data.axis, keep_aspect=data.keep_aspect, channels=channels,
-                  size=data.size, image_resize=data.image_resize, window=data.intensity_window)
-    if data.adapter in BRAIN_TEMPLATES:
+    window = getattr(data, "intensity_window", None)
+    common = dict(adapter=data.adapter, axis=getattr(data, "axis", 2), keep_aspect=data.keep_aspect,
+                  channels=channels, size=data.size, image_resize=data.image_resize, window=window)
+    if isinstance(data, BrainTemplate):
         if data.resolved_grid() != "icbm152":
             raise ConfigError(f"data.grid={data.grid}: predict repeats brain-template preprocessing on the icbm152 "
                               "grid only; fix: train with data.grid=icbm152")
@@ -62,13 +63,12 @@ def preprocessing_for(data: DataConfig, channels: int) -> Preprocessing:
 
         volumes = parse_dataset_json(Path(data.root) / "dataset.json").file_ending.lower() in NIFTI_SUFFIXES
         if volumes:
-            return Preprocessing(kind="volume", intensity="window" if data.intensity_window else "percentile",
-                                 **common)
+            return Preprocessing(kind="volume", intensity="window" if window else "percentile", **common)
         return Preprocessing(kind="picture", intensity="dtype", **common)
     if data.adapter == "folder":
         return Preprocessing(kind="picture", intensity="dtype", **common)
     if data.adapter == "npz":
-        return Preprocessing(kind="npz", intensity="window" if data.intensity_window else "percentile", **common)
+        return Preprocessing(kind="npz", intensity="window" if window else "percentile", **common)
     raise ConfigError(f"data.adapter={data.adapter}: predict repeats the preprocessing of the icbm152, spm152, "
                       "nnunet, folder and npz adapters; export models trained on those")
 
