@@ -22,12 +22,12 @@ import numpy as np
 import torch
 
 from s2s2.pipeline.atomic import atomic_path
-from s2s2.pipeline.config.data import DATA_MODELS, DataConfig, data_config
-from s2s2.pipeline.config.project import ProjectConfig
+from s2s2.pipeline.config.project import ProjectConfig, out_of_domain_config
 from s2s2.pipeline.data.prepared import PreparedDataset
 from s2s2.pipeline.errors import ConfigError
 from s2s2.pipeline.metrics import case_metrics, stack_slices, summarise
 from s2s2.pipeline.segmenters import ACTIVATION, build_segmenter, from_pretrained, load_weights, model_identity, predict
+from s2s2.stages.run_folder import run_folder
 
 POLICY = ("Dice/HD95 per case (a 2-D slice, or under `volume` a 3-D volume of stacked slices) and class; truth "
           "and prediction both empty: NaN (left out of the mean); exactly one empty: Dice 0 and HD95 = the image "
@@ -44,21 +44,6 @@ def json_safe(value: Any) -> Any:
     if isinstance(value, list):
         return [json_safe(v) for v in value]
     return value
-
-
-def out_of_domain_config(data: DataConfig, fields: dict[str, Any]) -> DataConfig:
-    """An out-of-domain set's data config: every field of the training `data` that the set's adapter has,
-    overridden by the ones it names (nested sections such as `perturb` field by field).
-
-    So a test set is cut, resized and scaled as the training data is (a model trained on sagittal
-    slices is tested on sagittal slices)."""
-    def merged(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-        return {**base, **{k: merged(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
-                           for k, v in override.items()}}
-
-    target = DATA_MODELS.get(str(fields.get("adapter", data.adapter)), type(data))
-    inherited = {k: v for k, v in data.model_dump().items() if k in target.model_fields}
-    return data_config(**merged(inherited, fields))
 
 
 def test_datasets(cfg: ProjectConfig, names: list[str] | None = None,
@@ -302,7 +287,6 @@ def run_evaluate(cfg: ProjectConfig, checkpoint: str | Path | None = None, sets:
     Classes follow the loss the model was trained with (argmax, or sigmoid > 0.5 per class).
     """
     from s2s2.pipeline.data.prepare import prepare_dataset
-    from s2s2.stages.train.loop import run_folder
 
     train_data = train_data if train_data is not None else prepare_dataset(cfg.data)
     if model_folder is not None:

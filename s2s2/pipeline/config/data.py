@@ -16,7 +16,7 @@ from typing import Annotated, Any, ClassVar, Literal, Optional, Union
 from pydantic import (Discriminator, Field, Tag, TypeAdapter, ValidationError, ValidatorFunctionWrapHandler,
                       WrapValidator, field_validator, model_validator)
 
-from s2s2.pipeline.config.base import StrictModel
+from s2s2.pipeline.config.base import StrictModel, relocated
 
 BRAIN_CLASSES = ("background", "csf", "grey matter", "white matter")
 # Class names as the authors' code spells them (their prompts name the classes this way).
@@ -382,9 +382,7 @@ def _validate_data(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
     try:
         return handler(value)
     except ValidationError as err:
-        raise ValidationError.from_exception_data(err.title, [
-            {"type": e["type"], "loc": e["loc"][1:], "input": e["input"], **({"ctx": e["ctx"]} if "ctx" in e else {})}
-            for e in err.errors()]) from None
+        raise relocated(err, lambda loc: loc[1:]) from None
 
 
 DataConfig = Annotated[

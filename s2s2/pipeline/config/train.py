@@ -61,9 +61,9 @@ class AugmentConfig(StrictModel):
     contrast: float = Field(0.2, ge=0, lt=1, description="multiplier about the mean in [1-c, 1+c]")
     gamma: float = Field(0.2, ge=0, le=2, description="gamma = exp(u), u in [-g, g]")
     noise_std: float = Field(0.02, ge=0, le=1, description="Gaussian noise sigma drawn in [0, noise_std]")
-    stack_photometric: bool = Field(True, description="photometric jitter on the stack image too (False: the "
-                                    "stack image gets the shared geometric transforms only, as the authors ran "
-                                    "S2S2 on top of SLAug)")
+    stack_photometric: bool = Field(True, description="photometric jitter on the stack image too, drawn "
+                                    "independently of the original's (False: the stack image gets the shared "
+                                    "geometric transforms only)")
 
 
 class TrainConfig(StrictModel):
