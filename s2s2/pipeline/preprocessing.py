@@ -18,9 +18,9 @@ import torch.nn.functional as F
 from s2s2.pipeline.config.base import StrictModel
 from s2s2.pipeline.config.data import BrainTemplate, DataConfig
 from s2s2.pipeline.data.geometry import crop_square, pad_box, resize_image, robust_scale
+from s2s2.pipeline.data.prepare import LUMINANCE
 from s2s2.pipeline.errors import ConfigError
 
-LUMINANCE = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # as the data pipeline converts RGB to grey
 
 
 class Preprocessing(StrictModel):

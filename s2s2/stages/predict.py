@@ -26,6 +26,7 @@ from torch import nn
 from tqdm import tqdm
 
 from s2s2.pipeline.atomic import atomic_path
+from s2s2.pipeline.data.readers import IMAGE_SUFFIXES, NIFTI_SUFFIXES
 from s2s2.pipeline.errors import DataError, S2S2Error
 from s2s2.pipeline.preprocessing import (Preprocessing, model_to_plane, place_plane, plane_to_model, preprocessing_for,
                                          scale_volume, volume_planes)
@@ -35,8 +36,6 @@ from s2s2.pipeline.segmenters.predict import scores_to_labels
 
 log = logging.getLogger(__name__)
 
-NIFTI_SUFFIXES = (".nii.gz", ".nii")
-PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 CHANNEL_FILE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 
 
@@ -46,8 +45,7 @@ CHANNEL_FILE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 def card_from_run(run: Path, checkpoint: str = "model.safetensors") -> ModelCard:
     """The model card of a run folder: its config.yaml (architecture, loss, data preprocessing), the
     checkpoint's recorded shape, and the training data's class names."""
-    from safetensors import safe_open
-
+    from s2s2.pipeline.checkpoint import read_metadata
     from s2s2.pipeline.config.base import load_config
     from s2s2.pipeline.config.project import ProjectConfig
     from s2s2.pipeline.data.prepare import prepare_dataset
@@ -60,12 +58,12 @@ def card_from_run(run: Path, checkpoint: str = "model.safetensors") -> ModelCard
                             "is missing; fix: pass the run folder `s2s2 train` wrote (RUN_DIR/train/NAME) or a "
                             "folder written by `s2s2 export`")
     cfg = load_config(ProjectConfig, config)
+    identity = read_metadata(weights, "fix: train again (`s2s2 train`)")
     try:
-        with safe_open(str(weights), framework="pt") as handle:
-            identity = handle.metadata() or {}
         in_channels, num_classes, size = (int(identity[k]) for k in ("in_channels", "num_classes", "image_size"))
-    except Exception as err:  # a truncated or foreign file: load_weights words it for the user
-        raise S2S2Error(f"{weights} is not a checkpoint of `s2s2 train` ({str(err)[:200]}); fix: train again") from None
+    except (KeyError, ValueError):
+        raise S2S2Error(f"{weights} does not record its input shape (not written by `s2s2 train`); fix: train "
+                        "again") from None
     dataset = prepare_dataset(cfg.data)
     return ModelCard(model=cfg.model, in_channels=in_channels, num_classes=num_classes,
                      class_names=dataset.class_names, image_size=size, loss=cfg.train.loss.seg,
@@ -126,7 +124,7 @@ def _split_suffix(path: Path) -> tuple[str, str, str] | None:
     for suffix in NIFTI_SUFFIXES:
         if lower.endswith(suffix):
             return path.name[:-len(suffix)], path.name[-len(suffix):], "volume"
-    if lower.endswith(PICTURE_SUFFIXES):
+    if lower.endswith(IMAGE_SUFFIXES):
         return path.stem, ".png", "picture"
     if lower.endswith(".npz"):
         return path.stem, ".npz", "npz"

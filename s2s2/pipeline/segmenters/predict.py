@@ -29,7 +29,7 @@ def scores_to_labels(scores: torch.Tensor, activation: Activation, are_logits: b
     return torch.where(above, best + 1, 0).to(torch.uint8)
 
 
-def _batches(model: nn.Module, images: np.ndarray, device: torch.device, batch_size: int):
+def _batches(images: np.ndarray, device: torch.device, batch_size: int):
     for start in range(0, len(images), batch_size):
         batch = np.ascontiguousarray(images[start:start + batch_size], dtype=np.float32)
         yield torch.from_numpy(batch).to(device)
@@ -46,7 +46,7 @@ def predict_with_probabilities(model: nn.Module, images: np.ndarray, device: tor
     was_training = model.training
     model.eval()
     labels, probs = [], []
-    for batch in _batches(model, images, device, batch_size):
+    for batch in _batches(images, device, batch_size):
         logits = model(batch).logits.float()
         if not tta and not probabilities:
             labels.append(scores_to_labels(logits, activation, are_logits=True).cpu().numpy())
