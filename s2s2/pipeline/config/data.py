@@ -38,6 +38,9 @@ SPM_MODALITY: dict[str, str] = {
 }
 
 
+DEFAULT_BINARY_THRESHOLD = 127  # 0/255 masks: foreground where value > this, unless data.binary_threshold says
+
+
 class PerturbConfig(StrictModel):
     """A fixed, seeded rigid motion of every test volume in world coordinates, so that anatomy at a fixed
     position cannot carry a score (a model must look at the image)."""
@@ -134,7 +137,10 @@ class DataBase(StrictModel):
 
         The prepared-data cache is keyed by this flat layout, which is the one the single flat data config
         had, so caches and the stores made from them stay valid across the split into per-adapter models."""
-        return {**FLAT_DEFAULTS, **self.model_dump(mode="json")}
+        fields = {**FLAT_DEFAULTS, **self.model_dump(mode="json")}
+        if fields.get("binary_threshold") is None:  # reads masks as the default threshold does (or refuses them)
+            fields["binary_threshold"] = DEFAULT_BINARY_THRESHOLD
+        return fields
 
 
 class SeededSplit(DataBase):
@@ -177,13 +183,15 @@ class FileSource(DataBase):
     """Adapters that read files under `root` with integer (or thresholded binary) label values."""
 
     root: Optional[Path] = Field(None, description="dataset folder")
-    binary_threshold: int = Field(127, description="masks with two classes whose values exceed 1 (e.g. "
-                                  "0/255 JPEG masks) become 1 where value > this")
+    binary_threshold: Optional[int] = Field(None, description="masks with two classes whose values exceed 1 "
+                                            "(e.g. 0/255 JPEG masks) become 1 where value > this; None: "
+                                            f"{DEFAULT_BINARY_THRESHOLD}, and a mask with no value above it is "
+                                            "refused (it holds label ids of undeclared classes, not 0/255)")
 
     @field_validator("binary_threshold")
     @classmethod
-    def _threshold_non_negative(cls, value: int) -> int:
-        if value < 0:
+    def _threshold_non_negative(cls, value: Optional[int]) -> Optional[int]:
+        if value is not None and value < 0:
             raise ValueError(f"must be >= 0, got {value}")
         return value
 
