@@ -40,6 +40,8 @@ def run_entry(folder: Path) -> dict[str, Any]:
         "name": summary["name"], "model": summary["model"], "method": summary["method"], "seed": summary["seed"],
         "steps": summary["steps"], "planned_steps": summary.get("planned_steps", summary["steps"]),
         "stopped_by_time_cap": bool(summary.get("stopped_by_time_cap", False)), "seconds": summary["seconds"],
+        # validation Dice of the kept checkpoint: real val and stack-val (the val masks' stack images)
+        "val": summary.get("best_val_dice_mean"), "stack_val": summary.get("best_stack_val_dice_mean"),
         "metrics": {name: set_scores(entry) for name, entry in metrics["test_sets"].items()},
     }
 
@@ -69,9 +71,10 @@ def _best(values: list[float | None], higher: bool) -> float | None:
 
 def _table(rows: list[dict[str, Any]], sets: list[str], volume: bool) -> list[str]:
     """Markdown lines of one table: mean Dice (per class in brackets) and mean HD95 per test set; the best
-    value of each column (highest Dice, lowest HD95) in bold."""
-    header = "| run | model | method | seed | steps | " + " | ".join(f"{s} Dice (per class) | {s} HD95" for s in sets) + " |"
-    lines = [header, "|" + "---|" * (5 + 2 * len(sets))]
+    value of each test-set column (highest Dice, lowest HD95) in bold."""
+    header = ("| run | model | method | seed | steps | val Dice | stack-val Dice | "
+              + " | ".join(f"{s} Dice (per class) | {s} HD95" for s in sets) + " |")
+    lines = [header, "|" + "---|" * (7 + 2 * len(sets))]
 
     def entry_of(row: dict[str, Any], name: str) -> dict[str, Any] | None:
         entry = row["metrics"].get(name)
@@ -95,7 +98,7 @@ def _table(rows: list[dict[str, Any]], sets: list[str], volume: bool) -> list[st
             cells += [f"{bold(_fmt(entry['dice_mean']), entry['dice_mean'], best[s][0])} ({per_class})",
                       bold(hd95, entry["hd95_mean"], best[s][1])]
         lines.append(f"| {row['name']} | {row['model']} | {row['method']} | {row['seed']} | {steps_cell(row)} | "
-                     + " | ".join(cells) + " |")
+                     f"{_fmt(row.get('val'))} | {_fmt(row.get('stack_val'))} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -113,8 +116,10 @@ def results_markdown(runs: list[dict[str, Any]], reference: dict[str, Any] | Non
     classes = next((list(e["dice"]) for r in rows for e in r["metrics"].values()), [])
     lines.append("")
     lines.append(f"Dice per class in brackets: {' / '.join(classes)}. HD95: mean over classes, in mm (px where the "
-                 "data has no pixel spacing). Bold: the best value of each column. Empty-mask policy: see "
+                 "data has no pixel spacing). Bold: the best value of each test-set column. Empty-mask policy: see "
                  "metrics.json `policy`.")
+    lines.append("val / stack-val Dice: the kept checkpoint on the real val split and on the stack images of the "
+                 "val masks (all K; – without a stack-val store); summary.json `select_on` says which chose it.")
     if reference:
         lines.append(f"{reference['name']}: for each test slice, the training split's label map at the same position "
                      "(no image looked at) — what position alone scores.")

@@ -51,6 +51,8 @@ class ProjectConfig(StrictModel):
     def _store_follows_run_dir(self) -> "ProjectConfig":
         if self.store.path is None:
             self.store.path = f"{self.run_dir}/stack.zarr"
+        if self.store.val_path is None:
+            self.store.val_path = val_store_path(self.store.path)
         return self
 
     @model_validator(mode="after")
@@ -63,3 +65,9 @@ class ProjectConfig(StrictModel):
             except ValidationError as err:
                 raise relocated(err, lambda loc, name=name: ("evaluate", "out_of_domain", name, *loc)) from None
         return self
+
+
+def val_store_path(path: str) -> str:
+    """The stack-val store beside a training store: `.../stack.zarr` -> `.../stack-val.zarr`."""
+    stem = path.rstrip("/")
+    return f"{stem[:-5] if stem.endswith('.zarr') else stem}-val.zarr"
