@@ -35,11 +35,11 @@ def repo_cache_dir():
 
 @pytest.fixture(scope="session")
 def icbm152_dataset(repo_cache_dir):
-    """The embedded default dataset, `prepare_dataset(DataConfig())`, cached in the repo's .cache/s2s2."""
-    from s2s2.pipeline.config.data import DataConfig
+    """The embedded default dataset, `prepare_dataset(data_config())`, cached in the repo's .cache/s2s2."""
+    from s2s2.pipeline.config.data import data_config
     from s2s2.pipeline.data.prepare import prepare_dataset
 
-    return prepare_dataset(DataConfig(cache_dir=repo_cache_dir))
+    return prepare_dataset(data_config(cache_dir=repo_cache_dir))
 
 
 @pytest.fixture(scope="session")
