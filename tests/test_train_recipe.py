@@ -17,7 +17,6 @@ from s2s2.pipeline.config.project import ProjectConfig
 from s2s2.pipeline.config.train import ModelConfig
 from s2s2.pipeline.data.prepared import PreparedDataset
 from s2s2.pipeline.errors import ConfigError, StoreError
-from s2s2.pipeline.generator.toy import toy_dataset, toy_project_config
 from s2s2.pipeline.segmenters import build_segmenter
 from s2s2.stages.generate import run_generate
 from s2s2.stages.report import collect_runs, results_markdown
@@ -26,6 +25,7 @@ from s2s2.stages.train.loop import run_train
 from s2s2.stages.train.stack_val import selected_row
 from s2s2.store.manifest import VAL_SPLIT
 from s2s2.store.stack_store import StackStore
+from fixtures_toy import toy_dataset, toy_project_config
 from test_train_support import blob_dataset, filled_store, tiny_config
 
 
