@@ -44,7 +44,7 @@ from s2s2.pipeline.losses import LossParts, build_seg_loss, s2s2_loss, split_out
 from s2s2.pipeline.metrics import dice, nanmean
 from s2s2.pipeline.seeding import seed_everything, set_torch_rng_state, torch_rng_state
 from s2s2.pipeline.segmenters import build_segmenter, load_weights, model_identity, predict, save_weights
-from s2s2.stages.train.augment import PairAugment
+from s2s2.stages.train.augment import PairAugment, device_images
 from s2s2.stages.train.datasets import BaselineDataset, EpochBatchSampler, StackPairDataset, collate_visits
 
 logger = logging.getLogger(__name__)
@@ -234,12 +234,12 @@ class Trainer:
 
     # --- one step: the method's equation --------------------------------------------------------
     def step(self, batch: dict[str, Any]) -> LossParts:
-        original = batch["original"].to(self.device, non_blocking=True)
+        original = device_images(batch, "original", self.device)  # float, photometrics applied here
         mask = batch["mask"].to(self.device, non_blocking=True).long()  # handed over in its stored dtype
         for group in self.optimizer.param_groups:
             group["lr"] = lr_at(self.step_index, self.cfg.train)
         if self.forward_stack:
-            stack_image = batch["stack_image"].to(self.device, non_blocking=True)
+            stack_image = device_images(batch, "stack_image", self.device)
             output_0, output_k = split_output(self.ddp(torch.cat([original, stack_image])), len(original))
         else:
             output_0, output_k = self.ddp(original), None
