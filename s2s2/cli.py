@@ -1,11 +1,14 @@
 """The `s2s2` command line: parses options, loads the config, delegates to a stage. No logic here.
 
 Heavy imports (torch, diffusers, zarr) happen inside the commands so `s2s2 --help` stays fast.
-User errors (`S2S2Error`) are printed without a traceback and exit with status 2.
+`run` is the one error boundary: usage, config, data and store errors print one message and exit with
+status 2; a traceback is shown only when S2S2_DEBUG=1 or `s2s2 --debug` asks for it.
 """
 
 from __future__ import annotations
 
+import functools
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -168,16 +171,20 @@ def generate(
     set_: SetOpt = None,
     k: Annotated[Optional[int], typer.Option("--k", help="Generated images per mask (store.k).")] = None,
     workers: Annotated[Optional[int], typer.Option(help="Dask worker processes of the local cluster (generate.workers).")] = None,
-    scheduler: Annotated[Optional[str], typer.Option(help="Join an existing dask scheduler, tcp://host:port.")] = None,
+    dask_scheduler: Annotated[Optional[str], typer.Option("--dask-scheduler", help="Join an existing dask scheduler, tcp://host:port (generate.scheduler_address).")] = None,
+    old_scheduler: Annotated[Optional[str], typer.Option("--scheduler", hidden=True)] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Regenerate every shard if the store was filled by another generator.")] = False,
     force: Annotated[bool, typer.Option("--force", help="With --overwrite: take over a store that another generate run is still writing (it stops at its next shard).")] = False,
 ) -> None:
     """Fill the stack store with K images per mask (resumes pending shards by default; several runs on one store split the shards)."""
+    if old_scheduler is not None:  # renamed: generate.scheduler is the diffusion sampler, not the dask address
+        raise S2S2Error(f"option --scheduler was renamed; fix: use --dask-scheduler {old_scheduler} "
+                        "(the diffusion sampler is set with --set generate.scheduler=NAME)")
     from s2s2.pipeline.config.base import load_config
     from s2s2.pipeline.config.project import ProjectConfig
     from s2s2.stages.generate import run_generate
 
-    overrides = {"store.k": k, "generate.workers": workers, "generate.scheduler_address": scheduler}
+    overrides = {"store.k": k, "generate.workers": workers, "generate.scheduler_address": dask_scheduler}
     cfg = load_config(ProjectConfig, config, overrides=overrides, dotted=set_)
     run_generate(cfg, overwrite=overwrite, force=force)
 
@@ -278,11 +285,11 @@ def paper_steps(
     name: Annotated[str, typer.Argument(help="Setting name, e.g. slaug_ct_to_mri (see `s2s2 paper list`).")],
     set_: SetOpt = None,
 ) -> None:
-    """Prepare the setting's data and print epoch-exact step counts as --set options for its commands."""
-    from s2s2.stages.paper import exact_steps
+    """Prepare the setting's data and print what stage two runs (L_enc stages, loss weights, augmentation) and
+    the epoch-exact step counts, last as --set options for its commands."""
+    from s2s2.stages.paper import describe_steps
 
-    steps = exact_steps(name, set_)
-    typer.echo(" ".join(f"--set {key}={value}" for key, value in steps.items()))
+    typer.echo(describe_steps(name, set_))
 
 
 def _log_to_stderr() -> None:
@@ -296,26 +303,89 @@ def _log_to_stderr() -> None:
     root.setLevel(logging.INFO)
 
 
-def main() -> None:
-    """Entry point: run the app; turn user errors into one message and exit status 2."""
-    _log_to_stderr()
-    try:
-        app(standalone_mode=False)
-    except S2S2Error as err:
-        typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
-        sys.exit(2)
-    except typer.Abort:
-        typer.echo("aborted", err=True)
-        sys.exit(130)
-    except SystemExit:
-        raise
-    except Exception as err:  # click usage errors arrive here in non-standalone mode
-        import click
+def _debug() -> bool:
+    """True when the user asked for tracebacks (S2S2_DEBUG=1 or `s2s2 --debug ...`)."""
+    return os.environ.get("S2S2_DEBUG", "").strip() not in ("", "0")
 
-        if isinstance(err, click.ClickException):
-            err.show()
-            sys.exit(2)
-        raise
+
+@app.callback()
+def _root(debug: Annotated[bool, typer.Option("--debug", help="Show the full traceback of any error (same as S2S2_DEBUG=1).")] = False) -> None:
+    if debug:
+        os.environ["S2S2_DEBUG"] = "1"
+
+
+@functools.cache
+def _click_command() -> typer.core.TyperGroup:
+    """The click command tree typer builds from `app` (once: building it takes ~0.1 s)."""
+    return typer.main.get_command(app)
+
+
+def _command_path(argv: list[str]) -> str:
+    """The command named by the leading words of `argv` ("s2s2 stack init"), for errors that carry no context."""
+    command, words = _click_command(), ["s2s2"]
+    for word in argv:
+        sub = getattr(command, "commands", {}).get(word)
+        if sub is None:
+            if not word.startswith("-"):
+                break
+            continue
+        command, words = sub, [*words, word]
+    return " ".join(words)
+
+
+def _report(err: BaseException, argv: list[str]) -> int:
+    """Print `err` as one message on stderr and return the exit status: 2 for anything the user can fix."""
+    if isinstance(err, SystemExit):
+        return err.code if isinstance(err.code, int) else (0 if err.code is None else 1)
+    if isinstance(err, typer.TyperException):  # click's usage errors (typer vendors click; the base class is public)
+        ctx = getattr(err, "ctx", None)
+        if type(err).__name__ == "NoArgsIsHelpError":  # `s2s2` or `s2s2 stack` alone: the help was printed
+            message = err.format_message()  # empty when rich printed the help itself
+            if message.strip():
+                typer.echo(message, err=True)
+            return 2
+        where = ctx.command_path if ctx is not None else _command_path(argv)
+        typer.secho(f"error: {where}: {err.format_message()} (see '{where} --help')", fg=typer.colors.RED, err=True)
+        return 2
+    if isinstance(err, S2S2Error):
+        typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
+        return 2
+    if isinstance(err, OSError) and err.filename is not None:  # a path the system refused: not a bug of ours
+        typer.secho(f"error: {err.filename}: {err.strerror or err}; fix: pass a path that exists and that you may "
+                    "read and write (check run_dir, data.cache_dir, store.path and the options given)",
+                    fg=typer.colors.RED, err=True)
+        return 2
+    if isinstance(err, KeyboardInterrupt):
+        typer.echo("interrupted", err=True)
+        return 130
+    typer.secho(f"error: unexpected {type(err).__name__}: {err}\n  this is a bug in s2s2 or an input it does not "
+                "check yet; rerun with S2S2_DEBUG=1 (or `s2s2 --debug ...`) for the traceback and report it",
+                fg=typer.colors.RED, err=True)
+    return 1
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Run the command line on `argv` (default: sys.argv) and return its exit status.
+
+    This is the CLI's one error boundary: usage, config, data and store errors become one message and
+    status 2; no traceback reaches the user unless S2S2_DEBUG=1 or `--debug` asks for it.
+    """
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        status = _click_command().main(args=argv, prog_name="s2s2", standalone_mode=False)
+    except BaseException as err:
+        if _debug() and not isinstance(err, SystemExit):
+            raise
+        return _report(err, argv)
+    return status if isinstance(status, int) else 0  # typer.Exit(code) is returned, not raised, here
+
+
+def main() -> None:
+    """Entry point: progress messages on stderr, then the command; exits with its status when not 0."""
+    _log_to_stderr()
+    status = run()
+    if status:
+        sys.exit(status)
 
 
 if __name__ == "__main__":

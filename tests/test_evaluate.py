@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 
 from s2s2.cli import main
-from s2s2.pipeline.config.data import DataConfig
+from s2s2.pipeline.config.data import data_config
 from s2s2.pipeline.data.prepared import PreparedDataset
 from s2s2.pipeline.errors import ConfigError, S2S2Error
 from s2s2.pipeline.metrics import dice
 from s2s2.stages.evaluate import (atlas_copy, evaluate_set, out_of_domain_config, run_atlas_copy, run_evaluate,
-                                  shared_classes)
+                                  shared_classes, volume_scores)
 from s2s2.stages.report import collect_runs, write_report
 from s2s2.stages.train import run_train
 from fixtures_data import write_folder_dataset, write_nnunet_nifti, write_nnunet_png
@@ -116,7 +116,7 @@ def test_out_of_domain_only_evaluation_keeps_the_models_classes(tmp_path, monkey
     root = write_nnunet_png(tmp_path / "train_data", cases=12)  # background, polyp, tool
     ood_root = write_folder_dataset(tmp_path / "ood_data", n=4)  # 0/255 masks: background, polyp
     cfg = tiny_config(tmp_path, stack=False, steps=2, batch_size=2)
-    cfg.data = DataConfig(adapter="nnunet", root=root, size=32, cache_dir=tmp_path / "cache")
+    cfg.data = data_config(adapter="nnunet", root=root, size=32, cache_dir=tmp_path / "cache")
     cfg.evaluate.eval_classes = ["polyp"]
     cfg.evaluate.out_of_domain = {"ood": {"adapter": "folder", "root": str(ood_root),
                                           "class_names": ["background", "polyp"]}}
@@ -130,11 +130,11 @@ def test_out_of_domain_only_evaluation_keeps_the_models_classes(tmp_path, monkey
 
 
 def test_out_of_domain_sets_inherit_every_data_field():
-    data = DataConfig(axis=0, size=48, min_foreground_fraction=0.1, slab_gap=5)
+    data = data_config(axis=0, size=48, min_foreground_fraction=0.1, slab_gap=5)
     ood = out_of_domain_config(data, {"adapter": "spm152", "contrast": "PD"})
     assert (ood.adapter, ood.contrast, ood.axis, ood.size, ood.min_foreground_fraction) == ("spm152", "PD", 0, 48, 0.1)
     assert out_of_domain_config(data, {"adapter": "spm152", "axis": 2}).axis == 2  # what an entry names wins
-    data = DataConfig(perturb={"seed": 7, "max_rotate_deg": 5})
+    data = data_config(perturb={"seed": 7, "max_rotate_deg": 5})
     ood = out_of_domain_config(data, {"adapter": "spm152", "perturb": {"enabled": False}})
     assert (ood.perturb.enabled, ood.perturb.seed, ood.perturb.max_rotate_deg) == (False, 7, 5)
 
@@ -200,7 +200,7 @@ def test_volume_data_is_scored_per_volume_and_reported_with_the_atlas_copy(tmp_p
     out-of-domain copy, and `s2s2 report` with the atlas-copy row in both tables."""
     root = write_nnunet_nifti(tmp_path / "Dataset001_Toy", cases=6)
     cfg = tiny_config(tmp_path, stack=False, steps=2)
-    cfg.data = DataConfig(adapter="nnunet", root=root, size=32, cache_dir=tmp_path / "cache")
+    cfg.data = data_config(adapter="nnunet", root=root, size=32, cache_dir=tmp_path / "cache")
     cfg.evaluate.out_of_domain = {"moved": {"perturb": {"enabled": True}}}
     folder = run_train(cfg)
     monkeypatch.setattr(sys, "argv", ["s2s2", "evaluate", "--run", str(folder)])
@@ -218,3 +218,23 @@ def test_volume_data_is_scored_per_volume_and_reported_with_the_atlas_copy(tmp_p
     assert table == (tmp_path / "run" / "results.md").read_text().removeprefix("# Results\n\n") + "\n"
     reference = json.loads((tmp_path / "run" / "results.json").read_text())["reference"]
     assert set(reference["metrics"]) == {"in_domain", "moved"} and reference["metrics"]["moved"]["volume"]
+
+
+def test_volume_hd95_of_a_slab_split_is_taken_over_the_slices_that_exist():
+    """Test slabs of one volume with gaps between them score as the whole volume does when the anatomy
+    does not change along the slices: the gap planes are no surface (stacked empty, their borders used to
+    count as surface everywhere and pulled HD95 down), and the gaps are marked."""
+    yy, xx = np.mgrid[:32, :32]
+    truth = np.repeat((np.hypot(yy - 16, xx - 15) < 8)[None], 30, 0).astype(np.uint8)
+    predicted = np.repeat((np.hypot(yy - 16, xx - 18) < 7)[None], 30, 0).astype(np.uint8)
+    kept = [p for p in range(30) if p % 5 < 2]  # slabs of 2 slices, 3 planes of other splits between them
+    dataset = PreparedDataset(
+        name="slabs", images=np.zeros((30, 1, 32, 32), np.float32), masks=truth, ids=[f"v-{p}" for p in range(30)],
+        spacings=np.ones((30, 2), np.float32), class_names=("background", "organ"), modality="m",
+        prompt_template="{modality} {classes}", cases=["v"] * 30, positions=np.arange(30),
+        thickness=np.full(30, 2.5, np.float32), spacing_unit="mm")
+    whole = volume_scores(list(predicted), list(truth), dataset, list(range(30)), {"organ": 1}, 95.0)
+    slabs = volume_scores([predicted[p] for p in kept], [truth[p] for p in kept], dataset, kept, {"organ": 1}, 95.0)
+    assert slabs["hd95"]["organ"] == pytest.approx(whole["hd95"]["organ"]) == pytest.approx(4.0)
+    assert whole["cases"][0]["missing_planes"] == 0 and slabs["cases"][0]["missing_planes"] == max(kept) + 1 - len(kept)
+    assert slabs["dice"]["organ"] == pytest.approx(whole["dice"]["organ"])

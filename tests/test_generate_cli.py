@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 
 from s2s2.pipeline.config.base import dump_config
-from s2s2.pipeline.generator.toy import TOY_CLASSES, toy_dataset, toy_project_config
+from s2s2.pipeline.config.data import data_config
 from s2s2.store.stack_store import StackStore
+from fixtures_toy import TOY_CLASSES, toy_dataset, toy_project_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,9 +30,9 @@ def test_finetune_then_generate_from_one_config_file(tmp_path):
     for i in range(len(toy)):
         np.savez(data / f"case{i:02d}_slice0.npz", image=toy.images[i, 0], label=toy.masks[i])
     cfg = toy_project_config(str(tmp_path / "run"), store={"split": "train"})
-    cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={
-        "adapter": "npz", "root": data, "size": 16, "class_names": TOY_CLASSES, "modality": "toy image",
-        "cache_dir": str(tmp_path / "cache")})})
+    cfg = cfg.model_copy(update={"data": data_config(
+        adapter="npz", root=data, size=16, class_names=TOY_CLASSES, modality="toy image",
+        cache_dir=str(tmp_path / "cache"))})
     config = tmp_path / "config.yaml"
     dump_config(cfg, config)
 

@@ -112,7 +112,7 @@ def test_generate_on_an_external_scheduler_with_workers_started_elsewhere(tmp_pa
         started += [subprocess.Popen([str(dask), "worker", address, "--nthreads", "1", "--nworkers", "1",
                                       "--no-dashboard", "--name", f"elsewhere-{i}"], cwd=elsewhere, env=env,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for i in range(2)]
-        run = Cli("generate", "--config", "config.yaml", "--scheduler", address, cwd=project)
+        run = Cli("generate", "--config", "config.yaml", "--dask-scheduler", address, cwd=project)
         code, stderr = run.finish()
     finally:
         for process in reversed(started):

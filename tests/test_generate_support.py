@@ -14,9 +14,9 @@ import yaml
 
 from s2s2.pipeline.config.project import ProjectConfig
 from s2s2.pipeline.data.prepared import PreparedDataset
-from s2s2.pipeline.generator.toy import TOY_CLASSES, toy_dataset, toy_project_config
 from s2s2.stages.generate import ShardTask, generate_shard, stack_generator
 from s2s2.store.stack_store import StackStore
+from fixtures_toy import TOY_CLASSES, toy_dataset, toy_project_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,8 +48,8 @@ def toy_project(folder: Path, generator: Path | None, n: int = 16, run_dir: str 
                              generate={"generator_dir": str(generator) if generator else None, **generate})
     tree = cfg.model_dump(mode="json")
     tree["store"].pop("path")  # follows run_dir
-    tree["data"].update({"adapter": "npz", "root": "slices", "size": 16, "class_names": list(TOY_CLASSES),
-                         "modality": "toy image", "cache_dir": "cache"})
+    tree["data"] = {"adapter": "npz", "root": "slices", "size": 16, "class_names": list(TOY_CLASSES),
+                    "modality": "toy image", "cache_dir": "cache"}
     config = folder / "config.yaml"
     config.write_text(yaml.safe_dump(tree, sort_keys=False))
     return config

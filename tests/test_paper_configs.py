@@ -19,7 +19,7 @@ from s2s2.pipeline.config.base import load_config
 from s2s2.pipeline.config.project import ProjectConfig
 from s2s2.pipeline.data.prepare import prepare_dataset
 from s2s2.stages.evaluate import run_evaluate
-from s2s2.stages.paper import PAPER_DIR, SETTINGS, config_path, epoch_steps
+from s2s2.stages.paper import PAPER_DIR, SETTINGS, config_path, epoch_steps, setting_steps
 from s2s2.stages.train import run_train
 from test_train_support import filled_store
 
@@ -37,6 +37,23 @@ def test_every_paper_config_is_a_registered_setting_and_states_the_paper_numbers
         assert len(item.datasets) == 1 + len(cfg.evaluate.out_of_domain), item.name
         assert cfg.generator.base_model == "stabilityai/stable-diffusion-2-1-base" and cfg.store.k == 16
         assert (cfg.generate.scheduler, cfg.generate.steps, cfg.generate.guidance_scale) == ("ddim", 50, 9.0)
+
+
+@pytest.mark.parametrize("name", [s.name for s in SETTINGS])
+def test_paper_config_runs_the_setting_s2s2_paper_names(name):
+    """Stages of L_enc (named in the config, not left to the model's default), loss weights, step counts
+    and augmentation of every paper config are those of its setting in `s2s2 paper`."""
+    item = next(s for s in SETTINGS if s.name == name)
+    raw = yaml.safe_load(config_path(name).read_text())
+    assert "sc_stages" in raw["model"], f"{name}: name model.sc_stages explicitly"
+    cfg = load_config(ProjectConfig, config_path(name))
+    recipe = item.recipe
+    assert (cfg.model.name, tuple(cfg.model.sc_stages)) == (recipe.model, recipe.sc_stages)
+    assert {key: getattr(cfg.train.loss, key) for key in recipe.loss} == recipe.loss
+    assert {key: getattr(cfg.train.augment, key) for key in recipe.augment} == recipe.augment
+    assert cfg.train.location_scale == recipe.location_scale
+    expected = setting_steps(item, item.train_samples, cfg.finetune.batch_size, cfg.train.batch_size)
+    assert {"finetune.steps": cfg.finetune.steps, "train.steps": cfg.train.steps} == expected
 
 
 def small_overrides(item, tmp_path: Path) -> list[str]:
@@ -105,7 +122,11 @@ def test_paper_list_and_steps_through_the_cli(tmp_path):
                 "--set", f"data.cache_dir={tmp_path / 'cache'}", "--set", "data.size=32")
     assert steps.returncode == 0, steps.stderr[-2000:]
     # LGE scans 6 and 7 train: 2 volumes x 3 slices = 6 slices; ceil(6/16) x 100, ceil(6/32) x 1,100
-    assert steps.stdout.split() == ["--set", "finetune.steps=100", "--set", "train.steps=1100"]
+    *described, options = steps.stdout.strip().splitlines()
+    assert options.split() == ["--set", "finetune.steps=100", "--set", "train.steps=1100"]
+    assert "L_enc on encoder stage(s) stage5" in described[1]
+    assert "1.0 L_seg(original) + 0.1 L_seg(generated) + 0.1 L_enc + 0.0 L_dec" in described[2]
+    assert "on 6 training slices" in described[-1] and "stack_photometric True" in described[3]
 
     missing = cli("paper", "steps", "transunet_synapse", "--set", f"data.root={tmp_path / 'nowhere'}")
     assert missing.returncode == 2 and "Traceback" not in missing.stderr and "nowhere" in missing.stderr

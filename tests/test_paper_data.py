@@ -8,7 +8,7 @@ import pytest
 from scipy import ndimage
 
 from fixtures_paper import organ_slice, write_acdc, write_cvc, write_slaug_abdominal, write_slaug_cardiac, write_synapse
-from s2s2.pipeline.config.data import DataConfig
+from s2s2.pipeline.config.data import DataConfig, data_config
 from s2s2.pipeline.data.geometry import resize_image, resize_mask
 from s2s2.pipeline.data.prepare import load_raw, prepare_dataset
 from s2s2.pipeline.data.slaug import abdominal_split, cardiac_split
@@ -17,7 +17,7 @@ from s2s2.pipeline.errors import DataError
 
 
 def config(tmp_path, **fields) -> DataConfig:
-    return DataConfig.model_validate({"size": 32, "cache_dir": str(tmp_path / "cache"), **fields})
+    return data_config(**{"size": 32, "cache_dir": str(tmp_path / "cache"), **fields})
 
 
 def test_synapse_reads_the_listed_training_slices_and_every_slice_of_the_test_volumes(tmp_path):
@@ -105,7 +105,7 @@ def test_slaug_cardiac_domains_and_a_helpful_error(tmp_path):
     with pytest.raises(DataError, match="no image_<id>.nii.gz files in CHAOST2/processed/"):
         load_raw(config(tmp_path, adapter="slaug", root=root, domain="CHAOST2"))
     with pytest.raises(ValueError, match="data.domain"):
-        DataConfig(adapter="slaug", root=root)
+        data_config(adapter="slaug", root=root)
 
 
 def test_fcbformer_split_matches_the_authors_counts_and_the_folder_adapter_uses_it(tmp_path):
@@ -139,7 +139,7 @@ def test_resize_orders_follow_scipy_zoom_and_the_default_is_unchanged():
 
 def test_prompt_names_must_match_the_classes(tmp_path):
     with pytest.raises(ValueError, match="one prompt name per class"):
-        DataConfig(adapter="folder", root=tmp_path, class_names=("background", "polyp"),
+        data_config(adapter="folder", root=tmp_path, class_names=("background", "polyp"),
                    prompt_class_names=("background",))
     with pytest.raises(ValueError, match="low < high"):
-        DataConfig(intensity_window=(275, -125))
+        data_config(adapter="npz", root=tmp_path, intensity_window=(275, -125))

@@ -10,7 +10,8 @@ from s2s2.pipeline.config.train import LossConfig, ModelConfig
 from s2s2.pipeline.errors import ConfigError, S2S2Error
 from s2s2.stages.train.location_scale import bezier_remap, global_location_scale
 from s2s2.pipeline.losses import build_seg_loss, s2s2_loss, split_output
-from s2s2.pipeline.segmenters import build_segmenter, load_weights, model_identity, save_weights
+from s2s2.pipeline.segmenters import (ENCODER_STAGES, PRESETS, REGISTRY, build_segmenter, load_weights,
+                                      model_identity, register, save_weights)
 from test_train_support import blob_dataset
 
 # Documented shapes at 32 px, batch 2, 1 channel, 4 classes (small presets).
@@ -126,3 +127,31 @@ def test_unknown_or_repeated_sc_stages_are_refused():
         build_segmenter(ModelConfig(name="unet", sc_stages=["tokens"]), 1, 4, 32)
     with pytest.raises(ConfigError, match="at most once"):
         build_segmenter(ModelConfig(name="transunet", sc_stages=["tokens", "tokens"]), 1, 4, 32)
+
+
+@pytest.mark.parametrize("name", list(SHAPES))
+def test_features_come_from_the_feature_api_without_hooks(name):
+    """No forward hook and no state kept between calls: a forward is re-entrant (and compile-friendly)."""
+    model = build_segmenter(ModelConfig(name=name, sc_stages=list(ENCODER_STAGES[name])), 1, 4, 32)
+    assert not [m for m in model.modules() if m._forward_hooks]
+    x = torch.rand(2, 1, 32, 32)
+    model.eval()
+    with torch.no_grad():
+        first = model(x)
+        model(torch.rand(3, 1, 32, 32))
+        again = model(x)
+    assert all(torch.equal(a, b) for a, b in zip(first.encoder_features, again.encoder_features))
+
+
+def test_the_registry_chooses_the_builder():
+    """`build_segmenter` asks the registry (no if-chain): a builder registered under a name is the one used."""
+    assert set(REGISTRY) == set(ENCODER_STAGES) == set(PRESETS)
+    with pytest.raises(ValueError, match="registered twice"):
+        register("unet")(REGISTRY["unet"])
+    original = REGISTRY.pop("unet")
+    try:
+        register("unet")(lambda cfg, cin, classes, size, preset, stages: torch.nn.Conv2d(cin, classes, 1))
+        model = build_segmenter(ModelConfig(name="unet"), 2, 3, 32)
+        assert isinstance(model, torch.nn.Conv2d) and model.in_channels == 2 and model.out_channels == 3
+    finally:
+        REGISTRY["unet"] = original

@@ -143,3 +143,20 @@ def test_training_stops_with_the_stores_error_on_a_torn_shard(tmp_path):
     torn.write_bytes(torn.read_bytes()[:-9])
     with pytest.raises(StoreError, match=r"stack.zarr: shard 2 of 'stack' \(stack/c/2/0/0/0/0\) is damaged"):
         run_train(tiny_config(tmp_path, steps=4, val_every=100, checkpoint_every=100), dataset=dataset)
+
+
+def test_the_installed_zarr_is_a_version_the_fast_read_path_supports():
+    # fast_read drives fsspec stores through one private zarr call: pyproject pins the zarr range
+    # it was written for, and declares every package it imports
+    import tomllib
+    from pathlib import Path
+
+    from packaging.requirements import Requirement
+
+    from s2s2.store.fast_read import ZARR_SUPPORTED
+
+    project = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]
+    declared = {r.name: r for r in map(Requirement, project["dependencies"])}
+    assert declared["zarr"].specifier == Requirement(f"zarr{ZARR_SUPPORTED}").specifier
+    assert declared["zarr"].specifier.contains(zarr.__version__)
+    assert {"google-crc32c", "numcodecs", "zarr"} <= declared.keys()  # what fast_read imports

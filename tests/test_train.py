@@ -13,7 +13,8 @@ from safetensors.torch import load_file
 
 from s2s2.pipeline.data.prepared import PreparedDataset
 from s2s2.pipeline.errors import ConfigError, S2S2Error, StoreError
-from s2s2.stages.train.loop import lr_at, run_train
+from s2s2.stages.train.loop import run_train
+from s2s2.stages.train.schedule import learning_rate_schedule, lr_factor
 from s2s2.stages.train.datasets import draw_k
 from s2s2.store.fast_read import ShardReader
 from s2s2.store.stack_store import StackStore
@@ -122,9 +123,33 @@ def test_refuses_batch_larger_than_the_data(tmp_path, dataset):
 
 def test_learning_rate_schedules():
     cfg = tiny_config(__import__("pathlib").Path("/tmp"), steps=10, lr=1.0).train
-    assert lr_at(0, cfg) == 1.0 and lr_at(9, cfg) == pytest.approx(0.1 ** 0.9)
+    assert lr_factor(0, cfg) == 1.0 and lr_factor(9, cfg) == pytest.approx(0.1 ** 0.9)
     cfg = cfg.model_copy(update={"schedule": "cosine", "warmup_steps": 2})
-    assert lr_at(0, cfg) == 0.5 and lr_at(2, cfg) == 1.0 and lr_at(6, cfg) == pytest.approx(0.5)
+    assert lr_factor(0, cfg) == 0.5 and lr_factor(2, cfg) == 1.0 and lr_factor(6, cfg) == pytest.approx(0.5)
+
+
+def test_a_resumed_schedule_continues_from_its_state_dict():
+    cfg = tiny_config(__import__("pathlib").Path("/tmp"), steps=10, lr=0.1, warmup_steps=3).train
+    weight = torch.nn.Parameter(torch.ones(2))
+
+    def run(optimizer, schedule, steps):
+        rates = []
+        for _ in range(steps):
+            rates.append(optimizer.param_groups[0]["lr"])
+            optimizer.step(), schedule.step()
+        return rates
+
+    whole = torch.optim.SGD([weight], lr=cfg.lr)
+    rates = run(whole, learning_rate_schedule(whole, cfg), 10)
+    assert rates == [cfg.lr * lr_factor(step, cfg) for step in range(10)]
+    first = torch.optim.SGD([weight], lr=cfg.lr)
+    schedule = learning_rate_schedule(first, cfg)
+    run(first, schedule, 4)
+    resumed = torch.optim.SGD([weight], lr=cfg.lr)
+    again = learning_rate_schedule(resumed, cfg)
+    resumed.load_state_dict(first.state_dict())
+    again.load_state_dict(schedule.state_dict())
+    assert run(resumed, again, 6) == rates[4:]
 
 
 @pytest.mark.parametrize("option", ["location_scale", "gin"])

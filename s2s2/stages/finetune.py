@@ -28,12 +28,12 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from diffusers import ControlNetModel, DDPMScheduler, StableDiffusionControlNetPipeline, UNet2DConditionModel
 from diffusers.optimization import get_scheduler
-from safetensors.torch import load_file, save_file
 from torch.optim.lr_scheduler import LambdaLR
 from tqdm.auto import tqdm
 
 from s2s2.pipeline.appearance import AppearanceSource
 from s2s2.pipeline.atomic import atomic_path
+from s2s2.pipeline.checkpoint import load_module, load_state, save_module, save_state
 from s2s2.pipeline.config.appearance import AppearanceRemapConfig
 from s2s2.pipeline.config.generator import FinetuneConfig
 from s2s2.pipeline.config.project import ProjectConfig
@@ -51,7 +51,7 @@ from s2s2.pipeline.generator.loading import (
 )
 from s2s2.pipeline.generator.paths import ensure_base, finetune_work_dir, generator_dir, resolution_of
 from s2s2.pipeline.generator.sampling import generate_stack
-from s2s2.pipeline.generator.seeds import step_seed
+from s2s2.pipeline.seeding import step_seed
 
 logger = logging.getLogger(__name__)
 
@@ -259,29 +259,32 @@ def _write_log(path: Path, log: list[dict]) -> None:
 
 def _save_checkpoint(folder: Path, step: int, controlnet: ControlNetModel, unet: UNet2DConditionModel | None,
                      optimizer: torch.optim.Optimizer, log: list[dict]) -> None:
-    """Weights, optimizer state, step and the loss log so far, replaced atomically as one folder."""
+    """Weights, optimizer state, step and the loss log so far, replaced atomically as one folder
+    (the checkpoint scheme of `s2s2.pipeline.checkpoint`)."""
     with atomic_path(folder) as tmp:
         tmp.mkdir()
-        save_file(controlnet.state_dict(), tmp / "controlnet.safetensors")
+        save_module(controlnet, tmp / "controlnet.safetensors")
         if unet is not None:
-            save_file(unet.state_dict(), tmp / "unet.safetensors")
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+            save_module(unet, tmp / "unet.safetensors")
+        save_state(optimizer.state_dict(), tmp / "optimizer.pt")
         (tmp / "state.json").write_text(json.dumps({"step": step}))
         _write_log(tmp / LOSS_LOG, log)
 
 
 def _load_checkpoint(folder: Path, controlnet: ControlNetModel, unet: UNet2DConditionModel | None,
                      optimizer: torch.optim.Optimizer) -> tuple[int, list[dict]]:
-    """Restore a checkpoint in place; returns its step and its loss log."""
+    """Restore a checkpoint in place; returns its step and its loss log. Weights and optimizer state
+    are read without unpickling; a damaged file is a clear error."""
     if not (folder / "state.json").is_file():
         raise S2S2Error(f"--resume: no checkpoint in {folder}\nfix: run without --resume to start from step 0")
-    controlnet.load_state_dict(load_file(folder / "controlnet.safetensors"))
+    fix = "fix: run without --resume to start from step 0 (or restore the checkpoint folder from a copy)"
+    load_module(controlnet, folder / "controlnet.safetensors", missing_fix=fix, unreadable_fix=fix)
     if unet is not None:
         if not (folder / "unet.safetensors").is_file():
             raise S2S2Error(f"--resume: {folder} was saved with the UNet locked, but finetune.unlock_unet is on\n"
                             "fix: use the same finetune.unlock_unet as the interrupted run")
-        unet.load_state_dict(load_file(folder / "unet.safetensors"))
-    optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
+        load_module(unet, folder / "unet.safetensors", missing_fix=fix, unreadable_fix=fix)
+    optimizer.load_state_dict(load_state(folder / "optimizer.pt", ("state", "param_groups"), "--resume", fix))
     log = [json.loads(line) for line in (folder / LOSS_LOG).read_text().splitlines()]
     return int(json.loads((folder / "state.json").read_text())["step"]), log
 

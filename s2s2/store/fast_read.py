@@ -12,6 +12,12 @@ s2s2 writes them are refused. A chunk that zarr left unwritten (all fill value) 
 value, as in zarr. A shard whose index does not check out, or whose chunk does not decode, is an
 error naming the store and the shard; so is a missing shard when `missing_is_error` (a reader of
 done shards only, e.g. training).
+
+Everything here is on zarr's public API (array metadata, codecs, `Store.get`, `zarr.buffer`) but
+one call: `StoreBytes` runs the store's coroutines on zarr's own event loop through
+`zarr.core.sync.sync`, which zarr keeps private, because an fsspec store (S3) is bound to that
+loop. So the zarr versions this module supports are pinned (`ZARR_SUPPORTED`, the same range as
+pyproject.toml), and tests check the installed zarr against it and read S3 through it.
 """
 
 from __future__ import annotations
@@ -30,14 +36,13 @@ import numpy as np
 import zarr
 from numcodecs import blosc, zstd
 from zarr.abc.store import ByteRequest, RangeByteRequest, Store, SuffixByteRequest
-from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, ShardingCodec, ZstdCodec
-from zarr.codecs.sharding import ShardingCodecIndexLocation
-from zarr.core.buffer import default_buffer_prototype
-from zarr.core.sync import sync
+from zarr.buffer import default_buffer_prototype
+from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, ShardingCodec, ShardingCodecIndexLocation, ZstdCodec
 from zarr.storage import LocalStore
 
 from s2s2.pipeline.errors import StoreError
 
+ZARR_SUPPORTED = ">=3.1,<3.2"  # zarr releases whose private event-loop entry point StoreBytes uses
 EMPTY = np.uint64(2**64 - 1)  # index entry of a chunk zarr did not write (all fill value)
 Request = tuple[str, tuple[int, ...]]  # (array name, leading coordinates of one image: (i,) or (i, k))
 
@@ -145,6 +150,10 @@ class StoreBytes:
         return self.store
 
     def fetch(self, requests: Sequence[tuple[str, ByteRequest]]) -> list[Any]:
+        # zarr's private loop runner (see the module docstring and ZARR_SUPPORTED): the only one
+        # that may drive a store zarr opened
+        from zarr.core.sync import sync
+
         prototype = default_buffer_prototype()
         store = self._own_store()
 

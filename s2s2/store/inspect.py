@@ -14,7 +14,8 @@ from s2s2.store.fidelity import SCORES, mask_fidelity, normalised_fidelity, stac
 from s2s2.store.layout import to_unit_float
 from s2s2.pipeline.errors import StoreError
 from s2s2.store.manifest import StackGenerator, utc_now
-from s2s2.store.stack_store import DECODE_ERRORS, StackStore, repair_advice
+from s2s2.store.damage import DECODE_ERRORS, repair_advice
+from s2s2.store.stack_store import StackStore
 
 FIDELITY_MIN_COMPLETE = 0.25  # below this completion the fidelity sample is too thin to report
 FIDELITY_MAX_SAMPLES = 64

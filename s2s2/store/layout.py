@@ -1,6 +1,9 @@
-"""Pure helpers for the store layout: shard ranges, dtype conversion and codecs."""
+"""Pure helpers for the store layout: shard ranges, dtype conversion, codecs and store paths."""
 
 from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -45,3 +48,8 @@ def compressors(name: Compression, level: int) -> list:
         return [ZstdCodec(level=level, checksum=True)]
     cname = name.split("-", 1)[1]
     return [BloscCodec(cname=cname, clevel=min(level, 9), shuffle="bitshuffle")]
+
+
+def is_local(path: Any) -> bool:
+    """True for a path on local disk (a str or Path without a URL scheme)."""
+    return isinstance(path, (str, Path)) and "://" not in str(path)

@@ -9,14 +9,13 @@ The manifest lives in the group attributes and is written last, so a half-create
 recognisable. A writer writes a whole shard, then its done flags: a crash leaves the shard pending.
 Zarr's LocalStore writes every object to a temporary file and renames it (zarr >= 3.1), so a
 reader never sees a torn shard; object stores (S3) replace objects atomically by themselves.
+This module holds the array I/O; damage diagnosis lives in `s2s2.store.damage`, the generator
+binding in `s2s2.store.binding`, single-image reads in `s2s2.store.fast_read`.
 """
 
 from __future__ import annotations
 
-import functools
-import json
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from importlib.metadata import version as _package_version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,9 +26,11 @@ from pydantic import ValidationError
 from tqdm import tqdm
 
 from s2s2.pipeline.errors import StoreError
-from s2s2.store.claims import Binding, Claim, ClaimBook, new_writer_id
+from s2s2.store.binding import GeneratorBinding
+from s2s2.store.claims import ClaimBook
+from s2s2.store.damage import damaged_metadata, names_damage, repair_advice
 from s2s2.store.fast_read import ShardReader
-from s2s2.store.layout import compressors, num_shards, shard_rows, to_store_dtype
+from s2s2.store.layout import compressors, is_local, num_shards, shard_rows, to_store_dtype
 from s2s2.store.manifest import (
     MANIFEST_KEY,
     SCHEMA_VERSION,
@@ -37,8 +38,6 @@ from s2s2.store.manifest import (
     GeneratorIdentity,
     Manifest,
     StackGenerator,
-    StoreDtype,
-    changed_sources,
     utc_now,
 )
 
@@ -55,31 +54,9 @@ def _store_like(path: Any) -> Any:
     return str(path) if isinstance(path, Path) else path
 
 
-def _is_local(path: Any) -> bool:
-    return isinstance(path, (str, Path)) and "://" not in str(path)
-
-
-def _unreadable_metadata_file(path: Any) -> str:
-    """The first zarr.json of a local store that is not valid JSON (a generic name elsewhere)."""
-    if _is_local(path):
-        for candidate in [Path(path) / "zarr.json", *(Path(path) / array / "zarr.json" for array in ARRAYS)]:
-            try:
-                json.loads(candidate.read_bytes())
-            except (OSError, ValueError):
-                return str(candidate)
-    return f"{path}/.../zarr.json"
-
-
-def _damaged_metadata(path: Any, err: Exception) -> StoreError:
-    return StoreError(f"{_unreadable_metadata_file(path)}: the stack store's metadata cannot be read "
-                      f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}): it is truncated or "
-                      "corrupt; fix: re-create the store with `s2s2 stack init --overwrite` (same config), then "
-                      "`s2s2 generate`")
-
-
 def _open_group(path: Any, mode: str, storage_options: dict[str, Any] | None) -> zarr.Group:
     """Open the store's group; a plain file in the way or unreadable metadata is a StoreError."""
-    if _is_local(path) and Path(path).exists() and not Path(path).is_dir():
+    if is_local(path) and Path(path).exists() and not Path(path).is_dir():
         raise StoreError(f"{path} is a file, not a stack store (a Zarr folder); fix: choose another path "
                          "(store.path or the PATH argument) or move the file away")
     options = storage_options if storage_options and isinstance(path, str) and "://" in path else None
@@ -90,7 +67,7 @@ def _open_group(path: Any, mode: str, storage_options: dict[str, Any] | None) ->
     except zarr.errors.GroupNotFoundError:  # no store there (callers decide what that means)
         raise
     except (ValueError, TypeError, KeyError) as err:  # JSONDecodeError is a ValueError
-        raise _damaged_metadata(path, err) from None
+        raise damaged_metadata(path, err) from None
 
 
 def _read_manifest(group: zarr.Group, path: Any) -> Manifest:
@@ -108,47 +85,11 @@ def _read_manifest(group: zarr.Group, path: Any) -> Manifest:
         raise StoreError(f"{path}: manifest does not validate: {err}") from err
 
 
-# What zarr raises for a shard file that does not decode: its crc32c index checksum (ValueError),
-# zstd's content checksum or a garbled frame (RuntimeError).
-DECODE_ERRORS = (ValueError, RuntimeError)
-ARRAYS = ("originals", "masks", "stack", "done")
+class StackStore(GeneratorBinding):
+    """Handle on one stack store; create with `StackStore.create`, open with `StackStore.open`.
 
-
-def repair_advice(path: Any, damaged: list[tuple[str, int]], shard_file: Callable[[str, int], str]) -> str:
-    """How to repair the damaged (array, shard) files: originals and masks come from the dataset
-    (only re-creating the store restores them); stack images and ledger flags are regenerated once
-    their files are gone, because a shard without done flags is pending."""
-    if any(array in ("originals", "masks") for array, _ in damaged):
-        return ("the originals and masks come from the dataset and `s2s2 generate` cannot restore them: re-create "
-                "the store with `s2s2 stack init --overwrite` (same config), then run `s2s2 generate`")
-    shards = sorted({shard for _, shard in damaged})
-    files = [shard_file(array, shard) for shard in shards for array in ("stack", "done")]
-    return (f"delete {', '.join(files)} (the shard(s) become pending), then run `s2s2 generate` to regenerate "
-            f"them; `s2s2 stack inspect {path} --verify` lists every damaged shard")
-
-
-def _names_damage(arrays: tuple[str, ...], samples: Callable[..., Any]) -> Callable:
-    """Decorate a read: a shard file that fails to decode becomes a StoreError naming the store, the
-    file and the fix (`samples(self, *args)` are the samples the read touched)."""
-
-    def decorate(read: Callable) -> Callable:
-        @functools.wraps(read)
-        def checked(self: StackStore, *args: Any, **kwargs: Any) -> Any:
-            try:
-                return read(self, *args, **kwargs)
-            except DECODE_ERRORS:
-                damaged = self.damaged_shards(samples(self, *args, **kwargs), arrays)
-                if not damaged:
-                    raise
-                raise self.damage_error(damaged) from None
-
-        return checked
-
-    return decorate
-
-
-class StackStore:
-    """Handle on one stack store; create with `StackStore.create`, open with `StackStore.open`."""
+    Array I/O lives here; the generator binding (`check_generator`, `done_for`, `bind_for_write`, ...)
+    comes from `GeneratorBinding` (s2s2.store.binding)."""
 
     def __init__(self, group: zarr.Group, manifest: Manifest, path: Any, writable: bool,
                  storage_options: dict[str, Any] | None = None, reads_done_shards_only: bool = False):
@@ -163,7 +104,7 @@ class StackStore:
             self._originals = group["originals"]
             self._masks = group["masks"]
         except (ValueError, TypeError) as err:
-            raise _damaged_metadata(path, err) from None
+            raise damaged_metadata(path, err) from None
         except KeyError as err:
             raise StoreError(f"{path}: array {err} is missing from the store; fix: re-create the store with "
                              "`s2s2 stack init --overwrite` (same config), then `s2s2 generate`") from None
@@ -322,7 +263,7 @@ class StackStore:
         """Index of each store sample in the PreparedDataset it was made from."""
         return np.asarray(self._group["source_index"][:])
 
-    # --- damaged shard files ----------------------------------------------------------------------
+    # --- shard files ----------------------------------------------------------------------
 
     def shard_file(self, array: str, shard: int) -> str:
         """Where one shard of `array` lives (a file, or an object key under a URL)."""
@@ -335,32 +276,12 @@ class StackStore:
         rows = self.shard_samples(shard)
         return np.asarray(self._group[array][rows.start:rows.stop])
 
-    def damaged_shards(self, samples: Any, arrays: tuple[str, ...] = ARRAYS) -> list[tuple[str, int, Exception]]:
-        """(array, shard, error) of every shard file holding `samples` that fails to decode."""
-        size = self._manifest.shard_size
-        found = []
-        for shard in sorted({int(i) // size for i in np.atleast_1d(np.asarray(samples, dtype=np.int64))}):
-            for array in arrays:
-                try:
-                    self.decode_shard(array, shard)
-                except DECODE_ERRORS as err:
-                    found.append((array, shard, err))
-        return found
-
-    def damage_error(self, damaged: list[tuple[str, int, Exception]]) -> StoreError:
-        """One message naming every damaged file and how to repair it."""
-        lines = [f"{self.path}: damaged shard file(s) that cannot be decoded:"]
-        lines += [f"  {self.shard_file(array, shard)} ({array} of shard {shard}): {type(err).__name__}: "
-                  f"{str(err)[:120]}" for array, shard, err in damaged]
-        lines.append("fix: " + repair_advice(self.path, [(a, s) for a, s, _ in damaged], self.shard_file))
-        return StoreError("\n".join(lines))
-
-    @_names_damage(("done",), lambda self: range(self.n_samples))
+    @names_damage(("done",), lambda self: range(self.n_samples))
     def done_ledger(self) -> np.ndarray:
         """bool [N, K]: which stack images are written."""
         return np.asarray(self._done[:], dtype=bool)
 
-    @_names_damage(("done",), lambda self, rows: rows)
+    @names_damage(("done",), lambda self, rows: rows)
     def shard_ledger(self, rows: range) -> np.ndarray:
         """bool [len(rows), K]: the done flags of some samples (a shard's rows: one ledger chunk)."""
         return np.asarray(self._done[rows.start:rows.stop], dtype=bool)
@@ -376,11 +297,11 @@ class StackStore:
 
     # --- reading ---------------------------------------------------------------------------------
 
-    @_names_damage(("masks",), lambda self, indices: indices)
+    @names_damage(("masks",), lambda self, indices: indices)
     def read_masks(self, indices: Any) -> np.ndarray:
         return np.asarray(self._masks.oindex[np.asarray(indices, dtype=np.int64)])
 
-    @_names_damage(("originals",), lambda self, indices: indices)
+    @names_damage(("originals",), lambda self, indices: indices)
     def read_originals(self, indices: Any) -> np.ndarray:
         return np.asarray(self._originals.oindex[np.asarray(indices, dtype=np.int64)])
 
@@ -425,7 +346,7 @@ class StackStore:
         """(original, stack image k, mask) of one sample: three ranged reads, requested together."""
         return self.read_pairs([index], [k])[0]
 
-    @_names_damage(("stack",), lambda self, shard: self.shard_samples(shard))
+    @names_damage(("stack",), lambda self, shard: self.shard_samples(shard))
     def read_shard_stack(self, shard: int) -> np.ndarray:
         """All stack images of one shard [S,K,C,H,W] (decodes the whole shard file)."""
         rows = self.shard_samples(shard)
@@ -455,6 +376,14 @@ class StackStore:
         """Flag a shard's images as written (its own ledger chunk: no other writer touches it)."""
         self._done[rows.start:rows.stop] = True
 
+    def _unmark_done(self, rows: range) -> None:
+        """Flag a shard's images as not written (the shard becomes pending)."""
+        self._done[rows.start:rows.stop] = False
+
+    def _write_ledger(self, done: np.ndarray) -> None:
+        """Replace the whole done ledger [N,K]."""
+        self._done[:] = done
+
     def _write_manifest(self, manifest: Manifest) -> None:
         self._group.attrs[MANIFEST_KEY] = manifest.model_dump(mode="json")
         self._manifest = manifest
@@ -465,170 +394,3 @@ class StackStore:
         manifest = fresh.model_copy(update={**changes, "updated": utc_now()})
         self._write_manifest(manifest)
         return manifest
-
-    # --- generator binding and shard claims (see s2s2.store.claims) ------------------------------
-
-    @property
-    def claims(self) -> ClaimBook:
-        """The claim, binding and writer records of this store."""
-        if not isinstance(self.path, (str, Path)):
-            raise StoreError(f"{self.path!r}: shard claims need a store path or URL, not a Store object")
-        return ClaimBook(self.path, self.storage_options)
-
-    def current_binding(self) -> Binding | None:
-        """The generator binding in force. A store bound before claim records existed reports its
-        manifest's generator as binding number -1."""
-        binding = self.claims.binding()
-        if binding is None and self._manifest.generator is not None:
-            return Binding(seq=-1, identity=self._manifest.generator.model_dump(mode="json"), ready=True, created=0.0)
-        return binding
-
-    def _changes(self, binding: Binding, generator: StackGenerator) -> tuple[list[str], list[int]]:
-        """What differs from the generator in force: one line per changed source, and its ks."""
-        return changed_sources(StackGenerator.model_validate(binding.identity), generator)
-
-    def _other_generator(self, binding: Binding, generator: StackGenerator) -> str:
-        return (f"{self.path}: the store was filled by another generator ("
-                + "; ".join(self._changes(binding, generator)[0]) + ")")
-
-    def check_generator(self, generator: StackGenerator, writer: str, overwrite: bool = False,
-                        force: bool = False) -> int | None:
-        """Before a `generate` run: may `generator` fill this store? Returns the number of the binding
-        that the run will replace (with `overwrite`, at its first shard write), or None.
-
-        Refuses another generator unless `overwrite` (which regenerates the images of the changed
-        sources only), and `overwrite` while another run is writing (a running writer or a live shard
-        claim) unless `force`."""
-        if generator.k != self.k:
-            raise StoreError(f"{self.path}: the generator's sources fill K={generator.k} images per sample, "
-                             f"the store holds K={self.k}; fix: set store.k to {generator.k} or use another store")
-        binding = self.current_binding()
-        if binding is None or binding.identity == generator.model_dump(mode="json"):
-            return None
-        if not overwrite:
-            raise StoreError(self._other_generator(binding, generator) + "; its images would mix with this "
-                             "generator's; fix: pass --overwrite to regenerate those images")
-        book = self.claims
-        others = book.running_writers(except_writer=writer)
-        held = book.live_claims(list(range(self.num_shards)), except_writer=writer)
-        if (others or held) and not force:
-            who = sorted({f"{w.host} pid {w.pid}" for w in others} | {c.worker.replace(":", " pid ") for c in held.values()})
-            raise StoreError(f"{self.path}: another `s2s2 generate` is writing this store ({', '.join(who)}; "
-                             f"{len(held)} shard(s) claimed); --overwrite now would mix two generators; fix: wait "
-                             "for it to finish (or stop it and wait for its claims to expire), then rerun with "
-                             "--overwrite; or add --force to take over (the other run stops at its next shard)")
-        return binding.seq
-
-    def refuse_other_generator(self, generator: StackGenerator, replaces: int | None) -> None:
-        """Raise if the store is bound to another generator than `generator` and the binding in force
-        is not the one this run was allowed to replace (a writer checks before generating)."""
-        binding = self.current_binding()
-        if binding is not None and binding.identity != generator.model_dump(mode="json") and binding.seq != replaces:
-            raise StoreError(self._other_generator(binding, generator) + " since this run started (another "
-                             "`generate --overwrite` took it over); this run stops, its unfinished shards stay "
-                             "pending; fix: rerun with the generator you want to keep (with --overwrite if it changed)")
-
-    def stale_ks(self, generator: StackGenerator) -> list[int]:
-        """The ks whose done flags do not record `generator`'s images: every k of an unbound store,
-        the changed sources' ks while another generator is bound or a rebinding is unfinished."""
-        binding = self.current_binding()
-        if binding is None:
-            return list(range(self.k))
-        if binding.identity != generator.model_dump(mode="json"):
-            return self._changes(binding, generator)[1]
-        return [] if binding.ready else list(binding.clear_ks)
-
-    def done_for(self, generator: StackGenerator, rows: range | None = None) -> np.ndarray:
-        """The done ledger [N,K] (or its `rows`) as `generator` sees it: stale flags count as not done."""
-        done = self.done_ledger() if rows is None else self.shard_ledger(rows)
-        done[:, self.stale_ks(generator)] = False
-        return done
-
-    def pending_for(self, generator: StackGenerator) -> list[int]:
-        """Shards in which `generator` still has images to make."""
-        done = self.done_for(generator)
-        return [shard for shard in range(self.num_shards)
-                if not done[self.shard_samples(shard).start:self.shard_samples(shard).stop].all()]
-
-    def bind_for_write(self, generator: StackGenerator, replaces: int | None, stale_seconds: float) -> None:
-        """Make sure the store is bound to `generator` before a shard is written: bind an unbound
-        store, rebind (clearing the done flags of the changed sources) when `replaces` is the binding
-        in force, wait for a peer's rebinding to `generator` to finish; raise if another generator is
-        bound.
-
-        Binding happens here, at the first shard write, so a run whose generator fails to load or
-        sample never binds the store. `stale_seconds`: a rebinding left unfinished this long (its
-        writer died) is finished by this writer."""
-        self._require_writable()
-        wanted = generator.model_dump(mode="json")
-        book = self.claims
-        while True:
-            binding = self.current_binding()
-            if binding is None:
-                if book.create_binding(0, wanted, ready=True) is not None:
-                    self._update_manifest(generator=generator, status="generating")
-                    return
-            elif binding.identity == wanted:
-                if binding.ready:
-                    return
-                if time.time() - binding.created > stale_seconds:
-                    self._finish_rebinding(binding, generator)
-                    return
-                time.sleep(0.05)
-            elif binding.seq == replaces:
-                created = book.create_binding(binding.seq + 1, wanted, ready=False,
-                                              clear_ks=self._changes(binding, generator)[1])
-                if created is not None:
-                    self._finish_rebinding(created, generator)
-                    return
-            else:
-                self.refuse_other_generator(generator, replaces)
-
-    def _finish_rebinding(self, binding: Binding, generator: StackGenerator) -> None:
-        """Clear the done flags of the changed sources' ks (their images are made again), then
-        declare the binding ready."""
-        done = self.done_ledger()
-        done[:, list(binding.clear_ks)] = False
-        self._done[:] = done
-        self.claims.mark_ready(binding)
-        self._update_manifest(generator=generator, status="generating")
-
-    def bind_generator(self, generator: StackGenerator, overwrite: bool = False) -> None:
-        """Bind `generator` now, for a single process that writes shards itself (`generate` binds
-        at its first shard write instead); same checks and records as a `generate` run."""
-        writer = new_writer_id()
-        self.bind_for_write(generator, self.check_generator(generator, writer, overwrite=overwrite), stale_seconds=0)
-
-    def bound_to(self, generator: StackGenerator) -> bool:
-        """True when `generator` is the one in force (and its rebinding, if any, is finished)."""
-        binding = self.current_binding()
-        return binding is not None and binding.ready and binding.identity == generator.model_dump(mode="json")
-
-    def write_claimed_shard(self, claim: Claim, generator: StackGenerator, replaces: int | None,
-                            stack_images: np.ndarray, stale_seconds: float) -> bool:
-        """Write a shard made under `claim` for `generator`; False (nothing written) if another
-        writer has taken the shard over.
-
-        Order: bind, check the claim, write the images, mark them done, then check the binding
-        again: a rebinding by a forced `--overwrite` that slipped in between clears the flags this
-        writer just set (the shard stays pending), so images of two generators never count as done."""
-        self.bind_for_write(generator, replaces, stale_seconds)
-        if not self.claims.holds(claim):
-            return False
-        self.write_shard(claim.shard, stack_images)
-        if not self.bound_to(generator):
-            rows = self.shard_samples(claim.shard)
-            self._done[rows.start:rows.stop] = False
-            self.refuse_other_generator(generator, None)
-        return True
-
-    def refresh_status(self) -> str:
-        """Recompute the status from the ledger, the generator from the binding, and record both."""
-        self._require_writable()
-        binding = self.current_binding()
-        generator = StackGenerator.model_validate(binding.identity) if binding is not None else None
-        if self.complete_fraction() == 1.0:
-            status = "complete"
-        else:
-            status = "generating" if generator is not None else "initialised"
-        return self._update_manifest(generator=generator, status=status).status

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from s2s2.pipeline.config.data import DataConfig
+from s2s2.pipeline.config.data import AcdcData
 from s2s2.pipeline.data.pairing import require_folder
 from s2s2.pipeline.data.raw import RawDataset, RawSlice
 from s2s2.pipeline.data.readers import check_pair_shapes, labels_from_values, read_h5, unit_intensities
@@ -42,14 +42,14 @@ def _name_parts(path: Path) -> tuple[str, int, int]:
     return volume, int(match["patient"]), int(match["index"] or 0)
 
 
-def _slice(image: np.ndarray, label: np.ndarray, path: Path, cfg: DataConfig, class_names: tuple[str, ...],
+def _slice(image: np.ndarray, label: np.ndarray, path: Path, cfg: AcdcData, class_names: tuple[str, ...],
            name: str, volume: str, index: int, split: str) -> RawSlice:
     return RawSlice(id=name, image=unit_intensities(image, path, cfg.intensity_window)[None],
                     mask=labels_from_values(label, class_names, path, cfg.binary_threshold), spacing=(1.0, 1.0),
                     case=volume, position=index, thickness=1.0, split=split)  # no spacing: voxel units
 
 
-def load_acdc(cfg: DataConfig) -> RawDataset:
+def load_acdc(cfg: AcdcData) -> RawDataset:
     """Training slices from the slice folder, validation and test slices cut from the volume folder."""
     root = require_folder(Path(cfg.root), "ACDC folder",
                           f"set data.root to the folder holding {VOLUMES}/ (and {SLICES}/), as SSL4MIS prepares it")

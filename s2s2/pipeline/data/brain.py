@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from s2s2.pipeline.config.data import DataConfig
+from s2s2.pipeline.config.data import BrainTemplate
 from s2s2.pipeline.data.geometry import crop_square, robust_scale, slice_spacing, square_box, volume_slice
 from s2s2.pipeline.data.raw import RawSlice
 from s2s2.pipeline.data.world import Grid, RigidPerturbation, draw_perturbation, resample
@@ -74,7 +74,7 @@ def slice_reference(name: str, labels: np.ndarray, grid: Grid, axis: int, min_fr
                           center_mm=tuple(float(v) for v in center), extent_mm=tuple(float(v) for v in extent))
 
 
-def template_perturbation(cfg: DataConfig, key: str, reference: SliceReference) -> RigidPerturbation | None:
+def template_perturbation(cfg: BrainTemplate, key: str, reference: SliceReference) -> RigidPerturbation | None:
     """The fixed rigid perturbation of template `key` (None when off): turns about the reference brain's
     centre, shifts by up to a fraction of its extent."""
     if not cfg.perturbed():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from s2s2.pipeline.config.data import DataConfig
+from s2s2.pipeline.config.data import FolderData
 from s2s2.pipeline.data.pairing import case_of, match_by_key, require_folder
 from s2s2.pipeline.data.raw import RawDataset, RawSlice
 from s2s2.pipeline.data.readers import (IMAGE_SUFFIXES, check_pair_shapes, file_stem, labels_from_values,
@@ -27,7 +27,7 @@ def picture_files(folder: Path) -> dict[str, Path]:
     return found
 
 
-def load_folder(cfg: DataConfig) -> RawDataset:
+def load_folder(cfg: FolderData) -> RawDataset:
     """Read every image/mask pair; binary masks are thresholded, multi-class masks hold class ids.
 
     With `split_rule: fcbformer` every slice carries FCBFormer's split of the images sorted by file name.

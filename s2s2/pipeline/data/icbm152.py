@@ -11,7 +11,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from s2s2.pipeline.config.data import DataConfig
+from s2s2.pipeline.config.data import BrainTemplate, Icbm152Data
 from s2s2.pipeline.data.brain import (SliceReference, brain_slices, icbm_csf, place_volumes, slice_reference,
                                       template_perturbation, tissue_labels)
 from s2s2.pipeline.data.raw import RawDataset
@@ -57,13 +57,13 @@ def icbm152_labels(volumes: dict[str, np.ndarray]) -> np.ndarray:
     return tissue_labels(inside, icbm_csf(inside, volumes["grey"], volumes["white"]), volumes["grey"], volumes["white"])
 
 
-def icbm152_reference(cfg: DataConfig) -> SliceReference:
+def icbm152_reference(cfg: BrainTemplate) -> SliceReference:
     """The training grid of the embedded default: the template's 1 mm grid, `cfg.axis`, its brain box."""
     volumes, grid = icbm152_volumes()
     return slice_reference("icbm152", icbm152_labels(volumes), grid, cfg.axis, cfg.min_foreground_fraction)
 
 
-def load_icbm152(cfg: DataConfig) -> RawDataset:
+def load_icbm152(cfg: Icbm152Data) -> RawDataset:
     """Label the 1 mm template's voxels (background, CSF/other, GM, WM) and cut slices along `cfg.axis`
     (moved first by its rigid perturbation if `data.perturb` asks for one)."""
     volumes, grid = icbm152_volumes()

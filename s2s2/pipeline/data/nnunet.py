@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from s2s2.pipeline.config.data import DataConfig
+from s2s2.pipeline.config.data import NnunetData
 from s2s2.pipeline.data.geometry import robust_scale, slice_spacing, volume_slice
 from s2s2.pipeline.data.pairing import match_by_key, require_folder
 from s2s2.pipeline.data.raw import RawDataset, RawSlice
@@ -91,7 +91,7 @@ def _case_files(folder: Path, ending: str) -> dict[str, list[Path]]:
 
 
 def _picture_case(case: str, image_paths: list[Path], label_path: Path, class_names: tuple[str, ...],
-                  cfg: DataConfig) -> list[RawSlice]:
+                  cfg: NnunetData) -> list[RawSlice]:
     """One 2-D case: its channel pictures stacked into [C,H,W], its label picture as class ids."""
     pictures = [read_picture(path) for path in image_paths]
     label = read_picture(label_path, is_mask=True)
@@ -105,7 +105,7 @@ def _picture_case(case: str, image_paths: list[Path], label_path: Path, class_na
     return [RawSlice(id=case, image=image, mask=mask, spacing=(1.0, 1.0), case=case)]
 
 
-def volume_perturbation(cfg: DataConfig, case: str, grid: Grid) -> RigidPerturbation | None:
+def volume_perturbation(cfg: NnunetData, case: str, grid: Grid) -> RigidPerturbation | None:
     """The fixed rigid perturbation of one case (None when `data.perturb` is off): turns about the
     volume's centre, shifts by up to a fraction of its extent."""
     if not cfg.perturbed():
@@ -117,7 +117,7 @@ def volume_perturbation(cfg: DataConfig, case: str, grid: Grid) -> RigidPerturba
 
 
 def _volume_case(case: str, image_paths: list[Path], label_path: Path, class_names: tuple[str, ...],
-                 cfg: DataConfig) -> tuple[list[RawSlice], RigidPerturbation | None]:
+                 cfg: NnunetData) -> tuple[list[RawSlice], RigidPerturbation | None]:
     """One 3-D case: volumes scaled per channel (data.intensity_window, else 0.5-99.5 %), moved by the case's
     rigid perturbation if `data.perturb` asks for one, cut along `cfg.axis`, nearly empty slices skipped."""
     volumes = [(path, *read_nifti_volume(path)) for path in image_paths]
@@ -153,7 +153,7 @@ def _volume_case(case: str, image_paths: list[Path], label_path: Path, class_nam
     return slices, perturbation
 
 
-def load_nnunet(cfg: DataConfig) -> RawDataset:
+def load_nnunet(cfg: NnunetData) -> RawDataset:
     """Read every training case of an nnU-Net raw dataset as 2-D slices."""
     root = require_folder(Path(cfg.root), "nnU-Net dataset folder",
                           "set data.root to a folder holding dataset.json, imagesTr/ and labelsTr/")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from s2s2.pipeline.config.data import DataConfig
+from s2s2.pipeline.config.data import NpzData
 from s2s2.pipeline.data.geometry import robust_scale
 from s2s2.pipeline.data.pairing import case_of, require_folder
 from s2s2.pipeline.data.raw import RawDataset, RawSlice
@@ -33,7 +33,7 @@ def npz_image(image: np.ndarray, path: Path, window: tuple[float, float] | None 
     return image
 
 
-def load_npz(cfg: DataConfig) -> RawDataset:
+def load_npz(cfg: NpzData) -> RawDataset:
     """Read every `*.npz` in `cfg.root`; slices named `<case>_slice<N>` are grouped by case for the split."""
     root = require_folder(Path(cfg.root), "npz dataset folder", "set data.root to a folder of .npz slice files")
     class_names = cfg.default_class_names()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -18,69 +19,36 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from s2s2.pipeline.config.data import DataConfig
+from s2s2.pipeline.config.data import DataConfig, SeededSplit, VolumeSource
+from s2s2.pipeline.data.adapters import ADAPTERS
 from s2s2.pipeline.data.geometry import crop_square, pad_box, resize_image, resize_mask
 from s2s2.pipeline.data.prepared import SPLITS, PreparedDataset
 from s2s2.pipeline.data.raw import RawDataset, RawSlice
 from s2s2.pipeline.data.split import assign_splits
 from s2s2.pipeline.errors import DataError
 
+log = logging.getLogger(__name__)
 PREPARED_FORMAT = 2  # bump when the preparation code changes what it writes
 LUMINANCE = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 
-def _file_listing(root: Path) -> list[tuple[str, int, int]]:
-    """(relative path, size, mtime_ns) of every file under `root`: changes when any file does."""
-    if not root.is_dir():
-        return []
-    return sorted((str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns)
-                  for p in root.rglob("*") if p.is_file())
-
-
 def source_signature(cfg: DataConfig) -> dict[str, object]:
     """What identifies the input files of `cfg` without reading them."""
-    if cfg.adapter == "icbm152":
-        from s2s2.pipeline.data.icbm152 import icbm152_source
-
-        return icbm152_source()
-    if cfg.adapter == "spm152":
-        from s2s2.pipeline.data.icbm152 import icbm152_source
-        from s2s2.pipeline.data.spm152 import SPM_WHEEL_SHA256
-
-        reference = icbm152_source() if cfg.resolved_grid() == "icbm152" else {}
-        return {"sha256": SPM_WHEEL_SHA256, "reference": reference}
-    root = Path(cfg.root).resolve()
-    return {"root": str(root), "files": _file_listing(root)}
+    return ADAPTERS[cfg.adapter].source(cfg)
 
 
 def prepared_folder(cfg: DataConfig) -> Path:
     """The cache folder of `cfg`: `cache_dir/prepared/<adapter>-<16 hex of the config+source hash>`."""
     key = {"format": PREPARED_FORMAT,
-           "config": cfg.model_dump(mode="json", exclude={"cache_dir", "root", "eval_split"}),
+           "config": {k: v for k, v in cfg.cache_key_fields().items() if k not in ("cache_dir", "root", "eval_split")},
            "source": source_signature(cfg)}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     return Path(cfg.cache_dir) / "prepared" / f"{cfg.adapter}-{digest}"
 
 
 def load_raw(cfg: DataConfig) -> RawDataset:
-    """Run the adapter named by `cfg.adapter` (imported here: each pulls its own dependencies)."""
-    if cfg.adapter == "icbm152":
-        from s2s2.pipeline.data.icbm152 import load_icbm152 as loader
-    elif cfg.adapter == "spm152":
-        from s2s2.pipeline.data.spm152 import load_spm152 as loader
-    elif cfg.adapter == "folder":
-        from s2s2.pipeline.data.folder import load_folder as loader
-    elif cfg.adapter == "nnunet":
-        from s2s2.pipeline.data.nnunet import load_nnunet as loader
-    elif cfg.adapter == "synapse":
-        from s2s2.pipeline.data.synapse import load_synapse as loader
-    elif cfg.adapter == "acdc":
-        from s2s2.pipeline.data.acdc import load_acdc as loader
-    elif cfg.adapter == "slaug":
-        from s2s2.pipeline.data.slaug import load_slaug as loader
-    else:
-        from s2s2.pipeline.data.npz import load_npz as loader
-    return loader(cfg)
+    """Run the adapter named by `cfg.adapter`."""
+    return ADAPTERS[cfg.adapter].load(cfg)
 
 
 def _channels(image: np.ndarray, channels: int) -> np.ndarray:
@@ -106,11 +74,13 @@ def resize_slice(item: RawSlice, cfg: DataConfig, channels: int, num_classes: in
 
 def build_prepared(raw: RawDataset, cfg: DataConfig) -> PreparedDataset:
     """Resize every slice to `cfg.size`, split deterministically, drop gap slices, stack into arrays."""
-    where = cfg.root if cfg.root is not None else raw.name
+    where = getattr(cfg, "root", None) or raw.name
     if not raw.slices:
-        raise DataError(f"dataset {raw.name} is empty: no images found (or no slice has more than "
-                        f"{cfg.min_foreground_fraction:.0%} foreground)", where,
-                        "check data.root and the file names, or lower data.min_foreground_fraction")
+        if isinstance(cfg, VolumeSource):
+            raise DataError(f"dataset {raw.name} is empty: no images found (or no slice has more than "
+                            f"{cfg.min_foreground_fraction:.0%} foreground)", where,
+                            "check data.root and the file names, or lower data.min_foreground_fraction")
+        raise DataError(f"dataset {raw.name} is empty: no images found", where, "check data.root and the file names")
     ids = [item.id for item in raw.slices]
     if len(set(ids)) != len(ids):
         duplicates = sorted({i for i in ids if ids.count(i) > 1})[:5]
@@ -120,9 +90,12 @@ def build_prepared(raw: RawDataset, cfg: DataConfig) -> PreparedDataset:
         labels: list[str | None] = [raw.fixed_split] * len(raw.slices)
     elif any(item.split for item in raw.slices):  # the adapter knows the dataset's official split
         labels = [item.split for item in raw.slices]
-    else:
+    elif isinstance(cfg, SeededSplit):
         labels = assign_splits([s.case for s in raw.slices], [s.position for s in raw.slices],
                                cfg.val_fraction, cfg.test_fraction, cfg.slab_slices, cfg.slab_gap, cfg.seed)
+    else:
+        raise DataError(f"adapter {cfg.adapter!r} gave no split for {raw.name}", where,
+                        "every slice of this adapter should carry its official split; report this")
     kept = [(item, label) for item, label in zip(raw.slices, labels) if label is not None]
     channels = cfg.channels or (3 if any(item.image.shape[0] == 3 for item, _ in kept) else 1)
     images, masks, spacings = [], [], []
@@ -216,4 +189,23 @@ def prepare_dataset(cfg: DataConfig) -> PreparedDataset:
             (tmp / "provenance.json").write_text(json.dumps(provenance, indent=1))
 
         publish_folder(folder, write)
-    return load_prepared(folder)
+    dataset = load_prepared(folder)
+    for message in empty_classes(dataset):
+        log.warning(message)
+    return dataset
+
+
+def empty_classes(dataset: PreparedDataset) -> list[str]:
+    """One warning per split (with samples) in which a declared class has no pixel: a class that masks
+    read with the wrong class list or threshold lose, or one a split cannot train or score."""
+    warnings = []
+    for split in SPLITS:
+        indices = dataset.indices(split) if split in dataset.splits else []
+        if not indices:
+            continue
+        counts = np.bincount(dataset.masks[indices].ravel(), minlength=dataset.num_classes)
+        missing = [name for name, count in zip(dataset.class_names, counts) if count == 0]
+        if missing:
+            warnings.append(f"dataset {dataset.name}: split {split} ({len(indices)} samples) has 0 pixels of "
+                            f"class(es) {missing}; check data.class_names and the mask values (data show)")
+    return warnings

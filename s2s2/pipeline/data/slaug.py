@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from s2s2.pipeline.config.data import DataConfig
+from s2s2.pipeline.config.data import SlaugData
 from s2s2.pipeline.data.geometry import min_max_scale
 from s2s2.pipeline.data.pairing import require_folder
 from s2s2.pipeline.data.raw import RawDataset, RawSlice
@@ -72,7 +72,7 @@ def read_volume(path: Path) -> tuple[np.ndarray, tuple[float, ...]]:
     return data, zooms
 
 
-def load_slaug(cfg: DataConfig) -> RawDataset:
+def load_slaug(cfg: SlaugData) -> RawDataset:
     """Every slice of every scan of `cfg.domain` with SLAug's split."""
     domain = str(cfg.domain)
     folder = domain_folder(Path(cfg.root), domain)

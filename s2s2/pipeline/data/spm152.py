@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from s2s2.pipeline.atomic import atomic_path
-from s2s2.pipeline.config.data import DataConfig
+from s2s2.pipeline.config.data import Spm152Data
 from s2s2.pipeline.data.brain import (brain_slices, place_volumes, slice_reference, template_perturbation,
                                       tissue_labels)
 from s2s2.pipeline.data.raw import RawDataset
@@ -104,7 +104,7 @@ def extract_spm_files(cache: Path) -> Path:
     return target
 
 
-def spm152_volumes(cfg: DataConfig) -> tuple[dict[str, np.ndarray], Grid]:
+def spm152_volumes(cfg: Spm152Data) -> tuple[dict[str, np.ndarray], Grid]:
     """The contrast `cfg.contrast` (as "image") and the tissue priors and brain mask, RAS, with their grid."""
     files = extract_spm_files(Path(cfg.cache_dir) / "spm152")
     volumes, affines = {}, {}
@@ -124,7 +124,7 @@ def spm152_labels(volumes: dict[str, np.ndarray]) -> np.ndarray:
     return tissue_labels(inside, volumes["csf"], volumes["grey"], volumes["white"])
 
 
-def load_spm152(cfg: DataConfig) -> RawDataset:
+def load_spm152(cfg: Spm152Data) -> RawDataset:
     """SPM's avg152 `cfg.contrast` with labels from its priors, moved by the fixed rigid perturbation of
     `data.perturb` (the same for every contrast) and resampled in world coordinates onto the reference
     grid (`data.grid`: the ICBM training template's, or SPM's own 2 mm grid); every slice is test data."""

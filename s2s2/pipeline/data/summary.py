@@ -63,12 +63,6 @@ def show_grid(dataset: PreparedDataset, split: str, n: int, out: Path, columns: 
 
 def data_notice(adapter: str) -> str | None:
     """The licence notice that must accompany a dataset built from third-party files, if any."""
-    if adapter == "icbm152":
-        from s2s2.pipeline.data.icbm152 import ICBM152_NOTICE
+    from s2s2.pipeline.data.adapters import ADAPTERS
 
-        return ICBM152_NOTICE
-    if adapter == "spm152":
-        from s2s2.pipeline.data.spm152 import SPM_NOTICE
-
-        return SPM_NOTICE
-    return None
+    return ADAPTERS[adapter].notice

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from s2s2.pipeline.config.data import DataConfig
+from s2s2.pipeline.config.data import SynapseData
 from s2s2.pipeline.data.pairing import require_folder
 from s2s2.pipeline.data.raw import RawDataset, RawSlice
 from s2s2.pipeline.data.readers import check_pair_shapes, labels_from_values, read_h5, read_npz, unit_intensities
@@ -47,7 +47,7 @@ def listed_names(root: Path, name: str, available: dict[str, Path], folder: Path
     return names
 
 
-def load_synapse(cfg: DataConfig) -> RawDataset:
+def load_synapse(cfg: SynapseData) -> RawDataset:
     """Training slices from train_npz/ and every slice of the test volumes in test_vol_h5/."""
     root = require_folder(Path(cfg.root), "Synapse folder",
                           "set data.root to the folder holding train_npz/ and test_vol_h5/ (TransUNet's release)")

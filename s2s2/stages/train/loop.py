@@ -19,73 +19,65 @@ Outputs in {run_dir}/train/{name}/: config.yaml (resolved), log.csv, progress.pn
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import math
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import yaml
 from accelerate import Accelerator
+from accelerate.tracking import GeneralTracker
 from tqdm import tqdm
 
 from s2s2.pipeline.atomic import atomic_path
-from s2s2.pipeline.config.base import dump_config
+from s2s2.pipeline.checkpoint import load_state, save_state
 from s2s2.pipeline.config.project import ProjectConfig
 from s2s2.pipeline.config.train import TrainConfig
 from s2s2.pipeline.data.prepared import PreparedDataset
 from s2s2.pipeline.distributed import any_process, processes_in_sync
 from s2s2.pipeline.errors import ConfigError, S2S2Error, StoreError
 from s2s2.pipeline.losses import LossParts, build_seg_loss, s2s2_loss, split_output, stack_terms_active
-from s2s2.pipeline.metrics import dice, nanmean
+from s2s2.pipeline.metrics import nanmean
 from s2s2.pipeline.seeding import seed_everything, set_torch_rng_state, torch_rng_state
-from s2s2.pipeline.segmenters import build_segmenter, load_weights, model_identity, predict, save_weights
+from s2s2.pipeline.segmenters import build_segmenter, load_weights, model_identity, save_weights
+from s2s2.stages.run_folder import run_folder, start_run_folder
 from s2s2.stages.train.augment import PairAugment, device_images
+from s2s2.stages.train.batchnorm import originals_only_running_stats
 from s2s2.stages.train.datasets import BaselineDataset, EpochBatchSampler, StackPairDataset, collate_visits
+from s2s2.stages.train.schedule import learning_rate_schedule
+from s2s2.stages.train.trackers import LOSS_NAMES, CSVTracker, log_columns, write_progress_png
+from s2s2.stages.train.stack_val import (
+    StackVal,
+    check_select_on,
+    load_stack_val,
+    selected_row,
+    selection_score,
+)
+from s2s2.stages.train.validation import eval_class_ids, validate, validate_stack
 
 logger = logging.getLogger(__name__)
 
-LOSS_NAMES = ("loss", "seg", "seg_gen", "enc", "dec")
-# Files of a run folder: a new run refuses to replace them unless asked (--overwrite).
-RUN_OUTPUTS = ("config.yaml", "model.safetensors", "last.safetensors", "state.pt", "log.csv", "progress.png",
-               "summary.json", "metrics.json", "predictions.png")
-# Fields that may change between a run and its --resume (they do not change the weights).
-RESUMABLE_CHANGES = {"train.steps", "train.max_seconds", "train.num_workers", "train.device", "train.val_every",
-                     "train.log_every", "train.checkpoint_every"}
+STATE_KEYS = ("step", "optimizer", "schedule", "rng", "best", "elapsed", "history")
+RESUME_FIX = ("fix: train again without --resume (the run restarts at step 0), or restore state.pt and "
+              "last.safetensors from a copy")
 
 
-def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Learning rate of `step` (0-based): linear warm-up, then poly, cosine or constant decay."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-    if cfg.schedule == "poly":
-        return cfg.lr * (1.0 - progress) ** cfg.poly_power
-    if cfg.schedule == "cosine":
-        return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
-    return cfg.lr
-
-
-def make_accelerator(cfg: TrainConfig) -> Accelerator:
+def make_accelerator(cfg: TrainConfig, trackers: list[GeneralTracker] | None = None) -> Accelerator:
     """This process's place in the job: started by `torchrun` or `accelerate launch` (NCCL on GPUs, gloo on
-    CPUs), or alone. `auto` picks this rank's GPU when there is one, else the CPU."""
+    CPUs), or alone. `auto` picks this rank's GPU when there is one, else the CPU. `trackers` receive
+    what `accelerator.log` logs (on the main process)."""
     use_gpu = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
     if use_gpu and not torch.cuda.is_available():
         raise ConfigError("train.device=cuda but no GPU is visible; set train.device=cpu or auto")
     try:
-        return Accelerator(cpu=not use_gpu, mixed_precision="no")
+        return Accelerator(cpu=not use_gpu, mixed_precision="no", log_with=trackers)
     except ValueError as err:  # accelerate's state is per process and was set up differently before
         raise S2S2Error(f"cannot set up training in this process: {err}; fix: run `s2s2 train` in its own "
                         "process (not after `s2s2 finetune` in the same Python session)") from None
-
-
-def run_folder(cfg: ProjectConfig) -> Path:
-    """Where a run's outputs go: {run_dir}/train/{train.name}."""
-    return Path(cfg.run_dir) / "train" / cfg.train.name
 
 
 def build_train_set(cfg: ProjectConfig, dataset: PreparedDataset) -> BaselineDataset:
@@ -112,105 +104,14 @@ def build_train_set(cfg: ProjectConfig, dataset: PreparedDataset) -> BaselineDat
     return pairs
 
 
-def eval_class_ids(class_names: tuple[str, ...], eval_classes: list[str] | None) -> dict[str, int]:
-    """{name: id} of the classes that validation and evaluation average over (None: every foreground class)."""
-    if eval_classes is None:
-        return {name: i for i, name in enumerate(class_names) if i > 0}
-    missing = [name for name in eval_classes if name not in class_names[1:]]
-    if missing:
-        raise ConfigError(f"evaluate.eval_classes names {missing}, which are not foreground classes of the data "
-                          f"{list(class_names[1:])}; fix: list classes of the data, or leave it unset for all")
-    return {name: class_names.index(name) for name in eval_classes}
-
-
-def validate(model: torch.nn.Module, dataset: PreparedDataset, device: torch.device, batch_size: int) -> dict[str, float]:
-    """Mean per-case Dice of every foreground class on the val split (never the test or train split)."""
-    indices = dataset.splits.get("val", [])
-    if not indices:
-        raise ConfigError(f"dataset {dataset.name} has no val split to validate on")
-    predictions = predict(model, dataset.images[indices], device, batch_size)
-    truth = dataset.masks[indices]
-    return {name: nanmean([dice(p == c, t == c) for p, t in zip(predictions, truth)])
-            for c, name in enumerate(dataset.class_names) if c > 0}
-
-
-def write_progress_png(history: list[dict[str, float]], class_names: list[str], path: Path) -> None:
-    """Losses (left) and validation Dice per class (right) against steps."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.5))
-    logged = [h for h in history if "loss" in h]
-    for name in LOSS_NAMES:
-        if logged and any(h[name] for h in logged):
-            left.plot([h["step"] for h in logged], [h[name] for h in logged], label=name)
-    left.set_xlabel("step"), left.set_title("training losses"), left.legend(fontsize=7)
-    validated = [h for h in history if "val_dice_mean" in h]
-    for name in class_names:
-        right.plot([h["step"] for h in validated], [h[f"val_{name}"] for h in validated], marker=".", label=name)
-    right.set_xlabel("step"), right.set_ylim(0, 1), right.set_title("validation Dice"), right.legend(fontsize=7)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=80)
-    plt.close(fig)
-
-
-def write_log_csv(history: list[dict[str, float]], class_names: list[str], path: Path) -> None:
-    """The whole history as CSV: one row per logged or validated step."""
-    columns = ["step", "epoch", "lr", *LOSS_NAMES, "seconds", "val_dice_mean", *(f"val_{n}" for n in class_names)]
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(history)
-
-
-def config_differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two config dicts."""
-    keys = sorted(set(old) | set(new))
-    out: list[str] = []
-    for key in keys:
-        a, b, dotted = old.get(key), new.get(key), f"{prefix}{key}"
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += config_differences(a, b, dotted + ".")
-        elif a != b:
-            out.append(dotted)
-    return out
-
-
-STATE_KEYS = ("step", "optimizer", "rng", "best", "elapsed", "history")
-
-
-def load_state(path: Path) -> dict[str, Any]:
-    """The resume state (optimizer, RNG, history) of state.pt, loaded without unpickling code
-    (`weights_only`: tensors and plain values only); a damaged or foreign file is a clear error."""
-    import pickle
-    import zipfile
-
-    fix = ("fix: train again without --resume (the run restarts at step 0), or restore state.pt and "
-           "last.safetensors from a copy")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, zipfile.BadZipFile) as err:
-        detail = str(err).strip().splitlines()[0][:200]
-        raise S2S2Error(f"cannot resume: {path} cannot be loaded safely ({type(err).__name__}: {detail}); it is "
-                        "truncated, corrupt or not written by s2s2 (only tensors and plain values are accepted, "
-                        f"nothing is unpickled); {fix}") from None
-    if not isinstance(state, dict) or any(key not in state for key in STATE_KEYS):
-        found = sorted(state) if isinstance(state, dict) else type(state).__name__
-        raise S2S2Error(f"cannot resume: {path} is not an s2s2 training state (needs {', '.join(STATE_KEYS)}; "
-                        f"found {found}); {fix}")
-    return state
-
-
 class Trainer:
-    """Holds the model, optimizer and history of one run; `step()` is one optimisation step.
+    """Holds the model, optimizer, schedule and history of one run; `step()` is one optimisation step.
 
     `accelerator` places the model and wraps it for distributed data parallelism (`self.ddp`);
     `self.model` is the bare module that checkpoints and validation use."""
 
-    def __init__(self, cfg: ProjectConfig, dataset: PreparedDataset, accelerator: Accelerator) -> None:
+    def __init__(self, cfg: ProjectConfig, dataset: PreparedDataset, accelerator: Accelerator,
+                 stack_val: StackVal | None = None) -> None:
         self.cfg, self.dataset, self.accelerator = cfg, dataset, accelerator
         self.device = accelerator.device
         self.folder = run_folder(cfg)
@@ -220,13 +121,17 @@ class Trainer:
         t = cfg.train
         optimizer = (torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay) if t.optimizer == "adamw"
                      else torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay))
+        self.schedule = learning_rate_schedule(optimizer, t)
         self.ddp, self.optimizer = accelerator.prepare(self.model, optimizer)
         self.seg_loss = build_seg_loss(t.loss)
         # Forward the stack images only when a term uses them (2B batch-norm statistics otherwise).
         self.forward_stack = t.stack and stack_terms_active(t.loss)
         # Model selection on the val split; without one, the last weights (never the training split).
         self.selects_on_val = bool(dataset.splits.get("val"))
+        # The stack images of the val masks (store.val_path), when there are any: the stack-val Dice.
+        self.stack_val = stack_val if self.selects_on_val else None
         self.step_index = 0
+        self.lr = t.lr  # the rate of the latest step
         self.best = -1.0
         self.elapsed = 0.0
         self.history: list[dict[str, float]] = []
@@ -236,11 +141,11 @@ class Trainer:
     def step(self, batch: dict[str, Any]) -> LossParts:
         original = device_images(batch, "original", self.device)  # float, photometrics applied here
         mask = batch["mask"].to(self.device, non_blocking=True).long()  # handed over in its stored dtype
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr_at(self.step_index, self.cfg.train)
         if self.forward_stack:
             stack_image = device_images(batch, "stack_image", self.device)
-            output_0, output_k = split_output(self.ddp(torch.cat([original, stack_image])), len(original))
+            with (nullcontext() if self.cfg.train.bn_stack_stats
+                  else originals_only_running_stats(self.model, len(original))):
+                output_0, output_k = split_output(self.ddp(torch.cat([original, stack_image])), len(original))
         else:
             output_0, output_k = self.ddp(original), None
         parts = s2s2_loss(self.cfg.train.loss, self.seg_loss, output_0, output_k, mask)
@@ -249,7 +154,9 @@ class Trainer:
         self.accelerator.backward(parts.total)
         if self.cfg.train.grad_clip:
             self.accelerator.clip_grad_norm_(self.ddp.parameters(), self.cfg.train.grad_clip)
+        self.lr = self.optimizer.param_groups[0]["lr"]
         self.optimizer.step()
+        self.schedule.step()
         self.step_index += 1
         return parts
 
@@ -264,67 +171,43 @@ class Trainer:
 
     # --- checkpoints ----------------------------------------------------------------------------
     def save_last(self) -> None:
-        """Weights, optimizer, RNG and history at this step: what --resume continues from."""
+        """Weights, optimizer, schedule, RNG and history at this step: what --resume continues from."""
         save_weights(self.model, self.folder / "last.safetensors", {**self.identity, "step": str(self.step_index)})
-        state = {"step": self.step_index, "optimizer": self.optimizer.state_dict(), "rng": torch_rng_state(),
-                 "best": self.best, "elapsed": self.elapsed, "history": self.history}
-        with atomic_path(self.folder / "state.pt") as tmp:
-            torch.save(state, tmp)
+        save_state({"step": self.step_index, "optimizer": self.optimizer.state_dict(),
+                    "schedule": self.schedule.state_dict(), "rng": torch_rng_state(), "best": self.best,
+                    "elapsed": self.elapsed, "history": self.history}, self.folder / "state.pt")
 
     def load_last(self) -> None:
         state_path = self.folder / "state.pt"
         if not state_path.is_file():
             raise S2S2Error(f"cannot resume: {state_path} does not exist; fix: train without --resume first")
-        state = load_state(state_path)
+        state = load_state(state_path, STATE_KEYS, "cannot resume", RESUME_FIX)
         load_weights(self.model, self.folder / "last.safetensors", {**self.identity, "step": str(state["step"])})
         self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
         set_torch_rng_state(state["rng"])
         self.step_index, self.best, self.elapsed = state["step"], state["best"], state["elapsed"]
         self.history = state["history"]
 
-    def validate_and_keep_best(self, epoch: int) -> dict[str, float]:
-        """Validation Dice; the best weights (mean over the evaluation classes) go to model.safetensors.
+    def validate_and_keep_best(self) -> dict[str, float]:
+        """Validation Dice (real val, and stack-val when there is a stack-val store); the best weights
+        (`train.select_on`, means over the evaluation classes) go to model.safetensors.
         Without a val split: no validation, the latest weights go to model.safetensors."""
         if not self.selects_on_val:
             save_weights(self.model, self.folder / "model.safetensors", self.identity)
             return {}
         scores = validate(self.model, self.dataset, self.device, self.cfg.evaluate.batch_size)
-        mean = nanmean([scores[n] for n in self.eval_ids])
-        row = {"step": self.step_index, "epoch": epoch, "val_dice_mean": mean, **{f"val_{n}": v for n, v in scores.items()}}
-        if self.history and self.history[-1]["step"] == self.step_index:
-            self.history[-1].update(row)  # one CSV row per step
-        else:
-            self.history.append(row)
-        if mean > self.best or not (self.folder / "model.safetensors").is_file():
-            self.best = max(mean, self.best) if not math.isnan(mean) else self.best
+        row = {"val_dice_mean": nanmean([scores[n] for n in self.eval_ids]), **{f"val_{n}": v for n, v in scores.items()}}
+        if self.stack_val is not None:
+            stack_scores = validate_stack(self.model, self.stack_val, self.dataset.class_names, self.device,
+                                          self.cfg.evaluate.batch_size)
+            row.update({"stack_val_dice_mean": nanmean([stack_scores[n] for n in self.eval_ids]),
+                        **{f"stack_val_{n}": v for n, v in stack_scores.items()}})
+        score = selection_score(self.cfg.train.select_on, row)
+        if score > self.best or not (self.folder / "model.safetensors").is_file():
+            self.best = max(score, self.best) if not math.isnan(score) else self.best
             save_weights(self.model, self.folder / "model.safetensors", self.identity)
         return row
-
-
-def _start_folder(cfg: ProjectConfig, resume: bool, overwrite: bool) -> None:
-    """Fresh run: refuse a folder with another run's outputs unless `overwrite` (then clear them).
-    Resume: refuse a config that would change the weights."""
-    folder = run_folder(cfg)
-    saved = folder / "config.yaml"
-    if resume and overwrite:
-        raise ConfigError("--resume continues a run and --overwrite replaces it: pass one of them")
-    if resume:
-        if not saved.is_file():
-            raise S2S2Error(f"cannot resume: {saved} does not exist; fix: train without --resume first")
-        changed = [k for k in config_differences(yaml.safe_load(saved.read_text()), cfg.model_dump(mode="json"))
-                   if k not in RESUMABLE_CHANGES and not k.startswith("evaluate.")]
-        if changed:
-            raise ConfigError(f"cannot resume {folder} with a different config: {', '.join(changed)} changed "
-                              f"(see {saved}); fix: use the same settings or another train.name")
-    else:
-        existing = [name for name in RUN_OUTPUTS if (folder / name).exists()]
-        if existing and not overwrite:
-            raise ConfigError(f"{folder} already holds a run ({', '.join(existing)}); fix: pass --overwrite to "
-                              "replace it, --resume to continue it, or choose another --name")
-        for name in existing:
-            (folder / name).unlink()
-    folder.mkdir(parents=True, exist_ok=True)
-    dump_config(cfg, saved)
 
 
 def run_train(cfg: ProjectConfig, resume: bool = False, stop_after: int | None = None,
@@ -337,7 +220,8 @@ def run_train(cfg: ProjectConfig, resume: bool = False, stop_after: int | None =
     `dataset` replaces `prepare_dataset(cfg.data)` (tests and notebooks that hold the data in memory).
     """
     t = cfg.train
-    accelerator = make_accelerator(t)
+    csv_log = CSVTracker(run_folder(cfg) / "log.csv")
+    accelerator = make_accelerator(t, [csv_log])
     world_size, rank, is_main = accelerator.num_processes, accelerator.process_index, accelerator.is_main_process
     if t.batch_size % world_size:
         raise ConfigError(f"train.batch_size={t.batch_size} must be divisible by the {world_size} processes")
@@ -347,19 +231,24 @@ def run_train(cfg: ProjectConfig, resume: bool = False, stop_after: int | None =
 
         dataset = prepare_dataset(cfg.data)
     train_set = build_train_set(cfg, dataset)
+    check_select_on(cfg, dataset)
+    stack_val = load_stack_val(cfg, dataset) if dataset.splits.get("val") else None
     steps_per_epoch = len(train_set) // t.batch_size
     if steps_per_epoch == 0:
         raise ConfigError(f"train.batch_size={t.batch_size} exceeds the {len(train_set)} training samples; lower it")
     if is_main:
-        _start_folder(cfg, resume, overwrite)
+        start_run_folder(cfg, resume, overwrite)
     accelerator.wait_for_everyone()
-    trainer = Trainer(cfg, dataset, accelerator)
+    trainer = Trainer(cfg, dataset, accelerator, stack_val)
     if not trainer.selects_on_val and is_main:
         logger.warning(f"train {t.name}: the data has no val split, so there is no model selection: "
                        "model.safetensors holds the last weights (summary.json: model_selection last)")
     if resume:
         trainer.load_last()
     class_names = list(dataset.class_names[1:])
+    accelerator.init_trackers(t.name)
+    if is_main:
+        csv_log.begin(log_columns(class_names), trainer.history)
     start_step = trainer.step_index
     last_step = t.steps if stop_after is None else min(t.steps, start_step + stop_after)
     bar = tqdm(total=t.steps, initial=start_step, desc=f"train {t.name}", disable=not is_main, dynamic_ncols=True)
@@ -383,32 +272,43 @@ def run_train(cfg: ProjectConfig, resume: bool = False, stop_after: int | None =
             trainer.elapsed = time.perf_counter() - began
             stopped_by_cap = any_process(accelerator, t.max_seconds is not None and trainer.elapsed >= t.max_seconds)
             final = step >= last_step or stopped_by_cap
+            row: dict[str, float] = {}  # this step's line of the log: losses, validation, or both
             if step % t.log_every == 0 or final:
-                row = {"step": step, "epoch": epoch, "lr": lr_at(step - 1, t), "seconds": round(trainer.elapsed, 2),
+                row = {"step": step, "epoch": epoch, "lr": trainer.lr, "seconds": round(trainer.elapsed, 2),
                        **{n: float(np.mean(v)) for n, v in running.items()}}
-                trainer.history.append(row)
                 bar.set_postfix({"seg": f"{row['seg']:.3g}", "seg_gen": f"{row['seg_gen']:.3g}",
                                  "L_enc": f"{row['enc']:.3g}", "L_dec": f"{row['dec']:.3g}"})
                 running = {n: [] for n in LOSS_NAMES}
-            if is_main and (step % t.val_every == 0 or final):
-                row = trainer.validate_and_keep_best(epoch)
-                if row:
-                    bar.set_postfix({"val_dice": f"{row['val_dice_mean']:.3f}"})
+            validates = is_main and (step % t.val_every == 0 or final)
+            scores = trainer.validate_and_keep_best() if validates else {}
+            if scores:
+                row = {**row, "step": step, "epoch": epoch, **scores}
+                bar.set_postfix({"val_dice": f"{scores['val_dice_mean']:.3f}"})
+            if row:
+                trainer.history.append(row)
+                accelerator.log(row, step=step)
+            if validates:
                 write_progress_png(trainer.history, class_names, trainer.folder / "progress.png")
-                write_log_csv(trainer.history, class_names, trainer.folder / "log.csv")
             if is_main and (step % t.checkpoint_every == 0 or final):
                 trainer.save_last()
             if final:
                 break
     bar.close()
+    accelerator.end_training()
     in_sync = processes_in_sync(accelerator, trainer.model)
     if is_main:
+        chosen = selected_row(trainer.history, t.select_on) if trainer.selects_on_val else None
         summary = {"name": t.name, "model": cfg.model.name, "method": "s2s2" if t.stack else "baseline",
                    "seed": t.seed, "steps": trainer.step_index, "planned_steps": t.steps,
                    "stopped_by_time_cap": stopped_by_cap, "max_seconds": t.max_seconds,
                    "seconds": round(trainer.elapsed, 1),
                    "model_selection": "best_val" if trainer.selects_on_val else "last",
-                   "best_val_dice_mean": trainer.best if trainer.selects_on_val else None,
+                   # the real val and the stack-val Dice of the weights in model.safetensors
+                   "select_on": t.select_on if trainer.selects_on_val else None,
+                   "selected_step": chosen["step"] if chosen else None,
+                   "best_val_dice_mean": chosen["val_dice_mean"] if chosen else None,
+                   "best_stack_val_dice_mean": chosen.get("stack_val_dice_mean") if chosen else None,
+                   "bn_stack_stats": t.bn_stack_stats,
                    "world_size": world_size, "ranks_in_sync": in_sync}
         with atomic_path(trainer.folder / "summary.json") as tmp:
             tmp.write_text(json.dumps(summary, indent=1))

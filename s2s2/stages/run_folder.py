@@ -1,0 +1,68 @@
+"""Where a training run lives and what may happen to it: {run_dir}/train/{train.name}, read by
+`s2s2 train` and `s2s2 evaluate`. A new run refuses a folder that holds another run's outputs unless
+asked to replace it (--overwrite); a resumed run refuses a config that would change its weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from s2s2.pipeline.config.base import dump_config
+from s2s2.pipeline.config.project import ProjectConfig
+from s2s2.pipeline.errors import ConfigError, S2S2Error
+
+# Files of a run folder: a new run refuses to replace them unless asked (--overwrite).
+RUN_OUTPUTS = ("config.yaml", "model.safetensors", "last.safetensors", "state.pt", "log.csv", "progress.png",
+               "summary.json", "metrics.json", "predictions.png")
+# Fields that may change between a run and its --resume (they do not change the weights).
+RESUMABLE_CHANGES = {"train.steps", "train.max_seconds", "train.num_workers", "train.device", "train.val_every",
+                     "train.log_every", "train.checkpoint_every"}
+
+
+def run_folder(cfg: ProjectConfig) -> Path:
+    """Where a run's outputs go: {run_dir}/train/{train.name}."""
+    return Path(cfg.run_dir) / "train" / cfg.train.name
+
+
+def config_differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two config dicts."""
+    keys = sorted(set(old) | set(new))
+    out: list[str] = []
+    for key in keys:
+        a, b, dotted = old.get(key), new.get(key), f"{prefix}{key}"
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += config_differences(a, b, dotted + ".")
+        elif a != b:
+            out.append(dotted)
+    return out
+
+
+def start_run_folder(cfg: ProjectConfig, resume: bool, overwrite: bool) -> Path:
+    """Prepare the run folder and write the resolved config.yaml into it; returns the folder.
+
+    Fresh run: refuse a folder with another run's outputs unless `overwrite` (then clear them).
+    Resume: refuse a config that would change the weights."""
+    folder = run_folder(cfg)
+    saved = folder / "config.yaml"
+    if resume and overwrite:
+        raise ConfigError("--resume continues a run and --overwrite replaces it: pass one of them")
+    if resume:
+        if not saved.is_file():
+            raise S2S2Error(f"cannot resume: {saved} does not exist; fix: train without --resume first")
+        changed = [k for k in config_differences(yaml.safe_load(saved.read_text()), cfg.model_dump(mode="json"))
+                   if k not in RESUMABLE_CHANGES and not k.startswith("evaluate.")]
+        if changed:
+            raise ConfigError(f"cannot resume {folder} with a different config: {', '.join(changed)} changed "
+                              f"(see {saved}); fix: use the same settings or another train.name")
+    else:
+        existing = [name for name in RUN_OUTPUTS if (folder / name).exists()]
+        if existing and not overwrite:
+            raise ConfigError(f"{folder} already holds a run ({', '.join(existing)}); fix: pass --overwrite to "
+                              "replace it, --resume to continue it, or choose another --name")
+        for name in existing:
+            (folder / name).unlink()
+    folder.mkdir(parents=True, exist_ok=True)
+    dump_config(cfg, saved)
+    return folder
