@@ -165,22 +165,32 @@ class StackPairDataset(BaselineDataset):
         return [(to_unit_float(image), {"k": k}) for image, k in zip(images, ks, strict=True)]
 
 
+def batches_per_epoch(n: int, batch_size: int, drop_last: bool) -> int:
+    """Optimisation steps of one pass over `n` samples: the last partial batch dropped or trained on."""
+    return n // batch_size if drop_last else -(-n // batch_size)
+
+
 class EpochBatchSampler(Sampler[list[int]]):
     """Batches of one epoch in the (seed, epoch) order, from `first_batch` on; rank r of a world of
-    size w takes items r, r+w, ... of each global batch. The last incomplete batch is dropped."""
+    size w takes items r, r+w, ... of each global batch. The last incomplete batch is dropped, or with
+    `drop_last=False` trained on (padded from the epoch's start to a multiple of w, so that every rank
+    takes part, as torch's DistributedSampler pads)."""
 
     def __init__(self, n: int, batch_size: int, seed: int, epoch: int, first_batch: int = 0,
-                 rank: int = 0, world_size: int = 1) -> None:
+                 rank: int = 0, world_size: int = 1, drop_last: bool = True) -> None:
         self.order = epoch_permutation(seed, epoch, n)
         self.batch_size = batch_size
         self.first_batch = first_batch
         self.rank = rank
         self.world_size = world_size
+        self.batches = batches_per_epoch(n, batch_size, drop_last)
 
     def __len__(self) -> int:
-        return max(0, len(self.order) // self.batch_size - self.first_batch)
+        return max(0, self.batches - self.first_batch)
 
     def __iter__(self) -> Iterator[list[int]]:
-        for b in range(self.first_batch, len(self.order) // self.batch_size):
+        for b in range(self.first_batch, self.batches):
             batch = self.order[b * self.batch_size:(b + 1) * self.batch_size]
+            if len(batch) % self.world_size:
+                batch = np.concatenate([batch, self.order[:self.world_size - len(batch) % self.world_size]])
             yield [int(i) for i in batch[self.rank::self.world_size]]
