@@ -7,6 +7,7 @@ status 2; a traceback is shown only when S2S2_DEBUG=1 or `s2s2 --debug` asks for
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from pathlib import Path
@@ -313,9 +314,15 @@ def _root(debug: Annotated[bool, typer.Option("--debug", help="Show the full tra
         os.environ["S2S2_DEBUG"] = "1"
 
 
+@functools.cache
+def _click_command() -> typer.core.TyperGroup:
+    """The click command tree typer builds from `app` (once: building it takes ~0.1 s)."""
+    return typer.main.get_command(app)
+
+
 def _command_path(argv: list[str]) -> str:
     """The command named by the leading words of `argv` ("s2s2 stack init"), for errors that carry no context."""
-    command, words = typer.main.get_command(app), ["s2s2"]
+    command, words = _click_command(), ["s2s2"]
     for word in argv:
         sub = getattr(command, "commands", {}).get(word)
         if sub is None:
@@ -365,7 +372,7 @@ def run(argv: list[str] | None = None) -> int:
     """
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        status = app(args=argv, prog_name="s2s2", standalone_mode=False)
+        status = _click_command().main(args=argv, prog_name="s2s2", standalone_mode=False)
     except BaseException as err:
         if _debug() and not isinstance(err, SystemExit):
             raise

@@ -16,12 +16,12 @@ import torch
 from s2s2.pipeline.config.base import load_config
 from s2s2.pipeline.config.project import ProjectConfig
 from s2s2.pipeline.errors import ConfigError, S2S2Error, StoreError
-from s2s2.pipeline.generator.toy import toy_dataset, toy_project_config
 from s2s2.stages.evaluate import run_evaluate
 from s2s2.stages.generate import run_generate, stack_generator
 from s2s2.stages.train.loop import run_train
 from s2s2.store.inspect import verify
 from s2s2.store.stack_store import StackStore
+from fixtures_toy import toy_dataset, toy_project_config
 from test_generate_support import toy_project
 from test_store_support import fake_stack, synthetic_dataset
 from test_train_support import blob_dataset, filled_store, tiny_config

@@ -15,7 +15,7 @@ from s2s2.pipeline.data.prepared import PreparedDataset
 from s2s2.pipeline.errors import ConfigError, S2S2Error
 from s2s2.pipeline.metrics import dice
 from s2s2.stages.evaluate import (atlas_copy, evaluate_set, out_of_domain_config, run_atlas_copy, run_evaluate,
-                                  shared_classes)
+                                  shared_classes, volume_scores)
 from s2s2.stages.report import collect_runs, write_report
 from s2s2.stages.train import run_train
 from fixtures_data import write_folder_dataset, write_nnunet_nifti, write_nnunet_png
@@ -218,3 +218,23 @@ def test_volume_data_is_scored_per_volume_and_reported_with_the_atlas_copy(tmp_p
     assert table == (tmp_path / "run" / "results.md").read_text().removeprefix("# Results\n\n") + "\n"
     reference = json.loads((tmp_path / "run" / "results.json").read_text())["reference"]
     assert set(reference["metrics"]) == {"in_domain", "moved"} and reference["metrics"]["moved"]["volume"]
+
+
+def test_volume_hd95_of_a_slab_split_is_taken_over_the_slices_that_exist():
+    """Test slabs of one volume with gaps between them score as the whole volume does when the anatomy
+    does not change along the slices: the gap planes are no surface (stacked empty, their borders used to
+    count as surface everywhere and pulled HD95 down), and the gaps are marked."""
+    yy, xx = np.mgrid[:32, :32]
+    truth = np.repeat((np.hypot(yy - 16, xx - 15) < 8)[None], 30, 0).astype(np.uint8)
+    predicted = np.repeat((np.hypot(yy - 16, xx - 18) < 7)[None], 30, 0).astype(np.uint8)
+    kept = [p for p in range(30) if p % 5 < 2]  # slabs of 2 slices, 3 planes of other splits between them
+    dataset = PreparedDataset(
+        name="slabs", images=np.zeros((30, 1, 32, 32), np.float32), masks=truth, ids=[f"v-{p}" for p in range(30)],
+        spacings=np.ones((30, 2), np.float32), class_names=("background", "organ"), modality="m",
+        prompt_template="{modality} {classes}", cases=["v"] * 30, positions=np.arange(30),
+        thickness=np.full(30, 2.5, np.float32), spacing_unit="mm")
+    whole = volume_scores(list(predicted), list(truth), dataset, list(range(30)), {"organ": 1}, 95.0)
+    slabs = volume_scores([predicted[p] for p in kept], [truth[p] for p in kept], dataset, kept, {"organ": 1}, 95.0)
+    assert slabs["hd95"]["organ"] == pytest.approx(whole["hd95"]["organ"]) == pytest.approx(4.0)
+    assert whole["cases"][0]["missing_planes"] == 0 and slabs["cases"][0]["missing_planes"] == max(kept) + 1 - len(kept)
+    assert slabs["dice"]["organ"] == pytest.approx(whole["dice"]["organ"])

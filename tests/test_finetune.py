@@ -15,8 +15,8 @@ from s2s2.pipeline.errors import S2S2Error
 from s2s2.pipeline.generator.loading import generator_appearance, load_base, make_controlnet
 from s2s2.pipeline.generator.paths import finetune_work_dir
 from s2s2.pipeline.generator.tiny import BUILD_STATS
-from s2s2.pipeline.generator.toy import toy_dataset, toy_project_config
 from s2s2.stages.finetune import learning_rate_schedule, run_finetune
+from fixtures_toy import toy_dataset, toy_project_config
 
 TINY = toy_project_config("unused").generator.tiny.model_dump()
 

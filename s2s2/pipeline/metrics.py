@@ -33,9 +33,11 @@ def diagonal_mm(shape: tuple[int, ...], spacing: tuple[float, ...]) -> float:
     return float(np.sqrt(sum((n * s) ** 2 for n, s in zip(shape, spacing))))
 
 
-def hd95(prediction: np.ndarray, truth: np.ndarray, spacing: tuple[float, ...], percentile: float = 95.0) -> float:
+def hd95(prediction: np.ndarray, truth: np.ndarray, spacing: tuple[float, ...], percentile: float = 95.0,
+         present: np.ndarray | None = None) -> float:
     """Symmetric percentile Hausdorff distance of two boolean masks (2-D or 3-D, one spacing per axis)
-    under the policy above."""
+    under the policy above. `present` (one flag per plane of axis 0) marks the planes that were seen; the
+    others (gaps between the slabs of a split) are neither surface nor background, see `_gap_hd95`."""
     import torch
     from monai.metrics import compute_hausdorff_distance
 
@@ -44,6 +46,8 @@ def hd95(prediction: np.ndarray, truth: np.ndarray, spacing: tuple[float, ...], 
         return float("nan")
     if not prediction.any() or not truth.any():
         return diagonal_mm(truth.shape, spacing)
+    if present is not None and not np.all(present):
+        return _gap_hd95(prediction, truth, spacing, percentile, np.asarray(present, bool))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         value = compute_hausdorff_distance(torch.from_numpy(prediction[None, None]), torch.from_numpy(truth[None, None]),
@@ -52,10 +56,30 @@ def hd95(prediction: np.ndarray, truth: np.ndarray, spacing: tuple[float, ...], 
     return float(value.item())
 
 
+def _gap_hd95(prediction: np.ndarray, truth: np.ndarray, spacing: tuple[float, ...], percentile: float,
+              present: np.ndarray) -> float:
+    """HD95 over the planes that exist: each missing plane takes the nearest present plane's values, so a
+    slab's end next to a gap is no surface (the anatomy goes on there, unseen), then surfaces in missing
+    planes are dropped and the surface distances are taken between the remaining ones at their true
+    positions (MONAI's edges and distance transform, the same maths as `hd95` on a whole volume)."""
+    from monai.metrics.utils import get_mask_edges, get_surface_distance
+
+    seen = np.flatnonzero(present)
+    nearest = seen[np.abs(np.arange(len(present))[:, None] - seen[None, :]).argmin(axis=1)]
+    edges_pred, edges_truth = get_mask_edges(prediction[nearest], truth[nearest], crop=False,
+                                             always_return_as_numpy=True)
+    edges_pred, edges_truth = edges_pred & present[:, None, None], edges_truth & present[:, None, None]
+    spacing_list = [float(s) for s in spacing]
+    directed = [get_surface_distance(a, b, "euclidean", spacing_list)
+                for a, b in ((edges_pred, edges_truth), (edges_truth, edges_pred))]
+    return float(max(np.percentile(d, percentile) for d in directed))
+
+
 def case_metrics(prediction: np.ndarray, truth: np.ndarray, classes: dict[str, int], spacing: tuple[float, ...],
-                 percentile: float = 95.0) -> dict[str, dict[str, float]]:
-    """Dice and HD95 of one case for each named class: {class name: {"dice", "hd95"}}."""
-    return {name: {"dice": dice(prediction == c, truth == c), "hd95": hd95(prediction == c, truth == c, spacing, percentile)}
+                 percentile: float = 95.0, present: np.ndarray | None = None) -> dict[str, dict[str, float]]:
+    """Dice and HD95 of one case for each named class: {class name: {"dice", "hd95"}} (`present`: see `hd95`)."""
+    return {name: {"dice": dice(prediction == c, truth == c),
+                   "hd95": hd95(prediction == c, truth == c, spacing, percentile, present)}
             for name, c in classes.items()}
 
 
@@ -67,6 +91,14 @@ def stack_slices(slices: list[np.ndarray], positions: list[int]) -> np.ndarray:
     for plane, position in zip(slices, positions):
         volume[position - low] = plane
     return volume
+
+
+def present_planes(positions: list[int]) -> np.ndarray:
+    """One flag per plane of `stack_slices(..., positions)`: True where a slice was stacked, False in the gaps."""
+    low = min(positions)
+    present = np.zeros(max(positions) - low + 1, dtype=bool)
+    present[np.asarray(positions) - low] = True
+    return present
 
 
 def nanmean(values: list[float]) -> float:

@@ -22,11 +22,10 @@ import numpy as np
 import torch
 
 from s2s2.pipeline.atomic import atomic_path
-from s2s2.pipeline.config.data import DATA_MODELS, DataConfig, data_config
-from s2s2.pipeline.config.project import ProjectConfig
+from s2s2.pipeline.config.project import ProjectConfig, out_of_domain_config
 from s2s2.pipeline.data.prepared import PreparedDataset
 from s2s2.pipeline.errors import ConfigError
-from s2s2.pipeline.metrics import case_metrics, stack_slices, summarise
+from s2s2.pipeline.metrics import case_metrics, present_planes, stack_slices, summarise
 from s2s2.pipeline.segmenters import build_segmenter, load_weights, model_identity, predict
 from s2s2.stages.run_folder import run_folder
 
@@ -45,21 +44,6 @@ def json_safe(value: Any) -> Any:
     if isinstance(value, list):
         return [json_safe(v) for v in value]
     return value
-
-
-def out_of_domain_config(data: DataConfig, fields: dict[str, Any]) -> DataConfig:
-    """An out-of-domain set's data config: every field of the training `data` that the set's adapter has,
-    overridden by the ones it names (nested sections such as `perturb` field by field).
-
-    So a test set is cut, resized and scaled as the training data is (a model trained on sagittal
-    slices is tested on sagittal slices)."""
-    def merged(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-        return {**base, **{k: merged(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
-                           for k, v in override.items()}}
-
-    target = DATA_MODELS.get(str(fields.get("adapter", data.adapter)), type(data))
-    inherited = {k: v for k, v in data.model_dump().items() if k in target.model_fields}
-    return data_config(**merged(inherited, fields))
 
 
 def test_datasets(cfg: ProjectConfig, names: list[str] | None = None,
@@ -110,7 +94,8 @@ def common_labels(labels: np.ndarray, ids: list[int]) -> np.ndarray:
 def volume_scores(predictions: list[np.ndarray], truths: list[np.ndarray], dataset: PreparedDataset,
                   indices: list[int], classes: dict[str, int], percentile: float) -> dict[str, Any] | None:
     """Per-volume metrics: the slices of each volume stacked back at their positions, spacing
-    (slice thickness, rows, cols); None when no test sample is a slice of a volume."""
+    (slice thickness, rows, cols); None when no test sample is a slice of a volume. Planes with no test
+    slice (the gaps between the slabs of a split) are marked (`missing_planes`) and left out of HD95."""
     members: dict[str, list[int]] = {}
     for k, index in enumerate(indices):
         if dataset.is_volume_slice(index):
@@ -122,9 +107,11 @@ def volume_scores(predictions: list[np.ndarray], truths: list[np.ndarray], datas
         positions = [int(dataset.positions[indices[k]]) for k in ks]
         first = indices[ks[0]]
         spacing = (float(dataset.thickness[first]), *(float(v) for v in dataset.spacings[first]))
+        present = present_planes(positions)
         metrics = case_metrics(stack_slices([predictions[k] for k in ks], positions),
-                               stack_slices([truths[k] for k in ks], positions), classes, spacing, percentile)
-        cases.append({"id": case, "slices": len(ks), "spacing": list(spacing), **metrics})
+                               stack_slices([truths[k] for k in ks], positions), classes, spacing, percentile, present)
+        cases.append({"id": case, "slices": len(ks), "missing_planes": int((~present).sum()), "spacing": list(spacing),
+                      **metrics})
     return {"n_cases": len(cases), "hd95_unit": dataset.spacing_unit,
             **summarise([{n: c[n] for n in classes} for c in cases]), "cases": cases}
 

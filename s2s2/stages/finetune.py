@@ -51,7 +51,7 @@ from s2s2.pipeline.generator.loading import (
 )
 from s2s2.pipeline.generator.paths import ensure_base, finetune_work_dir, generator_dir, resolution_of
 from s2s2.pipeline.generator.sampling import generate_stack
-from s2s2.pipeline.generator.seeds import step_seed
+from s2s2.pipeline.seeding import step_seed
 
 logger = logging.getLogger(__name__)
 

@@ -40,6 +40,8 @@ def run_entry(folder: Path) -> dict[str, Any]:
         "name": summary["name"], "model": summary["model"], "method": summary["method"], "seed": summary["seed"],
         "steps": summary["steps"], "planned_steps": summary.get("planned_steps", summary["steps"]),
         "stopped_by_time_cap": bool(summary.get("stopped_by_time_cap", False)), "seconds": summary["seconds"],
+        # validation Dice of the kept checkpoint: real val and stack-val (the val masks' stack images)
+        "val": summary.get("best_val_dice_mean"), "stack_val": summary.get("best_stack_val_dice_mean"),
         "metrics": {name: set_scores(entry) for name, entry in metrics["test_sets"].items()},
     }
 
@@ -63,8 +65,9 @@ def steps_cell(row: dict[str, Any]) -> str:
 
 def _table(rows: list[dict[str, Any]], sets: list[str], volume: bool) -> list[str]:
     """Markdown lines of one table: mean Dice (per class in brackets) and mean HD95 per test set."""
-    header = "| run | model | method | seed | steps | " + " | ".join(f"{s} Dice (per class) | {s} HD95" for s in sets) + " |"
-    lines = [header, "|" + "---|" * (5 + 2 * len(sets))]
+    header = ("| run | model | method | seed | steps | val Dice | stack-val Dice | "
+              + " | ".join(f"{s} Dice (per class) | {s} HD95" for s in sets) + " |")
+    lines = [header, "|" + "---|" * (7 + 2 * len(sets))]
     for row in rows:
         cells = []
         for s in sets:
@@ -77,7 +80,7 @@ def _table(rows: list[dict[str, Any]], sets: list[str], volume: bool) -> list[st
             cells += [f"**{_fmt(entry['dice_mean'])}** ({per_class})",
                       f"{_fmt(entry['hd95_mean'], 2)} {entry['hd95_unit'] or ''}".strip()]
         lines.append(f"| {row['name']} | {row['model']} | {row['method']} | {row['seed']} | {steps_cell(row)} | "
-                     + " | ".join(cells) + " |")
+                     f"{_fmt(row.get('val'))} | {_fmt(row.get('stack_val'))} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -96,6 +99,8 @@ def results_markdown(runs: list[dict[str, Any]], reference: dict[str, Any] | Non
     lines.append("")
     lines.append(f"Dice per class in brackets: {' / '.join(classes)}. HD95: mean over classes, in mm (px where the "
                  "data has no pixel spacing). Empty-mask policy: see metrics.json `policy`.")
+    lines.append("val / stack-val Dice: the kept checkpoint on the real val split and on the stack images of the "
+                 "val masks (all K; – without a stack-val store); summary.json `select_on` says which chose it.")
     if reference:
         lines.append(f"{reference['name']}: for each test slice, the training split's label map at the same position "
                      "(no image looked at) — what position alone scores.")

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from s2s2.pipeline.errors import ConfigError
 
@@ -17,6 +19,15 @@ class StrictModel(BaseModel):
     """Base of every config: unknown fields are errors, values are validated on assignment."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+def relocated(err: ValidationError, loc: Callable[[tuple[Any, ...]], tuple[Any, ...]]) -> ValidationError:
+    """`err` again with each error's location mapped by `loc` (to name a field as the user wrote it); every
+    error type, built-in or not, keeps its message."""
+    return ValidationError.from_exception_data(err.title, [
+        InitErrorDetails(type=PydanticCustomError(item["type"], "{message}", {"message": item["msg"]}),
+                         loc=loc(item["loc"]), input=item["input"])
+        for item in err.errors(include_url=False)])
 
 
 def _origin(loc: tuple, origins: dict[tuple[str, ...], str], path: Path | None) -> str:
@@ -59,6 +70,18 @@ def _set_path(tree: dict[str, Any], keys: list[str], value: Any) -> None:
     node[keys[-1]] = value
 
 
+def _record_origin(origins: dict[tuple[str, ...], str], tree: dict[str, Any], keys: list[str], source: str) -> None:
+    """Note that `source` sets `keys`, and the first section on the way that it creates (so an unknown
+    section, `--set foo.bar=1`, is blamed on the --set, not on the file)."""
+    origins[tuple(keys)] = source
+    node: Any = tree
+    for length, key in enumerate(keys[:-1], start=1):
+        if not isinstance(node, dict) or key not in node:
+            origins[tuple(keys[:length])] = source
+            return
+        node = node[key]
+
+
 def load_config(
     model: type[ModelT],
     path: str | Path | None = None,
@@ -94,12 +117,12 @@ def load_config(
     origins: dict[tuple[str, ...], str] = {}  # command-line values, so errors blame the right place
     for key, value in (overrides or {}).items():
         if value is not None:
+            _record_origin(origins, data, key.split("."), "from a command-line option")
             _set_path(data, key.split("."), value)
-            origins[tuple(key.split("."))] = "from a command-line option"
     for item in dotted or []:
         keys, value = parse_override(item)
+        _record_origin(origins, data, keys, f"from --set {item}")
         _set_path(data, keys, value)
-        origins[tuple(keys)] = f"from --set {item}"
     try:
         return model.model_validate(data)
     except ValidationError as err:

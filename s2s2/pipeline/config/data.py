@@ -16,7 +16,7 @@ from typing import Annotated, Any, ClassVar, Literal, Optional, Union
 from pydantic import (Discriminator, Field, Tag, TypeAdapter, ValidationError, ValidatorFunctionWrapHandler,
                       WrapValidator, field_validator, model_validator)
 
-from s2s2.pipeline.config.base import StrictModel
+from s2s2.pipeline.config.base import StrictModel, relocated
 
 BRAIN_CLASSES = ("background", "csf", "grey matter", "white matter")
 # Class names as the authors' code spells them (their prompts name the classes this way).
@@ -36,6 +36,9 @@ SPM_MODALITY: dict[str, str] = {
     "T2": "T2-weighted brain MRI",
     "PD": "proton-density-weighted brain MRI",
 }
+
+
+DEFAULT_BINARY_THRESHOLD = 127  # 0/255 masks: foreground where value > this, unless data.binary_threshold says
 
 
 class PerturbConfig(StrictModel):
@@ -134,7 +137,10 @@ class DataBase(StrictModel):
 
         The prepared-data cache is keyed by this flat layout, which is the one the single flat data config
         had, so caches and the stores made from them stay valid across the split into per-adapter models."""
-        return {**FLAT_DEFAULTS, **self.model_dump(mode="json")}
+        fields = {**FLAT_DEFAULTS, **self.model_dump(mode="json")}
+        if fields.get("binary_threshold") is None:  # reads masks as the default threshold does (or refuses them)
+            fields["binary_threshold"] = DEFAULT_BINARY_THRESHOLD
+        return fields
 
 
 class SeededSplit(DataBase):
@@ -177,13 +183,15 @@ class FileSource(DataBase):
     """Adapters that read files under `root` with integer (or thresholded binary) label values."""
 
     root: Optional[Path] = Field(None, description="dataset folder")
-    binary_threshold: int = Field(127, description="masks with two classes whose values exceed 1 (e.g. "
-                                  "0/255 JPEG masks) become 1 where value > this")
+    binary_threshold: Optional[int] = Field(None, description="masks with two classes whose values exceed 1 "
+                                            "(e.g. 0/255 JPEG masks) become 1 where value > this; None: "
+                                            f"{DEFAULT_BINARY_THRESHOLD}, and a mask with no value above it is "
+                                            "refused (it holds label ids of undeclared classes, not 0/255)")
 
     @field_validator("binary_threshold")
     @classmethod
-    def _threshold_non_negative(cls, value: int) -> int:
-        if value < 0:
+    def _threshold_non_negative(cls, value: Optional[int]) -> Optional[int]:
+        if value is not None and value < 0:
             raise ValueError(f"must be >= 0, got {value}")
         return value
 
@@ -225,9 +233,11 @@ class VolumeSource(DataBase):
             raise ValueError(f"min_foreground_fraction must be in [0, 1), got {value}")
         return value
 
+    perturbed_by_default: ClassVar[bool] = False
+
     def perturbed(self) -> bool:
-        """Whether each volume gets its rigid perturbation: as configured, else only for spm152."""
-        return self.perturb.enabled if self.perturb.enabled is not None else self.adapter == "spm152"
+        """Whether each volume gets its rigid perturbation: as configured, else the adapter's default."""
+        return self.perturb.enabled if self.perturb.enabled is not None else self.perturbed_by_default
 
 
 class BrainTemplate(VolumeSource, SeededSplit):
@@ -256,6 +266,8 @@ class Spm152Data(BrainTemplate):
 
     adapter: Literal["spm152"] = "spm152"
     contrast: Literal["T1", "PD", "T2"] = Field("T1", description="which avg152 image")
+    # an out-of-domain test set of the training template's anatomy: moved, so position alone cannot score
+    perturbed_by_default: ClassVar[bool] = True
 
     def resolved_modality(self, from_data: Optional[str] = None) -> str:
         """The configured modality, else the contrast's."""
@@ -382,9 +394,7 @@ def _validate_data(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
     try:
         return handler(value)
     except ValidationError as err:
-        raise ValidationError.from_exception_data(err.title, [
-            {"type": e["type"], "loc": e["loc"][1:], "input": e["input"], **({"ctx": e["ctx"]} if "ctx" in e else {})}
-            for e in err.errors()]) from None
+        raise relocated(err, lambda loc: loc[1:]) from None
 
 
 DataConfig = Annotated[

@@ -161,3 +161,6 @@ class GenerateConfig(StrictModel):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"  # auto = fp16 on GPU, fp32 on CPU
     generator_dir: Optional[str] = None  # pipeline to sample from; default generator.output_dir
+    # also draw K images for each val-split mask into store.val_path (same generator): stack-val
+    # validation sees appearance shift without any target data; those images never reach training
+    val_stack: bool = False

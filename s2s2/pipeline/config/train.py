@@ -91,6 +91,14 @@ class TrainConfig(StrictModel):
     poly_power: float = 0.9
     warmup_steps: int = Field(0, ge=0)
     grad_clip: Optional[float] = Field(None, gt=0)
+    # Which validation Dice picks the best checkpoint (model.safetensors): `val` the real val split,
+    # `stack_val` the model segmenting the stack images of the val masks (store.val_path, all K),
+    # `mean` the mean of the two. No choice reads an out-of-domain test set.
+    select_on: Literal["val", "stack_val", "mean"] = "val"
+    # True: S2S2's one forward of 2B images puts the stack images into the batch-norm running
+    # statistics. False: running statistics from the originals only, as the baseline's (each half of
+    # the batch is normalised by its own batch statistics; the stack half leaves the running ones alone).
+    bn_stack_stats: bool = True
     val_every: int = Field(50, ge=1)  # validation on the val split every this many steps (and at the end)
     log_every: int = Field(10, ge=1)
     checkpoint_every: int = Field(50, ge=1)  # last checkpoint + resume state

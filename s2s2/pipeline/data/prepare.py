@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -26,6 +27,7 @@ from s2s2.pipeline.data.raw import RawDataset, RawSlice
 from s2s2.pipeline.data.split import assign_splits
 from s2s2.pipeline.errors import DataError
 
+log = logging.getLogger(__name__)
 PREPARED_FORMAT = 2  # bump when the preparation code changes what it writes
 LUMINANCE = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
@@ -187,4 +189,23 @@ def prepare_dataset(cfg: DataConfig) -> PreparedDataset:
             (tmp / "provenance.json").write_text(json.dumps(provenance, indent=1))
 
         publish_folder(folder, write)
-    return load_prepared(folder)
+    dataset = load_prepared(folder)
+    for message in empty_classes(dataset):
+        log.warning(message)
+    return dataset
+
+
+def empty_classes(dataset: PreparedDataset) -> list[str]:
+    """One warning per split (with samples) in which a declared class has no pixel: a class that masks
+    read with the wrong class list or threshold lose, or one a split cannot train or score."""
+    warnings = []
+    for split in SPLITS:
+        indices = dataset.indices(split) if split in dataset.splits else []
+        if not indices:
+            continue
+        counts = np.bincount(dataset.masks[indices].ravel(), minlength=dataset.num_classes)
+        missing = [name for name, count in zip(dataset.class_names, counts) if count == 0]
+        if missing:
+            warnings.append(f"dataset {dataset.name}: split {split} ({len(indices)} samples) has 0 pixels of "
+                            f"class(es) {missing}; check data.class_names and the mask values (data show)")
+    return warnings

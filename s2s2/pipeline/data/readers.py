@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from s2s2.pipeline.config.data import DEFAULT_BINARY_THRESHOLD
 from s2s2.pipeline.data.geometry import window_scale
 from s2s2.pipeline.errors import DataError
 
@@ -103,14 +104,25 @@ def unit_intensities(values: np.ndarray, path: Path, window: tuple[float, float]
 
 
 def labels_from_values(values: np.ndarray, class_names: tuple[str, ...], path: Path,
-                       binary_threshold: int) -> np.ndarray:
+                       binary_threshold: int | None) -> np.ndarray:
     """Turn stored mask values into class ids, refusing values outside the declared classes.
 
-    With two classes, masks whose values exceed 1 (0/255 PNG or JPEG masks) are thresholded.
+    With two classes, masks whose values exceed 1 (0/255 PNG or JPEG masks) are thresholded. Without
+    an explicit threshold, a mask that no value would survive (label ids such as {0, 1, 2, 9}) is
+    refused rather than silently read as all background.
     """
     values = np.asarray(values)
     check_finite(values, path)
     if len(class_names) == 2 and values.size and values.max() > 1:
+        if binary_threshold is None:
+            if values.max() <= DEFAULT_BINARY_THRESHOLD:
+                found = [v.item() for v in np.unique(values)]
+                raise DataError(f"holds mask values {found[:8]}{' ...' if len(found) > 8 else ''} but two classes "
+                                f"are declared {list(class_names)}: thresholded as 0/255 masks at "
+                                f"{DEFAULT_BINARY_THRESHOLD}, every pixel would be background", path,
+                                "declare every class in data.class_names (class 0 first), or set "
+                                "data.binary_threshold explicitly if these are 0/255 masks")
+            binary_threshold = DEFAULT_BINARY_THRESHOLD
         return (values > binary_threshold).astype(np.uint8)
     rounded = np.rint(values)
     if values.size and not np.array_equal(rounded, values):

@@ -35,6 +35,7 @@ from s2s2.pipeline.errors import StoreError
 from s2s2.pipeline.seeding import epoch_permutation, sample_rng
 from s2s2.stages.train.augment import PairTransform
 from s2s2.store.layout import to_unit_float
+from s2s2.store.manifest import VAL_SPLIT
 from s2s2.store.stack_store import StackStore
 
 ORIGINAL_STREAM, K_STREAM, STACK_STREAM = 0, 1, 2
@@ -123,6 +124,10 @@ class StackPairDataset(BaselineDataset):
         super().__init__(dataset, seed, transform)
         store = StackStore.open(path, "r", storage_options, cache_shard_indexes=True)
         manifest = store.manifest
+        if manifest.split == VAL_SPLIT:
+            raise StoreError(f"{path}: this store holds stack images of the {VAL_SPLIT!r} split, which validation "
+                             "reads and training never does; fix: point store.path at the training split's store "
+                             "(store.val_path names the validation one)")
         fingerprint = dataset.fingerprint()
         if manifest.dataset_fingerprint != fingerprint:
             raise StoreError(
