@@ -58,6 +58,7 @@ from s2s2.stages.train.stack_val import (
     selection_score,
 )
 from s2s2.stages.train.validation import eval_class_ids, validate, validate_stack
+from s2s2.store.provenance import run_provenance
 
 logger = logging.getLogger(__name__)
 
@@ -309,7 +310,8 @@ def run_train(cfg: ProjectConfig, resume: bool = False, stop_after: int | None =
                    "best_val_dice_mean": chosen["val_dice_mean"] if chosen else None,
                    "best_stack_val_dice_mean": chosen.get("stack_val_dice_mean") if chosen else None,
                    "bn_stack_stats": t.bn_stack_stats,
-                   "world_size": world_size, "ranks_in_sync": in_sync}
+                   "world_size": world_size, "ranks_in_sync": in_sync,
+                   "provenance": run_provenance(dataset, train_set.provenance if t.stack else None)}
         with atomic_path(trainer.folder / "summary.json") as tmp:
             tmp.write_text(json.dumps(summary, indent=1))
         if stopped_by_cap:
