@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from s2s2.pipeline.config.train import LossConfig
+from s2s2.pipeline.monai_import import import_monai
 from s2s2.pipeline.segmenters import SegOutput
 
 
@@ -87,6 +88,7 @@ class BCEDiceLoss(nn.Module):
 
     def __init__(self, lambda_bce: float = 1.0, lambda_dice: float = 1.0) -> None:
         super().__init__()
+        import_monai()
         from monai.losses import DiceLoss
 
         self.dice = DiceLoss(to_onehot_y=True, sigmoid=True)
@@ -104,6 +106,7 @@ def build_seg_loss(cfg: LossConfig) -> nn.Module:
     sigmoid Dice per class channel (`BCEDiceLoss`)."""
     if cfg.seg == "bce_dice":
         return BCEDiceLoss(cfg.lambda_ce, cfg.lambda_dice)
+    import_monai()
     from monai.losses import DiceCELoss
 
     return DiceCELoss(to_onehot_y=True, softmax=True, lambda_ce=cfg.lambda_ce, lambda_dice=cfg.lambda_dice)

@@ -43,7 +43,7 @@ from s2s2.pipeline.errors import ConfigError, S2S2Error, StoreError
 from s2s2.pipeline.losses import LossParts, build_seg_loss, s2s2_loss, split_output, stack_terms_active
 from s2s2.pipeline.metrics import nanmean
 from s2s2.pipeline.seeding import seed_everything, set_torch_rng_state, torch_rng_state
-from s2s2.pipeline.segmenters import build_segmenter, load_weights, model_identity, save_weights
+from s2s2.pipeline.segmenters import ACTIVATION, build_segmenter, load_weights, model_identity, save_weights
 from s2s2.stages.run_folder import run_folder, start_run_folder
 from s2s2.stages.train.augment import PairAugment
 from s2s2.stages.train.batchnorm import originals_only_running_stats
@@ -59,6 +59,7 @@ from s2s2.stages.train.stack_val import (
     selection_score,
 )
 from s2s2.stages.train.validation import eval_class_ids, validate, validate_stack
+from s2s2.store.provenance import run_provenance
 
 logger = logging.getLogger(__name__)
 
@@ -204,11 +205,12 @@ class Trainer:
         if not self.selects_on_val:
             save_weights(self.model, self.folder / "model.safetensors", self.identity)
             return {}
-        scores = validate(self.model, self.dataset, self.device, self.cfg.evaluate.batch_size)
+        scores = validate(self.model, self.dataset, self.device, self.cfg.evaluate.batch_size,
+                          ACTIVATION[self.cfg.train.loss.seg])
         row = {"val_dice_mean": nanmean([scores[n] for n in self.eval_ids]), **{f"val_{n}": v for n, v in scores.items()}}
         if self.stack_val is not None:
             stack_scores = validate_stack(self.model, self.stack_val, self.dataset.class_names, self.device,
-                                          self.cfg.evaluate.batch_size)
+                                          self.cfg.evaluate.batch_size, ACTIVATION[self.cfg.train.loss.seg])
             row.update({"stack_val_dice_mean": nanmean([stack_scores[n] for n in self.eval_ids]),
                         **{f"stack_val_{n}": v for n, v in stack_scores.items()}})
         score = selection_score(self.cfg.train.select_on, row)
@@ -318,7 +320,8 @@ def run_train(cfg: ProjectConfig, resume: bool = False, stop_after: int | None =
                    "best_val_dice_mean": chosen["val_dice_mean"] if chosen else None,
                    "best_stack_val_dice_mean": chosen.get("stack_val_dice_mean") if chosen else None,
                    "bn_stack_stats": t.bn_stack_stats,
-                   "world_size": world_size, "ranks_in_sync": in_sync}
+                   "world_size": world_size, "ranks_in_sync": in_sync,
+                   "provenance": run_provenance(dataset, train_set.provenance if t.stack else None)}
         with atomic_path(trainer.folder / "summary.json") as tmp:
             tmp.write_text(json.dumps(summary, indent=1))
         if stopped_by_cap:
