@@ -25,6 +25,7 @@ rebuilds its connection to an object store in each new process.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -39,9 +40,11 @@ from s2s2.pipeline.seeding import epoch_permutation, sample_rng
 from s2s2.stages.train.augment import PairAugment, PairTransform
 from s2s2.store.layout import to_unit_float
 from s2s2.store.manifest import VAL_SPLIT
+from s2s2.store.provenance import store_provenance
 from s2s2.store.stack_store import StackStore
 
 ORIGINAL_STREAM, K_STREAM, STACK_STREAM = 0, 1, 2
+logger = logging.getLogger(__name__)
 BATCHED_KEYS = ("original", "stack_image", "mask")  # stacked into one tensor each; the rest stays a list
 
 
@@ -150,7 +153,7 @@ class StackPairDataset(BaselineDataset):
                 f"{manifest.dataset_fingerprint[:12]}…, this dataset {fingerprint[:12]}…); "
                 "fix: point store.path at the stack made for this dataset, or re-create it with "
                 "`s2s2 stack init --overwrite` and `s2s2 generate`")
-        done = store.done_ledger()
+        done = store.current_done()  # images of the generator in force only, never a replaced one's
         fraction = float(done.mean())
         if fraction < 1.0 and not allow_incomplete:
             raise StoreError(f"{path}: the stack is {100 * fraction:.1f}% generated "
@@ -166,9 +169,15 @@ class StackPairDataset(BaselineDataset):
         served = [i for i in self.samples if done[row_of[int(i)]].any()]
         if not served:
             raise StoreError(f"{path}: no generated images yet; fix: run `s2s2 generate` first")
-        self.samples = np.asarray(served, dtype=np.int64)
         self._rows = {int(i): row_of[int(i)] for i in served}
         self._choices = {int(i): np.flatnonzero(done[row_of[int(i)]]) for i in served}
+        ks_served = sorted({int(k) for ks in self._choices.values() for k in ks})
+        if sum(len(ks) for ks in self._choices.values()) < len(self.samples) * store.k:
+            logger.warning(f"{path}: store.allow_incomplete serves {len(served)} of {len(self.samples)} training "
+                           f"samples (ks {ks_served} of K={store.k}, not every image): this run is no longer "
+                           "matched to its baseline (which sees every sample) nor to a run on the complete stack")
+        self.provenance = store_provenance(store, served, ks_served, len(self.samples))
+        self.samples = np.asarray(served, dtype=np.int64)
         self.manifest = manifest
         # The reader travels to the DataLoader workers (forked or pickled) with every served shard's
         # index, fetched here in one trip: a worker sends only its chunk requests, and the workers
@@ -185,22 +194,32 @@ class StackPairDataset(BaselineDataset):
         return [(image, {"k": k}) for image, k in zip(images, ks, strict=True)]
 
 
+def batches_per_epoch(n: int, batch_size: int, drop_last: bool) -> int:
+    """Optimisation steps of one pass over `n` samples: the last partial batch dropped or trained on."""
+    return n // batch_size if drop_last else -(-n // batch_size)
+
+
 class EpochBatchSampler(Sampler[list[int]]):
     """Batches of one epoch in the (seed, epoch) order, from `first_batch` on; rank r of a world of
-    size w takes items r, r+w, ... of each global batch. The last incomplete batch is dropped."""
+    size w takes items r, r+w, ... of each global batch. The last incomplete batch is dropped, or with
+    `drop_last=False` trained on (padded from the epoch's start to a multiple of w, so that every rank
+    takes part, as torch's DistributedSampler pads)."""
 
     def __init__(self, n: int, batch_size: int, seed: int, epoch: int, first_batch: int = 0,
-                 rank: int = 0, world_size: int = 1) -> None:
+                 rank: int = 0, world_size: int = 1, drop_last: bool = True) -> None:
         self.order = epoch_permutation(seed, epoch, n)
         self.batch_size = batch_size
         self.first_batch = first_batch
         self.rank = rank
         self.world_size = world_size
+        self.batches = batches_per_epoch(n, batch_size, drop_last)
 
     def __len__(self) -> int:
-        return max(0, len(self.order) // self.batch_size - self.first_batch)
+        return max(0, self.batches - self.first_batch)
 
     def __iter__(self) -> Iterator[list[int]]:
-        for b in range(self.first_batch, len(self.order) // self.batch_size):
+        for b in range(self.first_batch, self.batches):
             batch = self.order[b * self.batch_size:(b + 1) * self.batch_size]
+            if len(batch) % self.world_size:
+                batch = np.concatenate([batch, self.order[:self.world_size - len(batch) % self.world_size]])
             yield [int(i) for i in batch[self.rank::self.world_size]]
