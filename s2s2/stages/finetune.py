@@ -359,6 +359,8 @@ def run_finetune(cfg: ProjectConfig, dataset: PreparedDataset | None = None, res
             batch = remap_appearance(batch, data.appearance, parts.vae, resolution, seed)
         loss = diffusion_loss(unet, controlnet, noise_scheduler, _to_device(batch, device), weight_dtype, ft.snr_gamma)
         accelerator.backward(loss)
+        if ft.max_grad_norm is not None:
+            accelerator.clip_grad_norm_(trainable, ft.max_grad_norm)
         optimizer.step()
         schedule.step()
         optimizer.zero_grad(set_to_none=True)

@@ -131,6 +131,9 @@ class FinetuneConfig(StrictModel):
     hflip: bool = True  # random left-right flips of image and mask together
     split: str = "train"
     mixed_precision: Literal["no", "fp16", "bf16"] = "fp16"  # used on GPU only
+    # Clip the gradient norm of the trained weights before each step (diffusers' train_controlnet.py
+    # uses 1.0); None: no clipping
+    max_grad_norm: Optional[float] = Field(None, gt=0)
     gradient_checkpointing: bool = True  # used on GPU only
     validate_every: int = Field(500, ge=1)
     validation_samples: int = Field(4, ge=1)

@@ -81,6 +81,8 @@ class TrainConfig(StrictModel):
     # (`stopped_by_time_cap` in summary.json and in every results table).
     max_seconds: Optional[float] = Field(None, gt=0)
     batch_size: int = Field(8, ge=1)  # global batch B of originals; S2S2 forwards 2B images
+    # Drop each epoch's last partial batch (False: train on it, as the TransUNet and SLAug loaders do)
+    drop_last: bool = True
     optimizer: Literal["adamw", "sgd"] = "adamw"
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
@@ -103,6 +105,9 @@ class TrainConfig(StrictModel):
     num_workers: int = Field(0, ge=0)
     deterministic: bool = True  # torch.use_deterministic_algorithms (warn_only) for exact resume
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # Autocast of the forward pass through accelerate (fp16 with a gradient scaler, GPU only; bf16 on a GPU
+    # or CPU); the losses are computed in float32
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
 
     @model_validator(mode="after")
     def _warmup_below_steps(self) -> "TrainConfig":

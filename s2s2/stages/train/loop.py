@@ -45,9 +45,10 @@ from s2s2.pipeline.metrics import nanmean
 from s2s2.pipeline.seeding import seed_everything, set_torch_rng_state, torch_rng_state
 from s2s2.pipeline.segmenters import ACTIVATION, build_segmenter, load_weights, model_identity, save_weights
 from s2s2.stages.run_folder import run_folder, start_run_folder
-from s2s2.stages.train.augment import PairAugment
+from s2s2.stages.train.augment import PairAugment, device_images
 from s2s2.stages.train.batchnorm import originals_only_running_stats
-from s2s2.stages.train.datasets import BaselineDataset, EpochBatchSampler, StackPairDataset, collate_visits
+from s2s2.stages.train.datasets import (BaselineDataset, EpochBatchSampler, StackPairDataset, batches_per_epoch,
+                                        collate_visits)
 from s2s2.stages.train.schedule import learning_rate_schedule
 from s2s2.stages.train.trackers import LOSS_NAMES, CSVTracker, log_columns, write_progress_png
 from s2s2.stages.train.stack_val import (
@@ -74,8 +75,11 @@ def make_accelerator(cfg: TrainConfig, trackers: list[GeneralTracker] | None = N
     use_gpu = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
     if use_gpu and not torch.cuda.is_available():
         raise ConfigError("train.device=cuda but no GPU is visible; set train.device=cpu or auto")
+    if cfg.mixed_precision == "fp16" and not use_gpu:
+        raise ConfigError("train.mixed_precision=fp16 needs a GPU (its gradient scaler runs on CUDA); fix: set "
+                          "train.mixed_precision=bf16 (CPUs and recent GPUs) or no")
     try:
-        return Accelerator(cpu=not use_gpu, mixed_precision="no", log_with=trackers)
+        return Accelerator(cpu=not use_gpu, mixed_precision=cfg.mixed_precision, log_with=trackers)
     except ValueError as err:  # accelerate's state is per process and was set up differently before
         raise S2S2Error(f"cannot set up training in this process: {err}; fix: run `s2s2 train` in its own "
                         "process (not after `s2s2 finetune` in the same Python session)") from None
@@ -140,10 +144,10 @@ class Trainer:
 
     # --- one step: the method's equation --------------------------------------------------------
     def step(self, batch: dict[str, Any]) -> LossParts:
-        original = batch["original"].to(self.device, non_blocking=True)
+        original = device_images(batch, "original", self.device)  # float, photometrics applied here
         mask = batch["mask"].to(self.device, non_blocking=True).long()  # handed over in its stored dtype
         if self.forward_stack:
-            stack_image = batch["stack_image"].to(self.device, non_blocking=True)
+            stack_image = device_images(batch, "stack_image", self.device)
             with (nullcontext() if self.cfg.train.bn_stack_stats
                   else originals_only_running_stats(self.model, len(original))):
                 output_0, output_k = split_output(self.ddp(torch.cat([original, stack_image])), len(original))
@@ -176,7 +180,9 @@ class Trainer:
         save_weights(self.model, self.folder / "last.safetensors", {**self.identity, "step": str(self.step_index)})
         save_state({"step": self.step_index, "optimizer": self.optimizer.state_dict(),
                     "schedule": self.schedule.state_dict(), "rng": torch_rng_state(), "best": self.best,
-                    "elapsed": self.elapsed, "history": self.history}, self.folder / "state.pt")
+                    "elapsed": self.elapsed, "history": self.history,
+                    "scaler": self.accelerator.scaler.state_dict() if self.accelerator.scaler else None},
+                   self.folder / "state.pt")
 
     def load_last(self) -> None:
         state_path = self.folder / "state.pt"
@@ -186,6 +192,8 @@ class Trainer:
         load_weights(self.model, self.folder / "last.safetensors", {**self.identity, "step": str(state["step"])})
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])
+        if self.accelerator.scaler is not None and state.get("scaler"):
+            self.accelerator.scaler.load_state_dict(state["scaler"])
         set_torch_rng_state(state["rng"])
         self.step_index, self.best, self.elapsed = state["step"], state["best"], state["elapsed"]
         self.history = state["history"]
@@ -235,7 +243,7 @@ def run_train(cfg: ProjectConfig, resume: bool = False, stop_after: int | None =
     train_set = build_train_set(cfg, dataset)
     check_select_on(cfg, dataset)
     stack_val = load_stack_val(cfg, dataset) if dataset.splits.get("val") else None
-    steps_per_epoch = len(train_set) // t.batch_size
+    steps_per_epoch = batches_per_epoch(len(train_set), t.batch_size, t.drop_last)
     if steps_per_epoch == 0:
         raise ConfigError(f"train.batch_size={t.batch_size} exceeds the {len(train_set)} training samples; lower it")
     if is_main:
@@ -262,7 +270,8 @@ def run_train(cfg: ProjectConfig, resume: bool = False, stop_after: int | None =
         train_set.set_epoch(epoch)
         # The sampler shards each global batch by rank itself and is rebuilt from (seed, epoch, first batch):
         # the data order needs no state beyond the step counter, which is what makes --resume exact.
-        sampler = EpochBatchSampler(len(train_set), t.batch_size, t.seed, epoch, first_batch, rank, world_size)
+        sampler = EpochBatchSampler(len(train_set), t.batch_size, t.seed, epoch, first_batch, rank, world_size,
+                                    t.drop_last)
         loader = torch.utils.data.DataLoader(train_set, batch_sampler=sampler, num_workers=t.num_workers,
                                              collate_fn=collate_visits)
         for batch in loader:
