@@ -34,7 +34,7 @@ def default_like_config(run_dir: str) -> Any:
 
 def build_generator(run_dir: str, n_masks: int) -> tuple[Any, Any, Path]:
     """(config, toy dataset at the default size, generator folder) for the measurements."""
-    from s2s2.pipeline.generator.toy import toy_dataset
+    from tests.fixtures_toy import toy_dataset  # the test suite's synthetic masks (run from the repository root)
     from s2s2.stages.finetune import run_finetune
 
     cfg = default_like_config(run_dir)

@@ -45,7 +45,7 @@ def icbm152_dataset(repo_cache_dir):
 @pytest.fixture(scope="session")
 def toy_generator(tmp_path_factory):
     """A tiny fine-tuned generator (toy data, 16 px) shared by the generation tests."""
-    from s2s2.pipeline.generator.toy import toy_dataset, toy_project_config
+    from fixtures_toy import toy_dataset, toy_project_config
     from s2s2.stages.finetune import run_finetune
 
     cfg = toy_project_config(str(tmp_path_factory.mktemp("toy-generator")))

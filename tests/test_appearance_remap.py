@@ -16,7 +16,7 @@ from s2s2.pipeline.config.base import load_config
 from s2s2.pipeline.config.project import ProjectConfig
 from s2s2.pipeline.errors import ConfigError
 from s2s2.pipeline.generator.sampling import draw_appearances
-from s2s2.pipeline.generator.toy import toy_dataset
+from fixtures_toy import toy_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 NO_CORRUPTION = {"blur_p": 0.0, "bias_p": 0.0, "gamma_p": 0.0, "noise_p": 0.0}

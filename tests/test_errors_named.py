@@ -16,12 +16,12 @@ import torch
 from s2s2.pipeline.config.base import load_config
 from s2s2.pipeline.config.project import ProjectConfig
 from s2s2.pipeline.errors import ConfigError, S2S2Error, StoreError
-from s2s2.pipeline.generator.toy import toy_dataset, toy_project_config
 from s2s2.stages.evaluate import run_evaluate
 from s2s2.stages.generate import run_generate, stack_generator
 from s2s2.stages.train.loop import run_train
 from s2s2.store.inspect import verify
 from s2s2.store.stack_store import StackStore
+from fixtures_toy import toy_dataset, toy_project_config
 from test_generate_support import toy_project
 from test_store_support import fake_stack, synthetic_dataset
 from test_train_support import blob_dataset, filled_store, tiny_config
@@ -173,10 +173,10 @@ def test_a_damaged_shard_met_during_training_names_the_store_and_the_shard(tmp_p
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """A baseline run with a checkpoint and a resume state (2 steps)."""
+    """A baseline run of 4 steps stopped after 2, with a checkpoint and a resume state."""
     folder = tmp_path_factory.mktemp("trained")
     dataset = blob_dataset(n=24, size=32)
-    run_train(tiny_config(folder, stack=False, steps=2, checkpoint_every=2), dataset=dataset)
+    run_train(tiny_config(folder, stack=False, steps=4, checkpoint_every=2), stop_after=2, dataset=dataset)
     return folder, dataset
 
 

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from s2s2.pipeline.errors import ConfigError, StoreError
-from s2s2.pipeline.generator.toy import toy_dataset, toy_project_config
 from s2s2.stages.generate import run_generate
 from s2s2.store.stack_store import StackStore
+from fixtures_toy import toy_dataset, toy_project_config
 from test_generate_support import reference_stack
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,7 +52,7 @@ def test_two_worker_processes_fill_every_shard_exactly_once(tmp_path, generator)
 
 _CHILD = """
 import sys
-from s2s2.pipeline.generator.toy import toy_dataset, toy_project_config
+from fixtures_toy import toy_dataset, toy_project_config
 from s2s2.stages.generate import run_generate
 if __name__ == "__main__":
     cfg = toy_project_config(sys.argv[1], store={"shard_size": 1},
@@ -65,7 +65,7 @@ def test_sigkill_then_resume_retakes_the_killed_shard_after_expiry_and_gives_the
     dataset = toy_dataset(n=16)
     cfg = toy_project_config(str(tmp_path), store={"shard_size": 1},
                              generate={"generator_dir": str(generator), "steps": 6, "claim_seconds": 3})
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
     child = subprocess.Popen([sys.executable, "-c", _CHILD, str(tmp_path), str(generator)], env=env,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     held: dict = {}

@@ -11,8 +11,8 @@ import numpy as np
 
 from s2s2.pipeline.config.base import dump_config
 from s2s2.pipeline.config.data import data_config
-from s2s2.pipeline.generator.toy import TOY_CLASSES, toy_dataset, toy_project_config
 from s2s2.store.stack_store import StackStore
+from fixtures_toy import TOY_CLASSES, toy_dataset, toy_project_config
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -15,11 +15,11 @@ import zarr
 from s2s2.pipeline.config.project import ProjectConfig
 from s2s2.pipeline.data.prepared import PreparedDataset
 from s2s2.pipeline.errors import ConfigError, StoreError
-from s2s2.pipeline.generator.toy import toy_dataset, toy_project_config
 from s2s2.stages.finetune import run_finetune
 from s2s2.stages.generate import ShardTask, generate_shard, run_generate, stack_generator
 from s2s2.store.inspect import column_titles, format_summary, summarise
 from s2s2.store.stack_store import StackStore
+from fixtures_toy import toy_dataset, toy_project_config
 
 ROOT = Path(__file__).resolve().parents[1]
 MIXED = {"kind": "mixed", "sources": [{"kind": "controlnet"}, {"kind": "synth"}]}

@@ -14,9 +14,9 @@ import yaml
 
 from s2s2.pipeline.config.project import ProjectConfig
 from s2s2.pipeline.data.prepared import PreparedDataset
-from s2s2.pipeline.generator.toy import TOY_CLASSES, toy_dataset, toy_project_config
 from s2s2.stages.generate import ShardTask, generate_shard, stack_generator
 from s2s2.store.stack_store import StackStore
+from fixtures_toy import TOY_CLASSES, toy_dataset, toy_project_config
 
 ROOT = Path(__file__).resolve().parents[1]
 

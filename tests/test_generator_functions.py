@@ -12,9 +12,9 @@ from s2s2.pipeline.config.base import load_config
 from s2s2.pipeline.config.project import ProjectConfig
 from s2s2.pipeline.errors import ConfigError, DataError
 from s2s2.pipeline.generator.control import control_images, from_generator_rgb, is_bad_image, to_generator_rgb
-from s2s2.pipeline.generator.seeds import image_seed, step_seed
+from s2s2.pipeline.seeding import image_seed, step_seed
 from s2s2.pipeline.generator.tokenizer import build_byte_tokenizer
-from s2s2.pipeline.generator.toy import toy_dataset
+from fixtures_toy import toy_dataset
 
 
 def test_control_image_uses_voc_colours_in_unit_range():

@@ -13,8 +13,8 @@ from diffusers import ControlNetModel, StableDiffusionControlNetPipeline, UNet2D
 from s2s2.pipeline.errors import S2S2Error
 from s2s2.pipeline.generator.loading import load_base, load_pipeline
 from s2s2.pipeline.generator.sampling import generate_stack
-from s2s2.pipeline.generator.toy import toy_dataset, toy_project_config
 from s2s2.stages.finetune import run_finetune
+from fixtures_toy import toy_dataset, toy_project_config
 
 
 @pytest.fixture(scope="module")

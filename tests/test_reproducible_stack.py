@@ -8,9 +8,9 @@ import numpy as np
 import torch
 
 from s2s2.pipeline.generator.paths import ensure_base
-from s2s2.pipeline.generator.toy import toy_dataset, toy_project_config
 from s2s2.stages.finetune import run_finetune
 from s2s2.stages.generate import run_generate
+from fixtures_toy import toy_dataset, toy_project_config
 
 
 def _files(folder: Path) -> dict[str, bytes]:

@@ -1,15 +1,39 @@
 """Seeds and random-number states: one place that makes runs repeatable and resumable.
 
-Data order and per-sample randomness are *derived* from (seed, epoch, index), never drawn from a
-global stream, so a resumed run needs only the torch RNG states (dropout, drop-path) restored.
+Every seed is *derived* from its coordinates, never drawn from a global stream: stack images and
+fine-tuning steps get hashes of (base seed, sample index, k) and (base seed, step), the segmenter's
+data order and per-sample randomness come from (seed, epoch, index). So a resumed or re-sharded run
+draws exactly what an uninterrupted one draws, whatever order the work happens in, and needs only
+the torch RNG states (dropout, drop-path) restored.
 """
 
 from __future__ import annotations
 
+import hashlib
 import random
 
 import numpy as np
 import torch
+
+_SEED_BITS = 63
+
+
+def derive_seed(*parts: int | str) -> int:
+    """A 63-bit seed from a tuple of ints/strings (sha256 of their text, stable across runs)."""
+    text = ":".join(str(part) for part in parts)
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") >> (64 - _SEED_BITS)
+
+
+def image_seed(base_seed: int, sample_index: int, k: int, attempt: int = 0) -> int:
+    """Seed of stack image k of sample `sample_index`; `attempt` > 0 after a rejected (NaN/black) image."""
+    if sample_index < 0 or k < 0 or attempt < 0:
+        raise ValueError(f"sample_index, k and attempt must be >= 0, got {sample_index}, {k}, {attempt}")
+    return derive_seed("image", base_seed, sample_index, k, attempt)
+
+
+def step_seed(base_seed: int, step: int, process_index: int = 0) -> int:
+    """Seed of one fine-tuning step (batch draw, noise, timesteps) on one process."""
+    return derive_seed("step", base_seed, step, process_index)
 
 
 def seed_everything(seed: int, deterministic: bool = True) -> None:

@@ -35,7 +35,7 @@ from s2s2.pipeline.appearance import AppearanceSource
 from s2s2.pipeline.atomic import atomic_path
 from s2s2.pipeline.checkpoint import load_module, load_state, save_module, save_state
 from s2s2.pipeline.config.appearance import AppearanceRemapConfig
-from s2s2.pipeline.config.generator import FinetuneConfig
+from s2s2.pipeline.config.generator import FinetuneConfig, recipe_summary
 from s2s2.pipeline.config.project import ProjectConfig
 from s2s2.pipeline.data.prepared import PreparedDataset
 from s2s2.pipeline.distributed import any_process
@@ -51,7 +51,7 @@ from s2s2.pipeline.generator.loading import (
 )
 from s2s2.pipeline.generator.paths import ensure_base, finetune_work_dir, generator_dir, resolution_of
 from s2s2.pipeline.generator.sampling import generate_stack
-from s2s2.pipeline.generator.seeds import step_seed
+from s2s2.pipeline.seeding import step_seed
 
 logger = logging.getLogger(__name__)
 
@@ -301,6 +301,7 @@ def run_finetune(cfg: ProjectConfig, dataset: PreparedDataset | None = None, res
 
         dataset = prepare_dataset(cfg.data)
     ft = cfg.finetune
+    logger.info(recipe_summary(ft, cfg.generator.base_model))
     indices = dataset.indices(ft.split)
     parts = load_base(ensure_base(cfg, dataset, ft.split))
     appearance = ft.appearance if ft.appearance.enabled else None
@@ -358,6 +359,8 @@ def run_finetune(cfg: ProjectConfig, dataset: PreparedDataset | None = None, res
             batch = remap_appearance(batch, data.appearance, parts.vae, resolution, seed)
         loss = diffusion_loss(unet, controlnet, noise_scheduler, _to_device(batch, device), weight_dtype, ft.snr_gamma)
         accelerator.backward(loss)
+        if ft.max_grad_norm is not None:
+            accelerator.clip_grad_norm_(trainable, ft.max_grad_norm)
         optimizer.step()
         schedule.step()
         optimizer.zero_grad(set_to_none=True)

@@ -30,7 +30,7 @@ from s2s2.pipeline.config.project import ProjectConfig
 from s2s2.pipeline.data.prepared import PreparedDataset
 from s2s2.pipeline.errors import ConfigError
 from s2s2.pipeline.signals import Interrupted, StopRequest, Stopped, stopping_on_signals
-from s2s2.store.manifest import GeneratorIdentity, SourceIdentity, StackGenerator, StackSource, SynthIdentity
+from s2s2.store.manifest import VAL_SPLIT, GeneratorIdentity, SourceIdentity, StackGenerator, StackSource, SynthIdentity
 
 logger = logging.getLogger(__name__)
 
@@ -327,33 +327,46 @@ def _stopped(store: Any, generator: StackGenerator, writer: str, stop: Stopped) 
     pending = store.pending_for(generator)
     released = store.claims.release_writer(writer, pending)
     done = store.num_shards - len(pending)
-    return Interrupted(f"generate stopped by {stop}: {done} of {store.num_shards} shards are complete and kept, "
-                       f"{len(pending)} pending (the shard(s) in progress discarded, {len(released)} claim(s) "
-                       "released); resume: run the same `s2s2 generate` command again", stop.signum)
+    return Interrupted(f"generate stopped by {stop}: {store.path}: {done} of {store.num_shards} shards are complete "
+                       f"and kept, {len(pending)} pending (the shard(s) in progress discarded, {len(released)} "
+                       "claim(s) released); resume: run the same `s2s2 generate` command again", stop.signum)
 
 
 def run_generate(cfg: ProjectConfig, dataset: PreparedDataset | None = None,
                  overwrite: bool = False, force: bool = False) -> list[ShardResult]:
     """Create or reopen the store at `cfg.store.path`, check its sources against it, generate the
-    pending shards (together with any other run on the same store).
+    pending shards (together with any other run on the same store); with `generate.val_stack`, then
+    the same for the val split's masks into `store.val_path` (the stack-val store, validation only).
 
     `overwrite` regenerates the images of sources that changed (refused while another run writes
     the store, unless `force`). Returns one result per shard this run generated (none when complete).
     """
+    cfg.generator.k_ranges(cfg.store.k)  # a K that cannot be split is refused before any work
+    if dataset is None:
+        from s2s2.pipeline.data.prepare import prepare_dataset
+
+        dataset = prepare_dataset(cfg.data)
+    if cfg.generate.val_stack and not dataset.splits.get(VAL_SPLIT):
+        raise ConfigError(f"generate.val_stack is on but dataset {dataset.name} has no {VAL_SPLIT!r} split; fix: "
+                          "give the data a val split, or set generate.val_stack=false")
+    results = fill_store(cfg, dataset, cfg.store.path, cfg.store.split, overwrite, force)
+    if cfg.generate.val_stack:
+        results += fill_store(cfg, dataset, cfg.store.val_path, VAL_SPLIT, overwrite, force)
+    return results
+
+
+def fill_store(cfg: ProjectConfig, dataset: PreparedDataset, path: str, split: str, overwrite: bool,
+               force: bool) -> list[ShardResult]:
+    """Create or reopen the store of `split` at `path` and generate its pending shards."""
     from s2s2.pipeline.generator.paths import resolution_of
     from s2s2.store.claims import new_writer_id
     from s2s2.store.stack_store import StackStore
 
     sc = cfg.store
-    cfg.generator.k_ranges(sc.k)  # a K that cannot be split is refused before any work
     kinds = {share.kind for share in cfg.generator.source_shares()}
     generator_dir = str(controlnet_folder(cfg)) if "controlnet" in kinds else ""
-    if dataset is None:
-        from s2s2.pipeline.data.prepare import prepare_dataset
-
-        dataset = prepare_dataset(cfg.data)
-    store_path = absolute(sc.path)
-    store = StackStore.create(store_path, dataset, k=sc.k, split=sc.split, shard_size=sc.shard_size, dtype=sc.dtype,
+    store_path = absolute(path)
+    store = StackStore.create(store_path, dataset, k=sc.k, split=split, shard_size=sc.shard_size, dtype=sc.dtype,
                               compression=sc.compression, compression_level=sc.compression_level,
                               storage_options=sc.storage_options or None)
     settings = cfg.generate
@@ -362,7 +375,7 @@ def run_generate(cfg: ProjectConfig, dataset: PreparedDataset | None = None,
     writer = new_writer_id()
     replaces = store.check_generator(generator, writer, overwrite=overwrite, force=force)
     pending = store.pending_for(generator)
-    logger.info(f"{sc.path}: {store.n_samples} samples x K={store.k}, {len(pending)} of {store.num_shards} shards "
+    logger.info(f"{path}: {store.n_samples} samples ({split}) x K={store.k}, {len(pending)} of {store.num_shards} shards "
                 f"to generate; {describe_sources(generator)}")
     results: list[ShardResult] = []
     if pending:
@@ -373,8 +386,8 @@ def run_generate(cfg: ProjectConfig, dataset: PreparedDataset | None = None,
         with store.claims.running(writer, settings.claim_seconds), stopping_on_signals() as stop:
             try:
                 results = run_shards(task, store, stop)
-            except Stopped as stop:  # the cluster is closed by now: no worker of this run writes any more
-                raise _stopped(store, generator, writer, stop) from None
+            except Stopped as stopped:  # the cluster is closed by now: no worker of this run writes any more
+                raise _stopped(store, generator, writer, stopped) from None
         seconds = time.monotonic() - started
         images = sum(r.images for r in results)
         logger.info(f"generated {images} images in {seconds:.1f} s ({images / seconds:.2f} img/s) on "

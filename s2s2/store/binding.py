@@ -96,6 +96,19 @@ class GeneratorBinding:
             return self._changes(binding, generator)[1]
         return [] if binding.ready else list(binding.clear_ks)
 
+    def bound_generator(self) -> StackGenerator | None:
+        """The generator in force (None for a store no `generate` run has bound)."""
+        binding = self.current_binding()
+        return None if binding is None else StackGenerator.model_validate(binding.identity)
+
+    def current_done(self) -> np.ndarray:
+        """The done ledger [N,K] as the generator in force sees it (what training may read): flags of
+        ks an unfinished rebinding is clearing do not count. A store no `generate` run has bound (its
+        images written by one process through `write_shard`) and a store opened as a Store object
+        (no claim records to read) count their flags as they are."""
+        generator = self.bound_generator() if isinstance(self.path, (str, Path)) else None
+        return self.done_ledger() if generator is None else self.done_for(generator)
+
     def done_for(self, generator: StackGenerator, rows: range | None = None) -> np.ndarray:
         """The done ledger [N,K] (or its `rows`) as `generator` sees it: stale flags count as not done."""
         done = self.done_ledger() if rows is None else self.shard_ledger(rows)

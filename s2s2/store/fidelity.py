@@ -1,4 +1,5 @@
-"""What a stack looks like against its masks: mask fidelity and appearance diversity. Pure numpy.
+"""What a stack looks like against its masks: mask fidelity and appearance diversity. Pure numpy
+(Dice from `s2s2.pipeline.metrics`, the one the evaluation uses).
 
 Per-class mean intensities (channel mean) are fitted on the originals inside their masks. Every
 pixel of a generated image is labelled with the class whose mean is nearest ("global" labels).
@@ -18,6 +19,8 @@ how often the tissue brightness order differs from the original's (what contrast
 from __future__ import annotations
 
 import numpy as np
+
+from s2s2.pipeline.metrics import dice
 
 
 def derangement(n: int, rng: np.random.Generator) -> np.ndarray:
@@ -49,13 +52,7 @@ def nearest_mean_labels(gray: np.ndarray, means: np.ndarray) -> np.ndarray:
 
 def dice_per_class(pred: np.ndarray, truth: np.ndarray, num_classes: int) -> np.ndarray:
     """Dice of each foreground class (1..C-1); NaN where the class is in neither map."""
-    out = np.full(num_classes - 1, np.nan)
-    for c in range(1, num_classes):
-        p, t = pred == c, truth == c
-        total = p.sum() + t.sum()
-        if total:
-            out[c - 1] = 2.0 * np.logical_and(p, t).sum() / total
-    return out
+    return np.array([dice(pred == c, truth == c) for c in range(1, num_classes)], dtype=np.float64)
 
 
 def mask_fidelity(originals: np.ndarray, masks: np.ndarray, stack: np.ndarray,

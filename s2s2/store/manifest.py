@@ -9,6 +9,9 @@ from pydantic import BaseModel, ConfigDict, model_validator
 
 SCHEMA_VERSION = 2  # 2: the stack's generator is a list of sources, each owning a range of k
 MANIFEST_KEY = "s2s2_manifest"
+# A store whose manifest records this split holds stack images of validation masks: validation
+# reads it, training refuses it.
+VAL_SPLIT = "val"
 StoreDtype = Literal["uint8", "float16"]
 Compression = Literal["zstd", "blosc-zstd", "blosc-lz4", "none"]
 

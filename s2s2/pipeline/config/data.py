@@ -233,9 +233,11 @@ class VolumeSource(DataBase):
             raise ValueError(f"min_foreground_fraction must be in [0, 1), got {value}")
         return value
 
+    perturbed_by_default: ClassVar[bool] = False
+
     def perturbed(self) -> bool:
-        """Whether each volume gets its rigid perturbation: as configured, else only for spm152."""
-        return self.perturb.enabled if self.perturb.enabled is not None else self.adapter == "spm152"
+        """Whether each volume gets its rigid perturbation: as configured, else the adapter's default."""
+        return self.perturb.enabled if self.perturb.enabled is not None else self.perturbed_by_default
 
 
 class BrainTemplate(VolumeSource, SeededSplit):
@@ -264,6 +266,8 @@ class Spm152Data(BrainTemplate):
 
     adapter: Literal["spm152"] = "spm152"
     contrast: Literal["T1", "PD", "T2"] = Field("T1", description="which avg152 image")
+    # an out-of-domain test set of the training template's anatomy: moved, so position alone cannot score
+    perturbed_by_default: ClassVar[bool] = True
 
     def resolved_modality(self, from_data: Optional[str] = None) -> str:
         """The configured modality, else the contrast's."""

@@ -8,7 +8,7 @@ from pydantic import Field, ValidationError, model_validator
 
 from s2s2.pipeline.config.base import StrictModel, relocated
 from s2s2.pipeline.config.data import DATA_MODELS, DataConfig, Icbm152Data, data_config
-from s2s2.pipeline.config.generator import FinetuneConfig, GenerateConfig, GeneratorConfig
+from s2s2.pipeline.config.generator import FinetuneConfig, GenerateConfig, GeneratorConfig, apply_base_recipe
 from s2s2.pipeline.config.store import StoreConfig
 from s2s2.pipeline.config.train import EvalConfig, ModelConfig, TrainConfig
 
@@ -43,9 +43,16 @@ class ProjectConfig(StrictModel):
     evaluate: EvalConfig = Field(default_factory=EvalConfig)
 
     @model_validator(mode="after")
+    def _finetune_follows_base(self) -> "ProjectConfig":
+        apply_base_recipe(self.finetune, self.generator.base_model)
+        return self
+
+    @model_validator(mode="after")
     def _store_follows_run_dir(self) -> "ProjectConfig":
         if self.store.path is None:
             self.store.path = f"{self.run_dir}/stack.zarr"
+        if self.store.val_path is None:
+            self.store.val_path = val_store_path(self.store.path)
         return self
 
     @model_validator(mode="after")
@@ -58,3 +65,9 @@ class ProjectConfig(StrictModel):
             except ValidationError as err:
                 raise relocated(err, lambda loc, name=name: ("evaluate", "out_of_domain", name, *loc)) from None
         return self
+
+
+def val_store_path(path: str) -> str:
+    """The stack-val store beside a training store: `.../stack.zarr` -> `.../stack-val.zarr`."""
+    stem = path.rstrip("/")
+    return f"{stem[:-5] if stem.endswith('.zarr') else stem}-val.zarr"

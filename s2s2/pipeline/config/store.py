@@ -15,8 +15,11 @@ class StoreConfig(StrictModel):
     path: Optional[str] = Field(None, description="local path or fsspec URL (s3://bucket/stack.zarr); "
                                 "default {run_dir}/stack.zarr, so every experiment has its own stack")
     storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec options, e.g. endpoint_url")
+    val_path: Optional[str] = Field(None, description="the stack-val store: stack images of the val split's masks "
+                                    "(same generator), for validation only, never served to training; default "
+                                    "the training store's sibling, {path minus .zarr}-val.zarr")
     k: int = Field(4, ge=1, description="generated images per training mask")
-    split: str = "train"
+    split: str = "train"  # the split a store is made from; a store of the val split is validation-only
     shard_size: int = Field(8, ge=1, description="samples per shard file (all K images of each)")
     dtype: Literal["uint8", "float16"] = "uint8"
     compression: Literal["zstd", "blosc-zstd", "blosc-lz4", "none"] = "zstd"

@@ -81,6 +81,8 @@ class TrainConfig(StrictModel):
     # (`stopped_by_time_cap` in summary.json and in every results table).
     max_seconds: Optional[float] = Field(None, gt=0)
     batch_size: int = Field(8, ge=1)  # global batch B of originals; S2S2 forwards 2B images
+    # Drop each epoch's last partial batch (False: train on it, as the TransUNet and SLAug loaders do)
+    drop_last: bool = True
     optimizer: Literal["adamw", "sgd"] = "adamw"
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
@@ -89,12 +91,23 @@ class TrainConfig(StrictModel):
     poly_power: float = 0.9
     warmup_steps: int = Field(0, ge=0)
     grad_clip: Optional[float] = Field(None, gt=0)
+    # Which validation Dice picks the best checkpoint (model.safetensors): `val` the real val split,
+    # `stack_val` the model segmenting the stack images of the val masks (store.val_path, all K),
+    # `mean` the mean of the two. No choice reads an out-of-domain test set.
+    select_on: Literal["val", "stack_val", "mean"] = "val"
+    # True: S2S2's one forward of 2B images puts the stack images into the batch-norm running
+    # statistics. False: running statistics from the originals only, as the baseline's (each half of
+    # the batch is normalised by its own batch statistics; the stack half leaves the running ones alone).
+    bn_stack_stats: bool = True
     val_every: int = Field(50, ge=1)  # validation on the val split every this many steps (and at the end)
     log_every: int = Field(10, ge=1)
     checkpoint_every: int = Field(50, ge=1)  # last checkpoint + resume state
     num_workers: int = Field(0, ge=0)
     deterministic: bool = True  # torch.use_deterministic_algorithms (warn_only) for exact resume
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # Autocast of the forward pass through accelerate (fp16 with a gradient scaler, GPU only; bf16 on a GPU
+    # or CPU); the losses are computed in float32
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
 
     @model_validator(mode="after")
     def _warmup_below_steps(self) -> "TrainConfig":

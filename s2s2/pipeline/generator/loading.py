@@ -76,11 +76,6 @@ def load_base(name: str) -> BaseParts:
         raise _load_error(name, "base model", err) from None
 
 
-def vae_factor(vae: AutoencoderKL) -> int:
-    """How much the VAE downsamples: 2**(blocks-1) (8 for SD)."""
-    return 2 ** (len(vae.config.block_out_channels) - 1)
-
-
 def make_controlnet(unet: UNet2DConditionModel, vae: AutoencoderKL, source: str | None,
                     appearance_channels: int = 0) -> ControlNetModel:
     """Load a ControlNet from `source`, or initialise one from the UNet (zero convs, copied encoder).

@@ -23,7 +23,7 @@ from s2s2.pipeline.config.generator import GenerateConfig
 from s2s2.pipeline.errors import S2S2Error
 from s2s2.pipeline.generator.control import appearance_controls, control_images, from_generator_rgb, is_bad_image
 from s2s2.pipeline.generator.loading import appearance_channels
-from s2s2.pipeline.generator.seeds import derive_seed, image_seed
+from s2s2.pipeline.seeding import derive_seed, image_seed
 
 
 @dataclass(frozen=True)

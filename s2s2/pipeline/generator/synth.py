@@ -10,7 +10,7 @@ import numpy as np
 
 from s2s2.pipeline.appearance import labels_to_image
 from s2s2.pipeline.config.appearance import LabelsToImageConfig
-from s2s2.pipeline.generator.seeds import derive_seed
+from s2s2.pipeline.seeding import derive_seed
 
 
 def synth_seed(base_seed: int, sample_index: int, k: int) -> int:

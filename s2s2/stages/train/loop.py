@@ -23,6 +23,7 @@ import json
 import logging
 import math
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -42,13 +43,23 @@ from s2s2.pipeline.errors import ConfigError, S2S2Error, StoreError
 from s2s2.pipeline.losses import LossParts, build_seg_loss, s2s2_loss, split_output, stack_terms_active
 from s2s2.pipeline.metrics import nanmean
 from s2s2.pipeline.seeding import seed_everything, set_torch_rng_state, torch_rng_state
-from s2s2.pipeline.segmenters import build_segmenter, load_weights, model_identity, save_weights
+from s2s2.pipeline.segmenters import ACTIVATION, build_segmenter, load_weights, model_identity, save_weights
 from s2s2.stages.run_folder import run_folder, start_run_folder
-from s2s2.stages.train.augment import PairAugment
-from s2s2.stages.train.datasets import BaselineDataset, EpochBatchSampler, StackPairDataset, collate_visits
+from s2s2.stages.train.augment import PairAugment, device_images
+from s2s2.stages.train.batchnorm import originals_only_running_stats
+from s2s2.stages.train.datasets import (BaselineDataset, EpochBatchSampler, StackPairDataset, batches_per_epoch,
+                                        collate_visits)
 from s2s2.stages.train.schedule import learning_rate_schedule
 from s2s2.stages.train.trackers import LOSS_NAMES, CSVTracker, log_columns, write_progress_png
-from s2s2.stages.train.validation import eval_class_ids, validate
+from s2s2.stages.train.stack_val import (
+    StackVal,
+    check_select_on,
+    load_stack_val,
+    selected_row,
+    selection_score,
+)
+from s2s2.stages.train.validation import eval_class_ids, validate, validate_stack
+from s2s2.store.provenance import run_provenance
 
 logger = logging.getLogger(__name__)
 
@@ -64,8 +75,11 @@ def make_accelerator(cfg: TrainConfig, trackers: list[GeneralTracker] | None = N
     use_gpu = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
     if use_gpu and not torch.cuda.is_available():
         raise ConfigError("train.device=cuda but no GPU is visible; set train.device=cpu or auto")
+    if cfg.mixed_precision == "fp16" and not use_gpu:
+        raise ConfigError("train.mixed_precision=fp16 needs a GPU (its gradient scaler runs on CUDA); fix: set "
+                          "train.mixed_precision=bf16 (CPUs and recent GPUs) or no")
     try:
-        return Accelerator(cpu=not use_gpu, mixed_precision="no", log_with=trackers)
+        return Accelerator(cpu=not use_gpu, mixed_precision=cfg.mixed_precision, log_with=trackers)
     except ValueError as err:  # accelerate's state is per process and was set up differently before
         raise S2S2Error(f"cannot set up training in this process: {err}; fix: run `s2s2 train` in its own "
                         "process (not after `s2s2 finetune` in the same Python session)") from None
@@ -101,7 +115,8 @@ class Trainer:
     `accelerator` places the model and wraps it for distributed data parallelism (`self.ddp`);
     `self.model` is the bare module that checkpoints and validation use."""
 
-    def __init__(self, cfg: ProjectConfig, dataset: PreparedDataset, accelerator: Accelerator) -> None:
+    def __init__(self, cfg: ProjectConfig, dataset: PreparedDataset, accelerator: Accelerator,
+                 stack_val: StackVal | None = None) -> None:
         self.cfg, self.dataset, self.accelerator = cfg, dataset, accelerator
         self.device = accelerator.device
         self.folder = run_folder(cfg)
@@ -118,6 +133,8 @@ class Trainer:
         self.forward_stack = t.stack and stack_terms_active(t.loss)
         # Model selection on the val split; without one, the last weights (never the training split).
         self.selects_on_val = bool(dataset.splits.get("val"))
+        # The stack images of the val masks (store.val_path), when there are any: the stack-val Dice.
+        self.stack_val = stack_val if self.selects_on_val else None
         self.step_index = 0
         self.lr = t.lr  # the rate of the latest step
         self.best = -1.0
@@ -127,11 +144,13 @@ class Trainer:
 
     # --- one step: the method's equation --------------------------------------------------------
     def step(self, batch: dict[str, Any]) -> LossParts:
-        original = batch["original"].to(self.device, non_blocking=True)
+        original = device_images(batch, "original", self.device)  # float, photometrics applied here
         mask = batch["mask"].to(self.device, non_blocking=True).long()  # handed over in its stored dtype
         if self.forward_stack:
-            stack_image = batch["stack_image"].to(self.device, non_blocking=True)
-            output_0, output_k = split_output(self.ddp(torch.cat([original, stack_image])), len(original))
+            stack_image = device_images(batch, "stack_image", self.device)
+            with (nullcontext() if self.cfg.train.bn_stack_stats
+                  else originals_only_running_stats(self.model, len(original))):
+                output_0, output_k = split_output(self.ddp(torch.cat([original, stack_image])), len(original))
         else:
             output_0, output_k = self.ddp(original), None
         parts = s2s2_loss(self.cfg.train.loss, self.seg_loss, output_0, output_k, mask)
@@ -161,7 +180,9 @@ class Trainer:
         save_weights(self.model, self.folder / "last.safetensors", {**self.identity, "step": str(self.step_index)})
         save_state({"step": self.step_index, "optimizer": self.optimizer.state_dict(),
                     "schedule": self.schedule.state_dict(), "rng": torch_rng_state(), "best": self.best,
-                    "elapsed": self.elapsed, "history": self.history}, self.folder / "state.pt")
+                    "elapsed": self.elapsed, "history": self.history,
+                    "scaler": self.accelerator.scaler.state_dict() if self.accelerator.scaler else None},
+                   self.folder / "state.pt")
 
     def load_last(self) -> None:
         state_path = self.folder / "state.pt"
@@ -171,22 +192,32 @@ class Trainer:
         load_weights(self.model, self.folder / "last.safetensors", {**self.identity, "step": str(state["step"])})
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])
+        if self.accelerator.scaler is not None and state.get("scaler"):
+            self.accelerator.scaler.load_state_dict(state["scaler"])
         set_torch_rng_state(state["rng"])
         self.step_index, self.best, self.elapsed = state["step"], state["best"], state["elapsed"]
         self.history = state["history"]
 
     def validate_and_keep_best(self) -> dict[str, float]:
-        """Validation Dice; the best weights (mean over the evaluation classes) go to model.safetensors.
+        """Validation Dice (real val, and stack-val when there is a stack-val store); the best weights
+        (`train.select_on`, means over the evaluation classes) go to model.safetensors.
         Without a val split: no validation, the latest weights go to model.safetensors."""
         if not self.selects_on_val:
             save_weights(self.model, self.folder / "model.safetensors", self.identity)
             return {}
-        scores = validate(self.model, self.dataset, self.device, self.cfg.evaluate.batch_size)
-        mean = nanmean([scores[n] for n in self.eval_ids])
-        if mean > self.best or not (self.folder / "model.safetensors").is_file():
-            self.best = max(mean, self.best) if not math.isnan(mean) else self.best
+        scores = validate(self.model, self.dataset, self.device, self.cfg.evaluate.batch_size,
+                          ACTIVATION[self.cfg.train.loss.seg])
+        row = {"val_dice_mean": nanmean([scores[n] for n in self.eval_ids]), **{f"val_{n}": v for n, v in scores.items()}}
+        if self.stack_val is not None:
+            stack_scores = validate_stack(self.model, self.stack_val, self.dataset.class_names, self.device,
+                                          self.cfg.evaluate.batch_size, ACTIVATION[self.cfg.train.loss.seg])
+            row.update({"stack_val_dice_mean": nanmean([stack_scores[n] for n in self.eval_ids]),
+                        **{f"stack_val_{n}": v for n, v in stack_scores.items()}})
+        score = selection_score(self.cfg.train.select_on, row)
+        if score > self.best or not (self.folder / "model.safetensors").is_file():
+            self.best = max(score, self.best) if not math.isnan(score) else self.best
             save_weights(self.model, self.folder / "model.safetensors", self.identity)
-        return {"val_dice_mean": mean, **{f"val_{n}": v for n, v in scores.items()}}
+        return row
 
 
 def run_train(cfg: ProjectConfig, resume: bool = False, stop_after: int | None = None,
@@ -210,13 +241,15 @@ def run_train(cfg: ProjectConfig, resume: bool = False, stop_after: int | None =
 
         dataset = prepare_dataset(cfg.data)
     train_set = build_train_set(cfg, dataset)
-    steps_per_epoch = len(train_set) // t.batch_size
+    check_select_on(cfg, dataset)
+    stack_val = load_stack_val(cfg, dataset) if dataset.splits.get("val") else None
+    steps_per_epoch = batches_per_epoch(len(train_set), t.batch_size, t.drop_last)
     if steps_per_epoch == 0:
         raise ConfigError(f"train.batch_size={t.batch_size} exceeds the {len(train_set)} training samples; lower it")
     if is_main:
         start_run_folder(cfg, resume, overwrite)
     accelerator.wait_for_everyone()
-    trainer = Trainer(cfg, dataset, accelerator)
+    trainer = Trainer(cfg, dataset, accelerator, stack_val)
     if not trainer.selects_on_val and is_main:
         logger.warning(f"train {t.name}: the data has no val split, so there is no model selection: "
                        "model.safetensors holds the last weights (summary.json: model_selection last)")
@@ -237,7 +270,8 @@ def run_train(cfg: ProjectConfig, resume: bool = False, stop_after: int | None =
         train_set.set_epoch(epoch)
         # The sampler shards each global batch by rank itself and is rebuilt from (seed, epoch, first batch):
         # the data order needs no state beyond the step counter, which is what makes --resume exact.
-        sampler = EpochBatchSampler(len(train_set), t.batch_size, t.seed, epoch, first_batch, rank, world_size)
+        sampler = EpochBatchSampler(len(train_set), t.batch_size, t.seed, epoch, first_batch, rank, world_size,
+                                    t.drop_last)
         loader = torch.utils.data.DataLoader(train_set, batch_sampler=sampler, num_workers=t.num_workers,
                                              collate_fn=collate_visits)
         for batch in loader:
@@ -274,13 +308,20 @@ def run_train(cfg: ProjectConfig, resume: bool = False, stop_after: int | None =
     accelerator.end_training()
     in_sync = processes_in_sync(accelerator, trainer.model)
     if is_main:
+        chosen = selected_row(trainer.history, t.select_on) if trainer.selects_on_val else None
         summary = {"name": t.name, "model": cfg.model.name, "method": "s2s2" if t.stack else "baseline",
                    "seed": t.seed, "steps": trainer.step_index, "planned_steps": t.steps,
                    "stopped_by_time_cap": stopped_by_cap, "max_seconds": t.max_seconds,
                    "seconds": round(trainer.elapsed, 1),
                    "model_selection": "best_val" if trainer.selects_on_val else "last",
-                   "best_val_dice_mean": trainer.best if trainer.selects_on_val else None,
-                   "world_size": world_size, "ranks_in_sync": in_sync}
+                   # the real val and the stack-val Dice of the weights in model.safetensors
+                   "select_on": t.select_on if trainer.selects_on_val else None,
+                   "selected_step": chosen["step"] if chosen else None,
+                   "best_val_dice_mean": chosen["val_dice_mean"] if chosen else None,
+                   "best_stack_val_dice_mean": chosen.get("stack_val_dice_mean") if chosen else None,
+                   "bn_stack_stats": t.bn_stack_stats,
+                   "world_size": world_size, "ranks_in_sync": in_sync,
+                   "provenance": run_provenance(dataset, train_set.provenance if t.stack else None)}
         with atomic_path(trainer.folder / "summary.json") as tmp:
             tmp.write_text(json.dumps(summary, indent=1))
         if stopped_by_cap:

@@ -15,8 +15,10 @@ LOSS_NAMES = ("loss", "seg", "seg_gen", "enc", "dec")
 
 
 def log_columns(class_names: list[str]) -> list[str]:
-    """The columns of log.csv: step, epoch, lr, the losses, seconds, then validation Dice per class."""
-    return ["step", "epoch", "lr", *LOSS_NAMES, "seconds", "val_dice_mean", *(f"val_{n}" for n in class_names)]
+    """The columns of log.csv: step, epoch, lr, the losses, seconds, then validation Dice per class
+    (real val, then stack-val: the stack images of the val masks)."""
+    return ["step", "epoch", "lr", *LOSS_NAMES, "seconds", "val_dice_mean", *(f"val_{n}" for n in class_names),
+            "stack_val_dice_mean", *(f"stack_val_{n}" for n in class_names)]
 
 
 class CSVTracker(GeneralTracker):
@@ -64,6 +66,9 @@ def write_progress_png(history: list[dict[str, float]], class_names: list[str], 
     validated = [h for h in history if "val_dice_mean" in h]
     for name in class_names:
         right.plot([h["step"] for h in validated], [h[f"val_{name}"] for h in validated], marker=".", label=name)
+    stacked = [h for h in validated if "stack_val_dice_mean" in h]
+    if stacked:
+        right.plot([h["step"] for h in stacked], [h["stack_val_dice_mean"] for h in stacked], "k--", label="stack-val mean")
     right.set_xlabel("step"), right.set_ylim(0, 1), right.set_title("validation Dice"), right.legend(fontsize=7)
     fig.tight_layout()
     with atomic_path(path) as tmp:
