@@ -13,8 +13,9 @@ seconds per step, and the peak resident memory of the process tree (polled every
 any dask workers it starts). A phase whose tree passes --max-rss-gib is stopped and reported as such
 (the machine is shared). Results: bench/cpu_full_path.json and BENCHMARKS.md.
 
-    python bench/cpu_full_path.py              # ~30-60 minutes on 2 busy cores, ~10-15 GiB RSS
-    python bench/cpu_full_path.py --dry-run    # tiny sizes, the same phases (~2 minutes)
+    python bench/cpu_full_path.py                   # ~13 GiB peak RSS; an hour or more on 2 shared cores
+    python bench/cpu_full_path.py --train-masks 2   # 2 training masks to generate instead of 7
+    python bench/cpu_full_path.py --dry-run         # tiny sizes, the same phases (~2 minutes)
 """
 
 from __future__ import annotations
