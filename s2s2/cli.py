@@ -15,7 +15,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from s2s2.pipeline.errors import S2S2Error
+from s2s2.pipeline.errors import Interrupted, S2S2Error
 
 app = typer.Typer(
     help="S2S2: semantic stacking for robust medical image segmentation.",
@@ -398,6 +398,9 @@ def _report(err: BaseException, argv: list[str]) -> int:
         where = ctx.command_path if ctx is not None else _command_path(argv)
         typer.secho(f"error: {where}: {err.format_message()} (see '{where} --help')", fg=typer.colors.RED, err=True)
         return 2
+    if isinstance(err, Interrupted):  # stopped cleanly at a safe point: how to continue, not an error
+        typer.echo(str(err), err=True)
+        return err.status
     if isinstance(err, S2S2Error):
         typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
         return 2
