@@ -12,10 +12,13 @@ the stack image is extra. A resumed run sees the same batches.
 
 The stack image is the only read from the store per visit (one inner chunk); a DataLoader batch
 requests its stack images together (`__getitems__`: one trip to an object store per batch). The
-batch goes to the trainer through `collate_visits`: masks in their stored dtype (uint8, widened by
-the trainer after the hand-over) and the bookkeeping (index, id, k) as plain lists, because every
-tensor a worker hands over costs a shared-memory segment and a file-descriptor transfer (measured
-in `bench/store_read.py`: the hand-over, not the read, bounded the loader). The workers
+batch goes to the trainer through `collate_visits`: stack images and masks in their stored dtype
+(uint8: a quarter of the bytes of float32), converted to float by the trainer on its device
+(`augment.device_images`), the photometric draws and the bookkeeping (index, id, k) as plain lists,
+because every tensor a worker hands over costs a shared-memory segment and a file-descriptor
+transfer, and its bytes a copy (measured in `bench/store_read.py`: the hand-over, not the read,
+bounded the loader). With location-scale or GIN, which act on the jittered original, the dataset
+applies the whole augmentation and hands over float32 images. The workers
 read through the dataset's shard reader, which carries the layouts and shard indexes along and
 rebuilds its connection to an object store in each new process.
 """
@@ -34,7 +37,7 @@ from torch.utils.data import Dataset, Sampler, default_collate
 from s2s2.pipeline.data.prepared import PreparedDataset
 from s2s2.pipeline.errors import StoreError
 from s2s2.pipeline.seeding import epoch_permutation, sample_rng
-from s2s2.stages.train.augment import PairTransform
+from s2s2.stages.train.augment import PairAugment, PairTransform
 from s2s2.store.layout import to_unit_float
 from s2s2.store.manifest import VAL_SPLIT
 from s2s2.store.provenance import store_provenance
@@ -89,21 +92,33 @@ class BaselineDataset(Dataset):
                 for index, (stack_image, extra) in zip(indices, self.stack_images(indices), strict=True)]
 
     def _visit(self, index: int, stack_image: np.ndarray | None, extra: dict[str, Any]) -> dict[str, Any]:
+        """One visit; `stack_image` in its stored dtype. Images go out in their own dtype with the
+        photometric draws beside them, or (a transform that cannot defer them) as float32."""
         original = np.asarray(self.dataset.images[index], dtype=np.float32)
         mask = self.dataset.masks[index]
+        draws: dict[str, Any] = {}
         if self.transform is not None:
             rng = sample_rng(self.seed, self.epoch, index, ORIGINAL_STREAM)
             stack_rng = sample_rng(self.seed, self.epoch, index, STACK_STREAM) if stack_image is not None else None
-            original, stack_image, mask = self.transform(original, stack_image, mask, rng, stack_rng)
+            if isinstance(self.transform, PairAugment) and self.transform.can_defer:
+                original, stack_image, mask, draw, stack_draw = self.transform.defer(original, stack_image, mask, rng,
+                                                                                     stack_rng)
+                draws = {"original_photometric": draw, **({"stack_image_photometric": stack_draw}
+                                                          if stack_image is not None else {})}
+            else:
+                if stack_image is not None:
+                    stack_image = to_unit_float(stack_image)
+                original, stack_image, mask = self.transform(original, stack_image, mask, rng, stack_rng)
         item = {
-            "original": torch.from_numpy(np.ascontiguousarray(original, dtype=np.float32)),
+            "original": torch.from_numpy(np.ascontiguousarray(original)),
             "mask": torch.from_numpy(np.ascontiguousarray(mask)),  # stored dtype; the trainer widens it
             "index": index,
             "id": self.dataset.ids[index],
+            **draws,
             **extra,
         }
         if stack_image is not None:
-            item["stack_image"] = torch.from_numpy(np.ascontiguousarray(stack_image, dtype=np.float32))
+            item["stack_image"] = torch.from_numpy(np.ascontiguousarray(stack_image))  # stored dtype
         return item
 
 
@@ -172,11 +187,11 @@ class StackPairDataset(BaselineDataset):
         self._reader.locate([("stack", (row, 0)) for row in first_rows])
 
     def stack_images(self, indices: list[int]) -> list[tuple[np.ndarray | None, dict[str, Any]]]:
-        """Stack image k of each dataset sample (k from the visit's k stream), as float [0, 1], all
-        requested from the store together."""
+        """Stack image k of each dataset sample (k from the visit's k stream), in the store's dtype,
+        all requested from the store together."""
         ks = [draw_k(self.seed, self.epoch, index, self._choices[index]) for index in indices]
         images = self._reader.read([("stack", (self._rows[index], k)) for index, k in zip(indices, ks, strict=True)])
-        return [(to_unit_float(image), {"k": k}) for image, k in zip(images, ks, strict=True)]
+        return [(image, {"k": k}) for image, k in zip(images, ks, strict=True)]
 
 
 def batches_per_epoch(n: int, batch_size: int, drop_last: bool) -> int:

@@ -47,7 +47,7 @@ from s2s2.pipeline.seeding import seed_everything, set_torch_rng_state, torch_rn
 from s2s2.pipeline.segmenters import ACTIVATION, build_segmenter, load_weights, model_identity, save_weights
 from s2s2.pipeline.signals import StopRequests
 from s2s2.stages.run_folder import discard_failed_start, run_folder, start_run_folder
-from s2s2.stages.train.augment import PairAugment
+from s2s2.stages.train.augment import PairAugment, device_images
 from s2s2.stages.train.batchnorm import originals_only_running_stats
 from s2s2.stages.train.datasets import (BaselineDataset, EpochBatchSampler, StackPairDataset, batches_per_epoch,
                                         collate_visits)
@@ -146,10 +146,10 @@ class Trainer:
 
     # --- one step: the method's equation --------------------------------------------------------
     def step(self, batch: dict[str, Any]) -> LossParts:
-        original = batch["original"].to(self.device, non_blocking=True)
+        original = device_images(batch, "original", self.device)  # float, photometrics applied here
         mask = batch["mask"].to(self.device, non_blocking=True).long()  # handed over in its stored dtype
         if self.forward_stack:
-            stack_image = batch["stack_image"].to(self.device, non_blocking=True)
+            stack_image = device_images(batch, "stack_image", self.device)
             with (nullcontext() if self.cfg.train.bn_stack_stats
                   else originals_only_running_stats(self.model, len(original))):
                 output_0, output_k = split_output(self.ddp(torch.cat([original, stack_image])), len(original))
