@@ -24,6 +24,7 @@ import csv
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import threading
@@ -141,18 +142,28 @@ def train_step_seconds(log_csv: Path) -> list[float]:
     return [round(b - a, 2) for a, b in zip([0.0, *times], times)]
 
 
+PHASES = ("base", "finetune", "generate", "train")
+
+
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
-    """Every phase in order; a failed phase stops the ones that need its output."""
+    """Every phase in order from `args.from_phase` (earlier ones' outputs reused from the work
+    folder); a failed phase stops the ones that need its output."""
     out = args.out_dir
     out.mkdir(parents=True, exist_ok=True)
     settings = config(out, args.dry_run)
+    if args.train_masks:  # fewer training masks to generate: the other pictures go to validation
+        settings["data"].update(val_fraction=1 - args.train_masks / PICTURES - 0.1, test_fraction=0.1)
     cfg_path = out / "full_path.yaml"
     cfg_path.write_text(yaml.safe_dump(settings))
     write_pictures(out / "pictures", PICTURES, settings["data"]["size"])
     python, cli = sys.executable, [sys.executable, "-m", "s2s2.cli"]
     rows: list[dict[str, Any]] = []
+    skip = set(PHASES[:PHASES.index(args.from_phase)])
 
     def phase(name: str, command: list[str], log: str) -> bool:
+        key = log.removesuffix(".log")
+        if key in skip:
+            return True
         row = {"phase": name, **run_polled(command, out / log, args.max_rss_gib)}
         rows.append(row)
         print(json.dumps(row), flush=True)
@@ -168,18 +179,21 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     if not phase("finetune: 2 steps, 512 px, batch 1, SD locked, fp32", [*cli, "finetune", "-c", str(cfg_path),
                                                                           "--overwrite"], "finetune.log"):
         return rows
-    summary = json.loads((out / "generator" / "s2s2_finetune.json").read_text())
-    rows[-1].update(steps=summary["steps"], s_per_step=round(summary["seconds"] / summary["steps"], 1))
+    if "finetune" not in skip:
+        summary = json.loads((out / "generator" / "s2s2_finetune.json").read_text())
+        rows[-1].update(steps=summary["steps"], s_per_step=round(summary["seconds"] / summary["steps"], 1))
+    if "generate" not in skip:
+        shutil.rmtree(out / "stack.zarr", ignore_errors=True)  # a store of an earlier split or run
     if not phase(f"generate: reload the saved pipeline, one K={K} shard, UniPC 2 steps, guidance 9",
                  [*cli, "generate", "-c", str(cfg_path), "--overwrite"], "generate.log"):
         return rows
     import re
 
     found = re.findall(r"generated (\d+) images in ([\d.]+) s", (out / "generate.log").read_text())
-    if found:
+    if found and "generate" not in skip:
         rows[-1].update(images=int(found[-1][0]), s_per_image=round(float(found[-1][1]) / int(found[-1][0]), 1))
     if phase("train: full-preset U-Net (EfficientNet-B2), S2S2, 2 steps, batch 2 at 512 px",
-             [*cli, "train", "-c", str(cfg_path)], "train.log"):
+             [*cli, "train", "-c", str(cfg_path), "--overwrite"], "train.log"):
         log_csv = next((out / "train").rglob("log.csv"), None)
         if log_csv is not None:
             rows[-1].update(step_seconds=train_step_seconds(log_csv))
@@ -192,6 +206,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--out-dir", type=Path, default=REPO / "runs" / "cpu-full-path", help="work folder")
     parser.add_argument("--max-rss-gib", type=float, default=18.0, help="stop a phase whose processes pass this")
     parser.add_argument("--out", type=Path, default=None, help="JSON file (default bench/cpu_full_path.json)")
+    parser.add_argument("--from-phase", choices=PHASES, default="base", help="reuse the work folder's earlier phases")
+    parser.add_argument("--train-masks", type=int, default=None,
+                        help="split the pictures so that about this many are training masks (fewer to generate)")
     args = parser.parse_args(argv)
     import torch
 
@@ -199,7 +216,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     rows = run(args)
     result = {
         "date": datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
-        "command": "python bench/cpu_full_path.py" + (" --dry-run" if args.dry_run else ""),
+        "command": "python bench/cpu_full_path.py" + (" --dry-run" if args.dry_run else "") + (
+            f" --from-phase {args.from_phase}" if args.from_phase != "base" else "") + (
+            f" --train-masks {args.train_masks}" if args.train_masks else ""),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
                    f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}",
         "torch": torch.__version__, "seconds_total": round(time.monotonic() - started, 1), "rows": rows,

@@ -193,13 +193,17 @@ class WholeObjects:
             return fsspec.filesystem("s3", **self.options).cat_ranges(names, starts, ends)
         import obstore
 
+        if self._pid != os.getpid():
+            self._pid, self._clients = os.getpid(), {}
+        for name in names:
+            bucket = name.partition("/")[0]
+            if bucket not in self._clients:
+                self._clients[bucket] = obstore_s3(self.options, bucket)
+
         async def gather() -> list[Any]:
-            stores = {}
-            for name in names:
-                bucket = name.partition("/")[0]
-                stores.setdefault(bucket, obstore_s3(self.options, bucket))
-            return await asyncio.gather(*(obstore.get_range_async(stores[n.partition("/")[0]], n.partition("/")[2],
-                                                                  start=a, end=b) for n, a, b in zip(names, starts, ends)))
+            return await asyncio.gather(*(obstore.get_range_async(self._clients[n.partition("/")[0]],
+                                                                  n.partition("/")[2], start=a, end=b)
+                                          for n, a, b in zip(names, starts, ends)))
 
         return [bytes(r) for r in asyncio.run(gather())]
 

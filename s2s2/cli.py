@@ -15,7 +15,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from s2s2.pipeline.errors import Interrupted, S2S2Error
+from s2s2.pipeline.errors import S2S2Error
+from s2s2.pipeline.signals import Interrupted
 
 app = typer.Typer(
     help="S2S2: semantic stacking for robust medical image segmentation.",
@@ -398,9 +399,6 @@ def _report(err: BaseException, argv: list[str]) -> int:
         where = ctx.command_path if ctx is not None else _command_path(argv)
         typer.secho(f"error: {where}: {err.format_message()} (see '{where} --help')", fg=typer.colors.RED, err=True)
         return 2
-    if isinstance(err, Interrupted):  # stopped cleanly at a safe point: how to continue, not an error
-        typer.echo(str(err), err=True)
-        return err.status
     if isinstance(err, S2S2Error):
         typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
         return 2
@@ -409,6 +407,9 @@ def _report(err: BaseException, argv: list[str]) -> int:
                     "read and write (check run_dir, data.cache_dir, store.path and the options given)",
                     fg=typer.colors.RED, err=True)
         return 2
+    if isinstance(err, Interrupted):  # a command that cleaned up after a signal: what was kept, how to resume
+        typer.secho(str(err), fg=typer.colors.YELLOW, err=True)
+        return err.exit_status
     if isinstance(err, KeyboardInterrupt):
         typer.echo("interrupted", err=True)
         return 130

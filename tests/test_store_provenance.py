@@ -16,9 +16,12 @@ from s2s2.stages.evaluate import run_evaluate
 from s2s2.stages.report import collect_runs, write_report
 from s2s2.stages.train.datasets import StackPairDataset
 from s2s2.stages.train.loop import run_train
+from s2s2.stages.train.stack_val import load_stack_val
+from s2s2.store.manifest import VAL_SPLIT
 from s2s2.store.provenance import code_version, json_fingerprint
 from s2s2.store.stack_store import StackStore
 from test_store_roundtrip import one_source
+from test_store_support import fake_stack
 from test_train_support import blob_dataset, filled_store, tiny_config
 
 K = 3
@@ -49,6 +52,20 @@ def test_training_serves_no_image_of_a_ks_an_unfinished_rebinding_is_replacing(t
     assert {partial[i]["k"] for i in range(len(partial))} <= {0, 2}
     assert all(set(partial._choices[int(i)]) == {0, 2} for i in partial.samples)
     assert partial.provenance["ks_served"] == [0, 2] and NOT_MATCHED in caplog.text
+
+
+def test_stack_val_reads_only_the_current_generators_images(tmp_path):
+    ds = blob_dataset(n=24, size=16)
+    store = StackStore.create(tmp_path / "stack-val.zarr", ds, k=K, split=VAL_SPLIT, shard_size=4)
+    for shard in store.pending_shards():
+        store.write_shard(shard, fake_stack(store.shard_samples(shard), K, (1, 16, 16)))
+    store.bind_generator(one_source(k=K))
+    cfg = tiny_config(tmp_path)
+    cfg = cfg.model_copy(update={"store": cfg.store.model_copy(update={"val_path": str(store.path)})})
+    assert len(load_stack_val(cfg, ds).images) == store.n_samples * K
+    store.claims.create_binding(1, one_source(k=K, seed=5).model_dump(mode="json"), ready=False, clear_ks=[0])
+    with pytest.raises(StoreError, match="stack-val store is 66.7% generated"):
+        load_stack_val(cfg, ds)
 
 
 def test_allow_incomplete_warns_only_when_it_shrinks_what_is_served(tmp_path, caplog):

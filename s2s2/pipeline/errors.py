@@ -29,11 +29,3 @@ class DataError(S2S2Error):
 
 class StoreError(S2S2Error):
     """A stack store that is missing, incomplete, corrupt or made for other data."""
-
-
-class Interrupted(S2S2Error):
-    """A run stopped at a safe point by SIGTERM or SIGINT; `status` is the exit status (128 + the signal)."""
-
-    def __init__(self, message: str, status: int) -> None:
-        super().__init__(message)
-        self.status = status

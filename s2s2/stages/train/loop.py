@@ -40,12 +40,12 @@ from s2s2.pipeline.config.project import ProjectConfig
 from s2s2.pipeline.config.train import TrainConfig
 from s2s2.pipeline.data.prepared import PreparedDataset
 from s2s2.pipeline.distributed import any_process, processes_in_sync
-from s2s2.pipeline.errors import ConfigError, Interrupted, S2S2Error, StoreError
+from s2s2.pipeline.errors import ConfigError, S2S2Error, StoreError
 from s2s2.pipeline.losses import LossParts, build_seg_loss, s2s2_loss, split_output, stack_terms_active
 from s2s2.pipeline.metrics import nanmean
 from s2s2.pipeline.seeding import seed_everything, set_torch_rng_state, torch_rng_state
 from s2s2.pipeline.segmenters import ACTIVATION, build_segmenter, load_weights, model_identity, save_weights
-from s2s2.pipeline.signals import StopRequests
+from s2s2.pipeline.signals import Interrupted, StopRequest, stopping_on_signals
 from s2s2.stages.run_folder import discard_failed_start, run_folder, start_run_folder
 from s2s2.stages.train.augment import PairAugment, device_images
 from s2s2.stages.train.batchnorm import originals_only_running_stats
@@ -231,9 +231,9 @@ def _interrupted(name: str, received: signal.Signals, trainer: Trainer, start_st
         where = f"before its next step; {trainer.folder} still holds step {start_step}"
     else:
         return Interrupted(f"train {name}: stopped by {received.name} before its first step; nothing was kept; "
-                           "to train, run the same command again", 128 + received.value)
+                           "to train, run the same command again", received.value)
     return Interrupted(f"train {name}: stopped by {received.name} {where}; to continue, run the same command "
-                       "with --resume", 128 + received.value)
+                       "with --resume", received.value)
 
 
 def run_train(cfg: ProjectConfig, resume: bool = False, stop_after: int | None = None,
@@ -265,21 +265,19 @@ def run_train(cfg: ProjectConfig, resume: bool = False, stop_after: int | None =
     if is_main:
         start_run_folder(cfg, resume, overwrite)
     accelerator.wait_for_everyone()
-    stop = StopRequests().install()
     try:
-        return _train(cfg, dataset, train_set, stack_val, accelerator, csv_log, steps_per_epoch, resume, stop_after,
-                      stop)
+        with stopping_on_signals() as stop, stop.deferred():
+            return _train(cfg, dataset, train_set, stack_val, accelerator, csv_log, steps_per_epoch, resume,
+                          stop_after, stop)
     except BaseException:
         if is_main and not resume:
             discard_failed_start(run_folder(cfg))
         raise
-    finally:
-        stop.restore()
 
 
 def _train(cfg: ProjectConfig, dataset: PreparedDataset, train_set: BaselineDataset, stack_val: StackVal | None,
            accelerator: Accelerator, csv_log: CSVTracker, steps_per_epoch: int, resume: bool,
-           stop_after: int | None, stop: StopRequests) -> Path:
+           stop_after: int | None, stop: StopRequest) -> Path:
     """The steps of `run_train` once the run folder is set up; a stop request (SIGTERM, SIGINT) ends them
     after the current step with a checkpoint, then raises `Interrupted` with how to resume."""
     t = cfg.train
@@ -299,7 +297,7 @@ def _train(cfg: ProjectConfig, dataset: PreparedDataset, train_set: BaselineData
     bar = tqdm(total=t.steps, initial=start_step, desc=f"train {t.name}", disable=not is_main, dynamic_ncols=True)
     running: dict[str, list[float]] = {n: [] for n in LOSS_NAMES}
     began, stopped_by_cap = time.perf_counter() - trainer.elapsed, False
-    signalled = any_process(accelerator, stop.received is not None)
+    signalled = any_process(accelerator, stop.signum is not None)
     trainer.model.train()
     while trainer.step_index < last_step and not stopped_by_cap and not signalled:
         epoch, first_batch = divmod(trainer.step_index, steps_per_epoch)
@@ -318,7 +316,7 @@ def _train(cfg: ProjectConfig, dataset: PreparedDataset, train_set: BaselineData
             step = trainer.step_index
             trainer.elapsed = time.perf_counter() - began
             stopped_by_cap = any_process(accelerator, t.max_seconds is not None and trainer.elapsed >= t.max_seconds)
-            signalled = any_process(accelerator, stop.received is not None)
+            signalled = any_process(accelerator, stop.signum is not None)
             final = step >= last_step or stopped_by_cap or signalled
             row: dict[str, float] = {}  # this step's line of the log: losses, validation, or both
             if step % t.log_every == 0 or final:
@@ -349,7 +347,7 @@ def _train(cfg: ProjectConfig, dataset: PreparedDataset, train_set: BaselineData
         summary = {"name": t.name, "model": cfg.model.name, "method": "s2s2" if t.stack else "baseline",
                    "seed": t.seed, "steps": trainer.step_index, "planned_steps": t.steps,
                    "stopped_by_time_cap": stopped_by_cap, "max_seconds": t.max_seconds,
-                   "stopped_by_signal": stop.received.name if signalled and stop.received else None,
+                   "stopped_by_signal": signal.Signals(stop.signum).name if signalled and stop.signum else None,
                    "seconds": round(trainer.elapsed, 1),
                    "model_selection": "best_val" if trainer.selects_on_val else "last",
                    # the real val and the stack-val Dice of the weights in model.safetensors
@@ -369,5 +367,5 @@ def _train(cfg: ProjectConfig, dataset: PreparedDataset, train_set: BaselineData
     if not in_sync:
         raise S2S2Error("DDP ranks ended with different weights; this is a bug, please report it with summary.json")
     if signalled:
-        raise _interrupted(t.name, stop.received or signal.SIGTERM, trainer, start_step)
+        raise _interrupted(t.name, signal.Signals(stop.signum or signal.SIGTERM), trainer, start_step)
     return trainer.folder
