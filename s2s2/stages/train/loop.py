@@ -35,7 +35,7 @@ from accelerate.tracking import GeneralTracker
 from tqdm import tqdm
 
 from s2s2.pipeline.atomic import atomic_path
-from s2s2.pipeline.checkpoint import load_state, save_state
+from s2s2.pipeline.checkpoint import load_module, load_state, save_state
 from s2s2.pipeline.config.project import ProjectConfig
 from s2s2.pipeline.config.train import TrainConfig
 from s2s2.pipeline.data.prepared import PreparedDataset
@@ -44,7 +44,7 @@ from s2s2.pipeline.errors import ConfigError, S2S2Error, StoreError
 from s2s2.pipeline.losses import LossParts, build_seg_loss, s2s2_loss, split_output, stack_terms_active
 from s2s2.pipeline.metrics import nanmean
 from s2s2.pipeline.seeding import seed_everything, set_torch_rng_state, torch_rng_state
-from s2s2.pipeline.segmenters import ACTIVATION, build_segmenter, load_weights, model_identity, save_weights
+from s2s2.pipeline.segmenters import ACTIVATION, build_segmenter, model_identity, save_weights
 from s2s2.pipeline.signals import Interrupted, StopRequest, stopping_on_signals
 from s2s2.stages.run_folder import discard_failed_start, run_folder, start_run_folder
 from s2s2.stages.train.augment import PairAugment, device_images
@@ -191,7 +191,8 @@ class Trainer:
         if not state_path.is_file():
             raise S2S2Error(f"cannot resume: {state_path} does not exist; fix: train without --resume first")
         state = load_state(state_path, STATE_KEYS, "cannot resume", RESUME_FIX)
-        load_weights(self.model, self.folder / "last.safetensors", {**self.identity, "step": str(state["step"])})
+        load_module(self.model, self.folder / "last.safetensors", {**self.identity, "step": str(state["step"])},
+                    missing_fix=RESUME_FIX, unreadable_fix=RESUME_FIX, mismatch_fix=RESUME_FIX)
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])
         if self.accelerator.scaler is not None and state.get("scaler"):
