@@ -341,7 +341,8 @@ def _train(cfg: ProjectConfig, dataset: PreparedDataset, train_set: BaselineData
             if final:
                 break
     bar.close()
-    accelerator.end_training()
+    # No accelerator.end_training(): it destroys the process group that processes_in_sync still needs
+    # (log.csv, the one tracker, is complete after every step).
     in_sync = processes_in_sync(accelerator, trainer.model)
     if is_main:
         chosen = selected_row(trainer.history, t.select_on) if trainer.selects_on_val else None
