@@ -57,10 +57,15 @@ TRAIN_RUNS        := unet_baseline unet_s2s2
 RUN_ARGS_unet_baseline := --set model.name=unet --set train.stack=false
 RUN_ARGS_unet_s2s2     := --set model.name=unet --set train.stack=true
 
+TRAIN_RUN_DIR      = $(or $(shell sed -n 's/^run_dir:[[:space:]]*\([^[:space:]#]*\).*/\1/p' $(TRAIN_CONFIG)),runs/default)
+
 train: $(STAMP)
 	$(MAKE) generate GEN_CONFIG=$(TRAIN_CONFIG)
 	$(MAKE) -j$(TRAIN_JOBS) $(addprefix train-run-,$(TRAIN_RUNS))
 	$(S2S2) report --config $(TRAIN_CONFIG) $(addprefix --run ,$(TRAIN_RUNS))
+	@echo
+	@echo "Segment a new scan with the model just trained (README: Segment new scans):"
+	@echo "  $(S2S2) predict --model $(TRAIN_RUN_DIR)/train/$(lastword $(TRAIN_RUNS)) -i SCAN.nii.gz -o SCAN_mask.nii.gz"
 
 train-run-%: $(STAMP)
 	$(S2S2) train --config $(TRAIN_CONFIG) --name $* --overwrite $(if $(TRAIN_MAX_SECONDS),--max-seconds $(TRAIN_MAX_SECONDS)) $(RUN_ARGS_$*)

@@ -16,6 +16,7 @@ from typing import Annotated, Optional
 import typer
 
 from s2s2.pipeline.errors import S2S2Error
+from s2s2.pipeline.signals import Interrupted
 
 app = typer.Typer(
     help="S2S2: semantic stacking for robust medical image segmentation.",
@@ -147,7 +148,13 @@ def finetune(
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint at its exact step.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Train again even if the generator folder exists.")] = False,
 ) -> None:
-    """Fine-tune the ControlNet on the masks; save a complete diffusers pipeline folder."""
+    """Fine-tune the ControlNet on the masks; save a complete diffusers pipeline folder.
+
+    Defaults follow the base: a tiny base (generator.base_model: tiny) brings the CPU recipe `make generate`
+    runs (800 steps, lr 1e-3, batch 8, base UNet trained too, min-SNR 5); a Stable Diffusion base the
+    paper's (20,000 steps, lr 1e-5, batch 16, base UNet locked). A finetune field set in the config or on
+    the command line always wins; the recipe used is logged at the start.
+    """
     import os
 
     import torch
@@ -229,6 +236,7 @@ def evaluate(
     run: Annotated[Optional[Path], typer.Option(help="Run folder: read and written as given; its config.yaml is used unless --config is given.")] = None,
     name: Annotated[Optional[str], typer.Option(help="Run name (RUN_DIR/train/NAME) when --run is not given.")] = None,
     checkpoint: Annotated[Optional[Path], typer.Option(help="Weights to evaluate (default: evaluate.checkpoint: the run's model.safetensors or last.safetensors).")] = None,
+    model: Annotated[Optional[Path], typer.Option(help="A run folder (as --run) or a model folder of `s2s2 export` (its training_config.yaml is used unless --config is given).")] = None,
     test_set: Annotated[Optional[list[str]], typer.Option("--test-set", help="Only these test sets (repeatable; added to metrics.json, the others kept): in_domain, spm_t1, ...")] = None,
     atlas_copy: Annotated[bool, typer.Option("--atlas-copy", help="Score the atlas copy instead of a model: the training "
                                              "label map at each test slice's position, no image (RUN_DIR/atlas-copy/).")] = False,
@@ -242,13 +250,57 @@ def evaluate(
     from s2s2.pipeline.config.project import ProjectConfig
     from s2s2.stages.evaluate import run_atlas_copy, run_evaluate, summary_lines
 
+    from s2s2.pipeline.segmenters import is_model_folder
+
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    if run is not None and config is None:
-        config = run / "config.yaml"
+    model_folder = model if model is not None and is_model_folder(model) else None
+    run = model if model is not None and model_folder is None else run
+    if config is None and (run is not None or model_folder is not None):
+        config = run / "config.yaml" if run is not None else model_folder / "training_config.yaml"
     cfg = load_config(ProjectConfig, config, overrides={"train.name": name}, dotted=set_)
-    results = run_atlas_copy(cfg, sets=test_set) if atlas_copy else run_evaluate(cfg, checkpoint=checkpoint, sets=test_set, folder=run)
+    results = run_atlas_copy(cfg, sets=test_set) if atlas_copy else run_evaluate(
+        cfg, checkpoint=checkpoint, sets=test_set, folder=run, model_folder=model_folder)
     for line in summary_lines(results):
         typer.echo(line)
+
+
+@app.command()
+def predict(
+    model: Annotated[Path, typer.Option("--model", "-m", help="A model folder (`s2s2 export`) or a run folder (RUN_DIR/train/NAME).")],
+    input_: Annotated[Path, typer.Option("--input", "-i", help="A scan, or a folder of them: NIfTI (.nii/.nii.gz, nnU-Net <case>_0000 names), PNG/JPEG/TIFF, npz.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output file (one input file) or folder: masks in the input's format and geometry.")],
+    save_probabilities: Annotated[bool, typer.Option("--save-probabilities", help="Also write <case>_probabilities.npz (class probabilities, input geometry).")] = False,
+    tta: Annotated[Optional[str], typer.Option("--tta", help="Test-time augmentation: 'flip' averages with the left-right mirrored input.")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Redo outputs that exist (default: keep them, so a folder run resumes).")] = False,
+    batch_size: Annotated[int, typer.Option(help="Slices per forward pass.")] = 16,
+) -> None:
+    """Segment new scans: each input prepared as the training data was, each mask written in the input's format and geometry."""
+    import os
+
+    import torch
+
+    from s2s2.stages.predict import run_predict
+
+    if tta not in (None, "flip"):
+        raise typer.BadParameter(f"--tta {tta!r}: the one test-time augmentation is 'flip'")
+    if device not in ("auto", "cpu", "cuda"):
+        raise typer.BadParameter(f"--device {device!r}: use auto, cpu or cuda")
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    written = run_predict(model, input_, output, device=device, tta=tta == "flip",
+                          save_probabilities=save_probabilities, overwrite=overwrite, batch_size=batch_size)
+    typer.echo(f"{len(written)} mask(s) written to {output}")
+
+
+@app.command()
+def export(
+    run: Annotated[Path, typer.Option("--run", help="Run folder of `s2s2 train` (RUN_DIR/train/NAME).")],
+    out: Annotated[Path, typer.Option("--out", help="Model folder to write: config.json + model.safetensors.")],
+) -> None:
+    """Export a run's best model as a self-describing model folder (loads anywhere with from_pretrained)."""
+    from s2s2.stages.predict import run_export
+
+    typer.echo(f"model folder: {run_export(run, out)}")
 
 
 @app.command()
@@ -351,10 +403,13 @@ def _report(err: BaseException, argv: list[str]) -> int:
         typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
         return 2
     if isinstance(err, OSError) and err.filename is not None:  # a path the system refused: not a bug of ours
-        typer.secho(f"error: {err.filename}: {err.strerror or err}; fix: pass a path that exists and that you may "
-                    "read and write (check run_dir, data.cache_dir, store.path and the options given)",
+        typer.secho(f"error: cannot use {err.filename}: {err.strerror or err}; fix: point run_dir, data.cache_dir, "
+                    "store.path (or the option given) at a folder you may create and write",
                     fg=typer.colors.RED, err=True)
         return 2
+    if isinstance(err, Interrupted):  # a command that cleaned up after a signal: what was kept, how to resume
+        typer.secho(str(err), fg=typer.colors.YELLOW, err=True)
+        return err.exit_status
     if isinstance(err, KeyboardInterrupt):
         typer.echo("interrupted", err=True)
         return 130

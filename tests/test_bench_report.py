@@ -225,6 +225,10 @@ def test_p5_verdict_checks_each_condition() -> None:
     assert good["pd_t2_vs_baseline"] == pytest.approx(25.0) and good["pd_t2_vs_best_augmentation"] == pytest.approx(5.0)
     assert not study(0.45, 0.30, 0.80, 0.80)["met"]  # +15 over the baseline only
     assert not study(0.55, 0.53, 0.80, 0.80)["met"]  # +2 over LS
+    runs = [_run("baseline", 0, 0.80, (0.80, 0.30, 0.30)), _run("s2s2[c]", 0, 0.80, (0.80, 0.60, 0.60)),
+            _run("s2s2_no_sc[c]", 0, 0.80, (0.80, 0.58, 0.58))]
+    judged = ood_gain.verdict(runs, "s2s2[c]")
+    assert judged["best_augmentation"] == "s2s2_no_sc[c]" and not judged["met"]  # +2 over the seg-only ablation
     assert not study(0.55, 0.50, 0.785, 0.80)["met"]  # 1.5 points lost in-domain
     assert not study(0.55, 0.50, 0.80, 0.79)["met"]  # SPM T1 lower
 
@@ -248,15 +252,18 @@ def test_p5_rows_label_stack_kind_time_cap_and_paired_interval() -> None:
 def test_p5_methods_and_jobs_are_real_matched_configs(tmp_path: Path) -> None:
     methods = ood_gain.study_methods(["controlnet", "synth"], "controlnet")
     assert [m.name for m in methods] == ["baseline", "ls", "gin", "s2s2[controlnet]", "s2s2[synth]",
-                                         "ls+s2s2[controlnet]", "s2s2_no_sc[controlnet]"]
+                                         "ls+s2s2[controlnet]", "gin+s2s2[controlnet]", "s2s2_no_sc[controlnet]"]
     plan = ood_gain.Plan(seeds=(0, 1), steps=7, parallel=2, run_dir="runs/x")
     stores = {"controlnet": "runs/c/stack.zarr", "synth": "runs/s/stack.zarr"}
-    jobs = ood_gain.make_jobs(methods, plan, tmp_path / "c.yaml", stores)
+    jobs = ood_gain.make_jobs(methods, plan, tmp_path / "c.yaml", stores, "runs/c/stack-val.zarr")
     assert [(j["method"], j["seed"]) for j in jobs] == [(m.name, s) for s in (0, 1) for m in methods]
     names = [j["overrides"]["train.name"] for j in jobs]
     assert len(set(names)) == len(names) and "ls_s2s2-controlnet_s1" in names  # unique, filesystem-safe
     by_name = {j["overrides"]["train.name"]: j["overrides"] for j in jobs}
     assert by_name["baseline_s0"]["train.stack"] is False and "store.path" not in by_name["baseline_s0"]
+    assert by_name["baseline_s0"]["store.val_path"] == "runs/c/stack-val.zarr"  # validates on the primary's stack-val
+    assert "store.val_path" not in by_name["s2s2-synth_s1"]  # its own store's sibling
+    assert by_name["gin_s2s2-controlnet_s0"]["train.gin"] and by_name["gin_s2s2-controlnet_s0"]["train.stack"]
     assert by_name["s2s2-synth_s1"]["store.path"] == "runs/s/stack.zarr"
     authors = by_name["ls_s2s2-controlnet_s0"]
     assert authors["train.location_scale"] and authors["train.augment.stack_photometric"] is False

@@ -155,3 +155,18 @@ def test_the_registry_chooses_the_builder():
         assert isinstance(model, torch.nn.Conv2d) and model.in_channels == 2 and model.out_channels == 3
     finally:
         REGISTRY["unet"] = original
+
+
+def test_monai_imports_without_the_torch_jit_warning_and_other_warnings_still_show():
+    import subprocess
+    import sys
+
+    code = ("import warnings; warnings.simplefilter('error');"
+            "from s2s2.pipeline.config.train import LossConfig, ModelConfig;"
+            "from s2s2.pipeline.losses import build_seg_loss; build_seg_loss(LossConfig());"
+            "from s2s2.pipeline.segmenters import build_segmenter; build_segmenter(ModelConfig(name='fcbformer'), 1, 2, 32);"
+            "import s2s2.pipeline.metrics as m; m.import_monai();"
+            "import pytest\n"
+            "with pytest.raises(FutureWarning): warnings.warn('another', FutureWarning)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from s2s2.pipeline.config.appearance import AppearanceRemapConfig, CorruptionConfig, LabelsToImageConfig
+from s2s2.pipeline.monai_import import import_monai
 
 _MONAI_SEED_LIMIT = 2**32  # MONAI seeds a numpy RandomState, which takes 32-bit seeds
 
@@ -25,6 +26,7 @@ _MONAI_SEED_LIMIT = 2**32  # MONAI seeds a numpy RandomState, which takes 32-bit
 def corrupt(image: np.ndarray, rng: np.random.Generator, cfg: CorruptionConfig) -> np.ndarray:
     """Blur, bias field, gamma and noise in acquisition order, each with its probability; float32
     [C,H,W] clipped to [0, 1]. The label map is untouched: only intensities change."""
+    import_monai()
     from monai.transforms import RandAdjustContrast, RandBiasField, RandGaussianNoise, RandGaussianSmooth
 
     steps = (

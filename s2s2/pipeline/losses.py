@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from s2s2.pipeline.config.train import LossConfig
+from s2s2.pipeline.monai_import import import_monai
 from s2s2.pipeline.segmenters import SegOutput
 
 
@@ -35,6 +36,7 @@ def position_distance(u: torch.Tensor, v: torch.Tensor, distance: str = "cosine"
     if u.shape != v.shape:
         raise ValueError(f"feature shapes differ: {tuple(u.shape)} vs {tuple(v.shape)}")
     dim = channel_dim(u)
+    u, v = u.float(), v.float()  # in half precision the sums of squares overflow and the clamp underflows
     if distance == "cosine":
         # Written out: F.cosine_similarity reduces over a strided channel dim ~20x slower on CPU.
         dot, uu, vv = (u * v).sum(dim), (u * u).sum(dim), (v * v).sum(dim)
@@ -86,6 +88,7 @@ class BCEDiceLoss(nn.Module):
 
     def __init__(self, lambda_bce: float = 1.0, lambda_dice: float = 1.0) -> None:
         super().__init__()
+        import_monai()
         from monai.losses import DiceLoss
 
         self.dice = DiceLoss(to_onehot_y=True, sigmoid=True)
@@ -103,6 +106,7 @@ def build_seg_loss(cfg: LossConfig) -> nn.Module:
     sigmoid Dice per class channel (`BCEDiceLoss`)."""
     if cfg.seg == "bce_dice":
         return BCEDiceLoss(cfg.lambda_ce, cfg.lambda_dice)
+    import_monai()
     from monai.losses import DiceCELoss
 
     return DiceCELoss(to_onehot_y=True, softmax=True, lambda_ce=cfg.lambda_ce, lambda_dice=cfg.lambda_dice)

@@ -18,6 +18,8 @@ import warnings
 
 import numpy as np
 
+from s2s2.pipeline.monai_import import import_monai
+
 
 def dice(prediction: np.ndarray, truth: np.ndarray) -> float:
     """Dice of two boolean masks under the policy above (NaN when both are empty)."""
@@ -39,6 +41,7 @@ def hd95(prediction: np.ndarray, truth: np.ndarray, spacing: tuple[float, ...], 
     under the policy above. `present` (one flag per plane of axis 0) marks the planes that were seen; the
     others (gaps between the slabs of a split) are neither surface nor background, see `_gap_hd95`."""
     import torch
+    import_monai()
     from monai.metrics import compute_hausdorff_distance
 
     prediction, truth = np.asarray(prediction, bool), np.asarray(truth, bool)

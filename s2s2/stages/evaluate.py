@@ -26,8 +26,9 @@ from s2s2.pipeline.config.project import ProjectConfig, out_of_domain_config
 from s2s2.pipeline.data.prepared import PreparedDataset
 from s2s2.pipeline.errors import ConfigError
 from s2s2.pipeline.metrics import case_metrics, present_planes, stack_slices, summarise
-from s2s2.pipeline.segmenters import build_segmenter, load_weights, model_identity, predict
+from s2s2.pipeline.segmenters import ACTIVATION, build_segmenter, from_pretrained, load_weights, model_identity, predict
 from s2s2.stages.run_folder import run_folder
+from s2s2.store.provenance import evaluation_provenance
 
 POLICY = ("Dice/HD95 per case (a 2-D slice, or under `volume` a 3-D volume of stacked slices) and class; truth "
           "and prediction both empty: NaN (left out of the mean); exactly one empty: Dice 0 and HD95 = the image "
@@ -277,30 +278,47 @@ def write_results(folder: Path, results: dict[str, Any], rows: list[list[np.ndar
 
 def run_evaluate(cfg: ProjectConfig, checkpoint: str | Path | None = None, sets: list[str] | None = None,
                  datasets: dict[str, tuple[PreparedDataset, list[int]]] | None = None,
-                 train_data: PreparedDataset | None = None, folder: str | Path | None = None) -> dict[str, Any]:
+                 train_data: PreparedDataset | None = None, folder: str | Path | None = None,
+                 model_folder: str | Path | None = None) -> dict[str, Any]:
     """Evaluate the run's best or last checkpoint (`evaluate.checkpoint`, or `checkpoint`) on the test sets;
     returns the results and merges them into the run's metrics.json.
 
     `folder` is the run folder for every read and write (default {run_dir}/train/{train.name}).
     The model's classes and input shape come from the training data (`train_data`, default
     `prepare_dataset(cfg.data)`), whichever test sets are asked for. `datasets` replaces
-    `test_datasets(cfg, sets)` (tests that hold the data in memory).
+    `test_datasets(cfg, sets)` (tests that hold the data in memory). `model_folder`: evaluate a model
+    folder (`s2s2 export`) instead of a run's checkpoint; results go into it unless `folder` is given.
+    Classes follow the loss the model was trained with (argmax, or sigmoid > 0.5 per class).
     """
     from s2s2.pipeline.data.prepare import prepare_dataset
 
-    folder = Path(folder) if folder is not None else run_folder(cfg)
-    default = "model.safetensors" if cfg.evaluate.checkpoint == "best" else "last.safetensors"
-    checkpoint = Path(checkpoint) if checkpoint else folder / default
     train_data = train_data if train_data is not None else prepare_dataset(cfg.data)
+    if model_folder is not None:
+        folder = Path(folder) if folder is not None else Path(model_folder)
+        model, card = from_pretrained(model_folder)
+        if (card.class_names, card.image_size) != (train_data.class_names, train_data.image_shape[1]):
+            raise ConfigError(f"model folder {model_folder} predicts {list(card.class_names)} at {card.image_size} px, "
+                              f"the config's data has {list(train_data.class_names)} at {train_data.image_shape[1]} "
+                              "px; fix: evaluate it with the config it was trained with (its training_config.yaml)")
+        checkpoint, activation = Path(model_folder) / "model.safetensors", card.activation
+        device = torch.device("cuda" if torch.cuda.is_available() and cfg.train.device != "cpu" else "cpu")
+        model = model.to(device)
+    else:
+        folder = Path(folder) if folder is not None else run_folder(cfg)
+        default = "model.safetensors" if cfg.evaluate.checkpoint == "best" else "last.safetensors"
+        checkpoint = Path(checkpoint) if checkpoint else folder / default
+        model, device = load_model(cfg, checkpoint, train_data)
+        activation = ACTIVATION[cfg.train.loss.seg]
     datasets = datasets or test_datasets(cfg, sets, train_data)
-    model, device = load_model(cfg, checkpoint, train_data)
 
     def segment(dataset: PreparedDataset, indices: list[int]) -> np.ndarray:
-        return predict(model, dataset.images[indices], device, cfg.evaluate.batch_size)
+        return predict(model, dataset.images[indices], device, cfg.evaluate.batch_size, activation)
 
     scores, rows, titles = score_test_sets(cfg, train_data, datasets, segment)
     results: dict[str, Any] = {"checkpoint": str(checkpoint), "model": cfg.model.name, "run": cfg.train.name,
-                               "policy": POLICY, "eval_classes": cfg.evaluate.eval_classes, "test_sets": scores}
+                               "policy": POLICY, "eval_classes": cfg.evaluate.eval_classes, "test_sets": scores,
+                               "provenance": evaluation_provenance(folder, train_data,
+                                                                   {name: data for name, (data, _) in datasets.items()})}
     write_results(folder, results, rows, titles)
     return results
 

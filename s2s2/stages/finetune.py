@@ -35,7 +35,7 @@ from s2s2.pipeline.appearance import AppearanceSource
 from s2s2.pipeline.atomic import atomic_path
 from s2s2.pipeline.checkpoint import load_module, load_state, save_module, save_state
 from s2s2.pipeline.config.appearance import AppearanceRemapConfig
-from s2s2.pipeline.config.generator import FinetuneConfig
+from s2s2.pipeline.config.generator import FinetuneConfig, recipe_summary
 from s2s2.pipeline.config.project import ProjectConfig
 from s2s2.pipeline.data.prepared import PreparedDataset
 from s2s2.pipeline.distributed import any_process
@@ -301,12 +301,13 @@ def run_finetune(cfg: ProjectConfig, dataset: PreparedDataset | None = None, res
 
         dataset = prepare_dataset(cfg.data)
     ft = cfg.finetune
+    logger.info(recipe_summary(ft, cfg.generator.base_model))
     indices = dataset.indices(ft.split)
-    parts = load_base(ensure_base(cfg, dataset, ft.split))
+    parts = load_base(ensure_base(cfg, dataset, ft.split), allow_pickle=cfg.generator.pickled_weights)
     appearance = ft.appearance if ft.appearance.enabled else None
     torch.manual_seed(ft.seed)  # the ControlNet's fresh layers: the same whether or not the base was just built
     controlnet = make_controlnet(parts.unet, parts.vae, cfg.generator.controlnet,
-                                 dataset.image_shape[0] if appearance else 0)
+                                 dataset.image_shape[0] if appearance else 0, cfg.generator.pickled_weights)
     resolution = resolution_of(cfg, dataset.image_shape[-1])
 
     use_gpu = torch.cuda.is_available()
@@ -358,6 +359,8 @@ def run_finetune(cfg: ProjectConfig, dataset: PreparedDataset | None = None, res
             batch = remap_appearance(batch, data.appearance, parts.vae, resolution, seed)
         loss = diffusion_loss(unet, controlnet, noise_scheduler, _to_device(batch, device), weight_dtype, ft.snr_gamma)
         accelerator.backward(loss)
+        if ft.max_grad_norm is not None:
+            accelerator.clip_grad_norm_(trainable, ft.max_grad_norm)
         optimizer.step()
         schedule.step()
         optimizer.zero_grad(set_to_none=True)

@@ -43,6 +43,8 @@ def run_entry(folder: Path) -> dict[str, Any]:
         # validation Dice of the kept checkpoint: real val and stack-val (the val masks' stack images)
         "val": summary.get("best_val_dice_mean"), "stack_val": summary.get("best_stack_val_dice_mean"),
         "metrics": {name: set_scores(entry) for name, entry in metrics["test_sets"].items()},
+        # which stack, generator, data and code the run was trained and evaluated with
+        "provenance": metrics.get("provenance"),
     }
 
 
@@ -63,22 +65,40 @@ def steps_cell(row: dict[str, Any]) -> str:
     return str(row["steps"])
 
 
+def _best(values: list[float | None], higher: bool) -> float | None:
+    """The best of a column's values (None when it has none), compared as printed."""
+    shown = [round(v, 6) for v in values if v is not None and v == v]
+    return (max(shown) if higher else min(shown)) if shown else None
+
+
 def _table(rows: list[dict[str, Any]], sets: list[str], volume: bool) -> list[str]:
-    """Markdown lines of one table: mean Dice (per class in brackets) and mean HD95 per test set."""
+    """Markdown lines of one table: mean Dice (per class in brackets) and mean HD95 per test set; the best
+    value of each test-set column (highest Dice, lowest HD95) in bold."""
     header = ("| run | model | method | seed | steps | val Dice | stack-val Dice | "
               + " | ".join(f"{s} Dice (per class) | {s} HD95" for s in sets) + " |")
     lines = [header, "|" + "---|" * (7 + 2 * len(sets))]
+
+    def entry_of(row: dict[str, Any], name: str) -> dict[str, Any] | None:
+        entry = row["metrics"].get(name)
+        return entry and (entry["volume"] if volume else entry)
+
+    best = {s: (_best([(entry_of(r, s) or {}).get("dice_mean") for r in rows], higher=True),
+                _best([(entry_of(r, s) or {}).get("hd95_mean") for r in rows], higher=False)) for s in sets}
+
+    def bold(text: str, value: float | None, top: float | None) -> str:
+        return f"**{text}**" if value is not None and top is not None and round(value, 6) == top else text
+
     for row in rows:
         cells = []
         for s in sets:
-            entry = row["metrics"].get(s)
-            entry = entry and (entry["volume"] if volume else entry)
+            entry = entry_of(row, s)
             if not entry:
                 cells += ["–", "–"]
                 continue
             per_class = " / ".join(_fmt(v) for v in entry["dice"].values())
-            cells += [f"**{_fmt(entry['dice_mean'])}** ({per_class})",
-                      f"{_fmt(entry['hd95_mean'], 2)} {entry['hd95_unit'] or ''}".strip()]
+            hd95 = f"{_fmt(entry['hd95_mean'], 2)} {entry['hd95_unit'] or ''}".strip()
+            cells += [f"{bold(_fmt(entry['dice_mean']), entry['dice_mean'], best[s][0])} ({per_class})",
+                      bold(hd95, entry["hd95_mean"], best[s][1])]
         lines.append(f"| {row['name']} | {row['model']} | {row['method']} | {row['seed']} | {steps_cell(row)} | "
                      f"{_fmt(row.get('val'))} | {_fmt(row.get('stack_val'))} | " + " | ".join(cells) + " |")
     return lines
@@ -98,7 +118,8 @@ def results_markdown(runs: list[dict[str, Any]], reference: dict[str, Any] | Non
     classes = next((list(e["dice"]) for r in rows for e in r["metrics"].values()), [])
     lines.append("")
     lines.append(f"Dice per class in brackets: {' / '.join(classes)}. HD95: mean over classes, in mm (px where the "
-                 "data has no pixel spacing). Empty-mask policy: see metrics.json `policy`.")
+                 "data has no pixel spacing). Bold: the best value of each test-set column. Empty-mask policy: see "
+                 "metrics.json `policy`.")
     lines.append("val / stack-val Dice: the kept checkpoint on the real val split and on the stack images of the "
                  "val masks (all K; – without a stack-val store); summary.json `select_on` says which chose it.")
     if reference:

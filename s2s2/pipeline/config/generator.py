@@ -78,6 +78,9 @@ class GeneratorConfig(StrictModel):
     base_model: str = "stabilityai/stable-diffusion-2-1-base"  # hub id, local folder, or "tiny"
     tiny_dir: Optional[str] = None  # where the tiny base is built; default {run_dir}/tiny-base
     controlnet: Optional[str] = None  # ControlNet to start from (hub id/folder); None = from the UNet
+    # base_model and controlnet weights are read as safetensors only; True also reads pickled .bin
+    # weights (unpickling runs code stored in the file: only for files you trust)
+    pickled_weights: bool = False
     output_dir: Optional[str] = None  # fine-tuned pipeline folder; default {run_dir}/generator
     resolution: Optional[int] = Field(None, ge=8)  # generation size in px; None = the data size
     attention: Literal["auto", "sdpa", "xformers"] = "auto"  # auto = xformers if installed on GPU
@@ -113,7 +116,9 @@ class GeneratorConfig(StrictModel):
 
 
 class FinetuneConfig(StrictModel):
-    """ControlNet fine-tuning (paper: AdamW, lr 1e-5, batch 16, SD locked, epsilon loss)."""
+    """ControlNet fine-tuning. The field defaults are the paper's SD 2.1 recipe (AdamW, lr 1e-5, batch 16,
+    SD locked, epsilon loss, 20,000 steps); with `generator.base_model: tiny` the fields of
+    `TINY_FINETUNE_RECIPE` default to that recipe instead. A field set in the config always wins."""
 
     steps: int = Field(20000, ge=1)
     max_seconds: Optional[float] = Field(None, gt=0)  # optional cap: stop early, save, flag the run
@@ -129,12 +134,40 @@ class FinetuneConfig(StrictModel):
     hflip: bool = True  # random left-right flips of image and mask together
     split: str = "train"
     mixed_precision: Literal["no", "fp16", "bf16"] = "fp16"  # used on GPU only
+    # Clip the gradient norm of the trained weights before each step (diffusers' train_controlnet.py
+    # uses 1.0); None: no clipping
+    max_grad_norm: Optional[float] = Field(None, gt=0)
     gradient_checkpointing: bool = True  # used on GPU only
     validate_every: int = Field(500, ge=1)
     validation_samples: int = Field(4, ge=1)
     checkpoint_every: int = Field(1000, ge=1)
     seed: int = 0
     appearance: AppearanceRemapConfig = Field(default_factory=AppearanceRemapConfig)  # off unless enabled
+
+
+# The fine-tune recipe a tiny base brings (the one `make generate` runs, measured on the embedded default):
+# the tiny base is random, so its UNet trains with the ControlNet at a CPU-sized step count and rate.
+TINY_FINETUNE_RECIPE: dict[str, object] = {"steps": 800, "batch_size": 8, "learning_rate": 1.0e-3,
+                                           "unlock_unet": True, "snr_gamma": 5.0, "validate_every": 400,
+                                           "checkpoint_every": 200}
+
+
+def apply_base_recipe(finetune: FinetuneConfig, base_model: str) -> list[str]:
+    """Give the fields of `TINY_FINETUNE_RECIPE` that the config does not set the tiny recipe's values
+    when the base is tiny (an SD base keeps the field defaults: the paper's); returns the fields filled."""
+    if base_model != "tiny":
+        return []
+    filled = [name for name in TINY_FINETUNE_RECIPE if name not in finetune.model_fields_set]
+    for name in filled:
+        setattr(finetune, name, TINY_FINETUNE_RECIPE[name])
+    return filled
+
+
+def recipe_summary(finetune: FinetuneConfig, base_model: str) -> str:
+    """One line saying which recipe the fine-tune runs and which of its fields were set explicitly."""
+    recipe = "the tiny-base recipe" if base_model == "tiny" else "the paper's SD recipe"
+    shown = ", ".join(f"{name}={getattr(finetune, name)}" for name in TINY_FINETUNE_RECIPE)
+    return f"finetune: base {base_model} -> {recipe} ({shown}); fields set in the config win"
 
 
 class GenerateConfig(StrictModel):

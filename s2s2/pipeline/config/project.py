@@ -8,7 +8,7 @@ from pydantic import Field, ValidationError, model_validator
 
 from s2s2.pipeline.config.base import StrictModel, relocated
 from s2s2.pipeline.config.data import DATA_MODELS, DataConfig, Icbm152Data, data_config
-from s2s2.pipeline.config.generator import FinetuneConfig, GenerateConfig, GeneratorConfig
+from s2s2.pipeline.config.generator import FinetuneConfig, GenerateConfig, GeneratorConfig, apply_base_recipe
 from s2s2.pipeline.config.store import StoreConfig
 from s2s2.pipeline.config.train import EvalConfig, ModelConfig, TrainConfig
 
@@ -41,6 +41,11 @@ class ProjectConfig(StrictModel):
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     evaluate: EvalConfig = Field(default_factory=EvalConfig)
+
+    @model_validator(mode="after")
+    def _finetune_follows_base(self) -> "ProjectConfig":
+        apply_base_recipe(self.finetune, self.generator.base_model)
+        return self
 
     @model_validator(mode="after")
     def _store_follows_run_dir(self) -> "ProjectConfig":

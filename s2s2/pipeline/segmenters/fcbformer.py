@@ -8,6 +8,7 @@ from torch import nn
 
 from s2s2.pipeline.config.train import ModelConfig
 from s2s2.pipeline.errors import ConfigError
+from s2s2.pipeline.monai_import import import_monai
 from s2s2.pipeline.segmenters.output import SegOutput, conv_bn_relu
 from s2s2.pipeline.segmenters.registry import register
 
@@ -21,6 +22,7 @@ class FCBFormerSegmenter(nn.Module):
                  sc_stages: tuple[str, ...]) -> None:
         super().__init__()
         import timm
+        import_monai()
         from monai.networks.blocks import UnetResBlock
         from monai.networks.nets import BasicUNet
 
@@ -39,8 +41,10 @@ class FCBFormerSegmenter(nn.Module):
         )
         self.classifier = nn.Conv2d(width, num_classes, 1)
         self.sc_stages = sc_stages
+        self.normalize: nn.Module = nn.Identity()  # the encoder's input normalisation, if pretrained
 
     def forward(self, x: torch.Tensor) -> SegOutput:
+        x = self.normalize(x)
         levels = [le(f) for le, f in zip(self.local_emphasis, self.tb(x))]
         tb_out = levels[-1]
         for i in range(len(levels) - 2, -1, -1):  # stepwise, deep to shallow

@@ -8,6 +8,7 @@ from torch import nn
 
 from s2s2.pipeline.config.train import ModelConfig
 from s2s2.pipeline.errors import ConfigError
+from s2s2.pipeline.segmenters.normalization import InputNormalization, input_normalization
 from s2s2.pipeline.segmenters.presets import DEFAULT_SC_STAGES, ENCODER_STAGES, MIN_DIVISOR, PRESETS
 
 # builder(cfg, in_channels, num_classes, image_size, preset, sc_stages) -> the model
@@ -48,9 +49,14 @@ def resolve_sc_stages(cfg: ModelConfig) -> tuple[str, ...]:
 
 
 def build_segmenter(cfg: ModelConfig, in_channels: int, num_classes: int, image_size: int) -> nn.Module:
-    """Build the configured segmenter for images [B,in_channels,image_size,image_size]."""
+    """Build the configured segmenter for images [B,in_channels,image_size,image_size] in [0, 1]; a
+    pretrained encoder's input normalisation is part of the model (`normalization`)."""
     if cfg.name not in REGISTRY:
         raise ConfigError(f"model.name={cfg.name!r} is not a registered segmenter; fix: use one of {sorted(REGISTRY)}")
     check_image_size(cfg, image_size)
     preset = dict(PRESETS[cfg.name][cfg.preset])
-    return REGISTRY[cfg.name](cfg, in_channels, num_classes, image_size, preset, resolve_sc_stages(cfg))
+    model = REGISTRY[cfg.name](cfg, in_channels, num_classes, image_size, preset, resolve_sc_stages(cfg))
+    statistics = input_normalization(cfg, in_channels)
+    if statistics is not None:
+        model.normalize = InputNormalization(**statistics)
+    return model

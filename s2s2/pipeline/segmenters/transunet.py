@@ -61,8 +61,10 @@ class TransUNetSegmenter(nn.Module):
         self.blocks = nn.ModuleList(blocks)
         self.head = nn.Conv2d(dec[-1], num_classes, 3, padding=1)
         self.sc_stages = sc_stages
+        self.normalize: nn.Module = nn.Identity()  # the encoder's input normalisation, if pretrained
 
     def forward(self, x: torch.Tensor) -> SegOutput:
+        x = self.normalize(x)
         cnn_out, cnn_stages = self.vit.patch_embed.backbone.forward_intermediates(x, indices=self.skip_indices)
         tokens = self._tokens(cnn_out)
         stages = dict(zip(ENCODER_STAGES["transunet"], [*cnn_stages, tokens]))

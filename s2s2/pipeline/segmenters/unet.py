@@ -24,8 +24,10 @@ class UNetSegmenter(nn.Module):
                             encoder_depth=len(decoder_channels))
         # smp's encoder returns the input first, then stage1..stage5
         self.sc_levels = [ENCODER_STAGES["unet"].index(name) + 1 for name in sc_stages]
+        self.normalize: nn.Module = nn.Identity()  # the encoder's input normalisation, if pretrained
 
     def forward(self, x: torch.Tensor) -> SegOutput:
+        x = self.normalize(x)
         features = self.net.encoder(x)
         decoded = self.net.decoder(features)
         return SegOutput(self.net.segmentation_head(decoded), [features[i] for i in self.sc_levels], decoded)

@@ -24,20 +24,23 @@ def eval_class_ids(class_names: tuple[str, ...], eval_classes: list[str] | None)
     return {name: class_names.index(name) for name in eval_classes}
 
 
-def validate(model: torch.nn.Module, dataset: PreparedDataset, device: torch.device, batch_size: int) -> dict[str, float]:
-    """Mean per-case Dice of every foreground class on the val split (never the test or train split)."""
+def validate(model: torch.nn.Module, dataset: PreparedDataset, device: torch.device, batch_size: int,
+             activation: str = "softmax") -> dict[str, float]:
+    """Mean per-case Dice of every foreground class on the val split (never the test or train split);
+    classes as the loss defines them (`activation`: argmax, or sigmoid > 0.5 per class)."""
     indices = dataset.splits.get("val", [])
     if not indices:
         raise ConfigError(f"dataset {dataset.name} has no val split to validate on")
-    predictions = predict(model, dataset.images[indices], device, batch_size)
+    predictions = predict(model, dataset.images[indices], device, batch_size, activation)
     truth = dataset.masks[indices]
     return {name: nanmean([dice(p == c, t == c) for p, t in zip(predictions, truth)])
             for c, name in enumerate(dataset.class_names) if c > 0}
 
 
 def validate_stack(model: torch.nn.Module, stack_val: StackVal, class_names: tuple[str, ...], device: torch.device,
-                   batch_size: int) -> dict[str, float]:
-    """Mean per-image Dice of every foreground class over all N x K stack-val images."""
-    predictions = predict(model, stack_val.images, device, batch_size)
+                   batch_size: int, activation: str = "softmax") -> dict[str, float]:
+    """Mean per-image Dice of every foreground class over all N x K stack-val images (classes as in
+    `validate`)."""
+    predictions = predict(model, stack_val.images, device, batch_size, activation)
     return {name: nanmean([dice(p == c, t == c) for p, t in zip(predictions, stack_val.masks)])
             for c, name in enumerate(class_names) if c > 0}

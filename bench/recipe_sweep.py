@@ -1,0 +1,234 @@
+"""The recipe sweep: S2S2's loss weights, encoder stages, steps, K and the batch-norm option, one
+factor at a time around a centre, matched seeds, the baseline at the same steps. Every choice is
+made on validation only: the real val split and stack-val (the model segmenting the stack images
+of the val masks, `store.val_path`). The test sets are evaluated for reporting only.
+
+    python -m bench.recipe_sweep                     # the planned runs, in priority order; resumable
+    python -m bench.recipe_sweep --only centre-st300 w0.1-st300 --seeds 0 1 2
+    python -m bench.recipe_sweep --table             # re-render runs/sweep/sweep.md from what is done
+
+One training process at a time (one torch thread), each run `s2s2 train` + `s2s2 evaluate` in its
+own process; a run whose folder holds summary.json and metrics.json is skipped. Results go to
+`runs/sweep/sweep.json` (every run: val Dice, stack-val Dice, the test sets, CPU seconds) and the
+table to `runs/sweep/sweep.md`. Stores: the default stack and its stack-val store
+(`make generate` makes both).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+RUN_DIR = "runs/sweep"
+CONFIG = "configs/default.yaml"
+STORE = "runs/default/stack.zarr"
+VAL_STORE = "runs/default/stack-val.zarr"
+SEEDS = (0, 1, 2)
+TEST_SETS = ("in_domain", "spm_t1", "spm_pd", "spm_t2")
+ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE", "HF_HUB_OFFLINE": "1",
+       "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
+# Every run states the settings the sweep varies, so the config's defaults cannot decide a row.
+CENTRE: dict[str, Any] = {"train.loss.w_seg_gen": 1.0, "train.loss.a_enc": 1.0, "train.loss.a_dec": 0.0,
+                          "train.bn_stack_stats": True, "train.select_on": "mean"}
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One row of the sweep: a name, the train overrides on top of the centre, the steps."""
+
+    name: str
+    overrides: dict[str, Any] = field(default_factory=dict)
+    steps: int = 300
+    baseline: bool = False
+
+    @property
+    def key(self) -> str:
+        return f"{self.name}-st{self.steps}"
+
+    def settings(self) -> dict[str, Any]:
+        if self.baseline:
+            return {"train.stack": False, "train.select_on": "val"}  # it never sees stack images
+        return {"train.stack": True, **CENTRE, **self.overrides}
+
+
+def variants() -> list[Variant]:
+    """Every variant, one factor changed from the centre (w_seg_gen 1, a_enc 1, a_dec 0, batch-norm
+    statistics over all 2B images, the model's default encoder stage, K = 4, checkpoint on the mean
+    of val and stack-val)."""
+    return [
+        Variant("baseline", baseline=True, steps=300),
+        Variant("centre", steps=300),
+        Variant("w0.1", {"train.loss.w_seg_gen": 0.1}),  # the library default before the sweep
+        Variant("seg-only", {"train.loss.a_enc": 0.0}),  # stack images with the seg loss, no L_sc
+        Variant("bn-originals", {"train.bn_stack_stats": False}),
+        Variant("baseline", baseline=True, steps=1000),
+        Variant("centre", steps=1000),
+        Variant("a_dec1", {"train.loss.a_dec": 1.0}),
+        Variant("w0.5", {"train.loss.w_seg_gen": 0.5}),
+        Variant("sc-stage2", {"model.sc_stages": ["stage2"]}),
+        Variant("select-val", {"train.select_on": "val"}),
+    ]
+
+
+# The order runs are made in when the CPU budget is short: the centre and the old default first, then
+# one seed of each factor, then more seeds.
+PRIORITY = ("centre-st300", "w0.1-st300", "centre-st1000", "bn-originals-st300", "seg-only-st300")
+
+
+def plan(names: list[str] | None, seeds: tuple[int, ...]) -> list[tuple[Variant, int]]:
+    """(variant, seed) in priority order: the PRIORITY variants' seed 0, their other seeds pairwise,
+    then every other variant seed by seed."""
+    chosen = [v for v in variants() if not names or v.key in names]
+    first = [v for key in PRIORITY for v in chosen if v.key == key]
+    rest = [v for v in chosen if v not in first]
+    order = [(v, seeds[0]) for v in first] + [(v, seed) for seed in seeds[1:] for v in first]
+    return order + [(v, seed) for seed in seeds for v in rest]
+
+
+def run_name(variant: Variant, seed: int) -> str:
+    return f"{variant.key}_s{seed}"
+
+
+def overrides(variant: Variant, seed: int) -> list[str]:
+    """`--set` arguments of one run."""
+    values = {"run_dir": RUN_DIR, "store.path": STORE, "store.val_path": VAL_STORE, "train.seed": seed,
+              "train.steps": variant.steps, **variant.settings()}
+    args = []
+    for key, value in values.items():
+        args += ["--set", f"{key}={json.dumps(value) if isinstance(value, list) else value}"]
+    return args
+
+
+def folder(name: str) -> Path:
+    return REPO / RUN_DIR / "train" / name
+
+
+def finished(name: str) -> bool:
+    return (folder(name) / "summary.json").is_file() and (folder(name) / "metrics.json").is_file()
+
+
+def train_and_evaluate(variant: Variant, seed: int) -> float:
+    """Train and evaluate one run in child processes; returns their CPU seconds."""
+    name = run_name(variant, seed)
+    log = REPO / RUN_DIR / "logs" / f"{name}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    base = [sys.executable, "-m", "s2s2.cli"]
+    with log.open("w") as sink:
+        for command in (["train", "--config", CONFIG, "--name", name, "--overwrite"],
+                        ["evaluate", "--config", CONFIG, "--name", name]):
+            subprocess.run(base + command + overrides(variant, seed), cwd=REPO, stdout=sink, stderr=subprocess.STDOUT,
+                           env={**os.environ, **ENV}, check=True)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def stack_val_of_kept_weights(name: str) -> float:
+    """The stack-val Dice of a run's model.safetensors, for a run trained without the stack-val store."""
+    import torch
+
+    from s2s2.pipeline.config.base import load_config
+    from s2s2.pipeline.config.project import ProjectConfig
+    from s2s2.pipeline.data.prepare import prepare_dataset
+    from s2s2.pipeline.metrics import nanmean
+    from s2s2.pipeline.segmenters.registry import build_segmenter
+    from s2s2.pipeline.segmenters.weights import load_weights, model_identity
+    from s2s2.stages.train.stack_val import load_stack_val
+    from s2s2.stages.train.validation import eval_class_ids, validate_stack
+
+    torch.set_num_threads(1)
+    cfg = load_config(ProjectConfig, folder(name) / "config.yaml", overrides={"store.val_path": VAL_STORE})
+    dataset = prepare_dataset(cfg.data)
+    shape = (cfg.model, dataset.image_shape[0], dataset.num_classes, dataset.image_shape[1])
+    model = build_segmenter(*shape)
+    load_weights(model, folder(name) / "model.safetensors", model_identity(*shape))
+    scores = validate_stack(model, load_stack_val(cfg, dataset), dataset.class_names, torch.device("cpu"), 16)
+    return nanmean([scores[n] for n in eval_class_ids(dataset.class_names, cfg.evaluate.eval_classes)])
+
+
+def collect(name: str, variant: Variant, seed: int, cpu: float | None) -> dict[str, Any]:
+    """One run's row of sweep.json."""
+    summary = json.loads((folder(name) / "summary.json").read_text())
+    metrics = json.loads((folder(name) / "metrics.json").read_text())["test_sets"]
+    stack_val = summary.get("best_stack_val_dice_mean")
+    if stack_val is None:
+        stack_val = stack_val_of_kept_weights(name)
+    return {"name": name, "variant": variant.key, "seed": seed, "steps": summary["steps"],
+            "settings": variant.settings(), "select_on": summary.get("select_on", "val"),
+            "selected_step": summary.get("selected_step"),
+            "val": summary["best_val_dice_mean"], "stack_val": stack_val,
+            "test": {s: metrics[s]["dice_mean"] for s in TEST_SETS if s in metrics},
+            "stopped_by_time_cap": summary["stopped_by_time_cap"], "train_seconds": summary["seconds"],
+            "cpu_seconds": cpu}
+
+
+def points(runs: list[dict[str, Any]], pick: Any) -> str:
+    values = [100 * pick(run) for run in runs]
+    return f"{statistics.fmean(values):.1f}" + (f" ± {statistics.stdev(values):.1f}" if len(values) > 1 else "")
+
+
+def table(results: dict[str, dict[str, Any]]) -> str:
+    """Markdown: per variant, seeds done, validation (the choice) and the test sets (reported only),
+    mean ± std over seeds in Dice points."""
+    lines = ["| variant | seeds | val | stack-val | **selection: mean(val, stack-val)** | in_domain | spm_t1 | spm_pd "
+             "| spm_t2 | PD/T2 mean | CPU s/run |", "|" + "---|" * 11]
+    for variant in variants():
+        runs = [r for r in results.values() if r["variant"] == variant.key]
+        if not runs:
+            continue
+        runs.sort(key=lambda r: r["seed"])
+        cpu = [r["cpu_seconds"] for r in runs if r["cpu_seconds"]]
+        cells = [points(runs, lambda r: r["val"]), points(runs, lambda r: r["stack_val"]),
+                 points(runs, lambda r: (r["val"] + r["stack_val"]) / 2),
+                 *(points(runs, lambda r, s=s: r["test"][s]) for s in TEST_SETS),
+                 points(runs, lambda r: (r["test"]["spm_pd"] + r["test"]["spm_t2"]) / 2),
+                 f"{statistics.fmean(cpu):.0f}" if cpu else "–"]
+        lines.append(f"| {variant.key} | {','.join(str(r['seed']) for r in runs)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write(results: dict[str, dict[str, Any]]) -> None:
+    out = REPO / RUN_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / "sweep.json.tmp"
+    tmp.write_text(json.dumps(results, indent=1))
+    tmp.replace(out / "sweep.json")
+    (out / "sweep.md").write_text(table(results))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="*", help="variant keys (e.g. centre-st300); default every variant")
+    parser.add_argument("--seeds", nargs="*", type=int, default=list(SEEDS))
+    parser.add_argument("--table", action="store_true", help="only re-render the table from sweep.json")
+    args = parser.parse_args()
+    path = REPO / RUN_DIR / "sweep.json"
+    results: dict[str, dict[str, Any]] = json.loads(path.read_text()) if path.is_file() else {}
+    if not args.table:
+        for variant, seed in plan(args.only, tuple(args.seeds)):
+            name = run_name(variant, seed)
+            cpu = None
+            if not finished(name):
+                print(f"sweep: {name}", flush=True)
+                cpu = train_and_evaluate(variant, seed)
+            if name not in results or cpu is not None:
+                results[name] = collect(name, variant, seed, cpu)
+                write(results)
+                row = results[name]
+                print(f"sweep: {name}: val {100 * row['val']:.1f}, stack-val {100 * row['stack_val']:.1f}"
+                      + (f", {cpu:.0f} CPU s" if cpu else ""), flush=True)
+    write(results)
+    print(table(results))
+
+
+if __name__ == "__main__":
+    main()
