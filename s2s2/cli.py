@@ -403,8 +403,8 @@ def _report(err: BaseException, argv: list[str]) -> int:
         typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
         return 2
     if isinstance(err, OSError) and err.filename is not None:  # a path the system refused: not a bug of ours
-        typer.secho(f"error: {err.filename}: {err.strerror or err}; fix: pass a path that exists and that you may "
-                    "read and write (check run_dir, data.cache_dir, store.path and the options given)",
+        typer.secho(f"error: cannot use {err.filename}: {err.strerror or err}; fix: point run_dir, data.cache_dir, "
+                    "store.path (or the option given) at a folder you may create and write",
                     fg=typer.colors.RED, err=True)
         return 2
     if isinstance(err, Interrupted):  # a command that cleaned up after a signal: what was kept, how to resume

@@ -12,6 +12,7 @@ import yaml
 
 from s2s2.pipeline.config.base import dump_config
 from s2s2.pipeline.config.project import ProjectConfig
+from s2s2.pipeline.config.train import is_plain_name
 from s2s2.pipeline.errors import ConfigError, S2S2Error
 
 # Files of a run folder: a new run refuses to replace them unless asked (--overwrite).
@@ -27,8 +28,20 @@ WHY_NOT = {"train.steps": "the learning-rate schedule is a function of train.ste
 
 
 def run_folder(cfg: ProjectConfig) -> Path:
-    """Where a run's outputs go: {run_dir}/train/{train.name}."""
-    return Path(cfg.run_dir) / "train" / cfg.train.name
+    """Where a run's outputs go: {run_dir}/train/{train.name}, refused unless it resolves to a folder
+    directly inside {run_dir}/train (a plain name; no link that leads elsewhere)."""
+    root = Path(cfg.run_dir) / "train"
+    folder = root / cfg.train.name
+    if not is_plain_name(cfg.train.name) or folder.resolve().parent != root.resolve():
+        raise ConfigError(f"train.name={cfg.train.name!r} puts the run at {folder.resolve()}, outside {root}; fix: "
+                          "use a plain name (no path separators, not empty, not '.' or '..') that is not a link "
+                          "to another folder")
+    return folder
+
+
+def is_atomic_temp(path: Path) -> bool:
+    """A temporary of an interrupted atomic write (`s2s2.pipeline.atomic`): replaced by the next write."""
+    return path.name.startswith(".") and path.name.endswith(".tmp")
 
 
 def config_differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
@@ -64,6 +77,12 @@ def start_run_folder(cfg: ProjectConfig, resume: bool, overwrite: bool) -> Path:
                               f"(see {saved}){why}; a resumed run must be the run it continues; fix: use the same "
                               "settings (a longer run: train again under another train.name, or --overwrite)")
     else:
+        foreign = sorted(p.name for p in folder.iterdir() if p.name not in RUN_OUTPUTS
+                         and not is_atomic_temp(p)) if folder.is_dir() else []
+        if foreign:
+            raise ConfigError(f"{folder} holds files that are not a run's ({', '.join(foreign[:5])}"
+                              f"{', ...' if len(foreign) > 5 else ''}); fix: choose another --name (train.name), "
+                              "or move those files away")
         existing = [name for name in RUN_OUTPUTS if (folder / name).exists()]
         if existing and not overwrite:
             raise ConfigError(f"{folder} already holds a run ({', '.join(existing)}); fix: pass --overwrite to "
@@ -73,3 +92,15 @@ def start_run_folder(cfg: ProjectConfig, resume: bool, overwrite: bool) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     dump_config(cfg, saved)
     return folder
+
+
+def discard_failed_start(folder: Path) -> None:
+    """Remove what a fresh run wrote before its first checkpoint (it cannot be resumed, and would make
+    the rerun refuse the folder); a run with a checkpoint is kept for --resume."""
+    if (folder / "last.safetensors").is_file() or not folder.is_dir():
+        return
+    for name in RUN_OUTPUTS:
+        if (folder / name).is_file():
+            (folder / name).unlink()
+    if not any(folder.iterdir()):
+        folder.rmdir()

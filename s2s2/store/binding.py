@@ -70,8 +70,10 @@ class GeneratorBinding:
         others = book.running_writers(except_writer=writer)
         held = book.live_claims(list(range(self.num_shards)), except_writer=writer)
         if (others or held) and not force:
-            who = sorted({f"{w.host} pid {w.pid}" for w in others} | {c.worker.replace(":", " pid ") for c in held.values()})
-            raise StoreError(f"{self.path}: another `s2s2 generate` is writing this store ({', '.join(who)}; "
+            # the runs, not their dask workers: a claim names its run (host:pid:tag) and the worker apart
+            runs = sorted({f"{w.host} pid {w.pid}" for w in others}
+                          | {" pid ".join(c.writer.split(":")[:2]) for c in held.values()})
+            raise StoreError(f"{self.path}: another `s2s2 generate` is writing this store (run {', '.join(runs)}; "
                              f"{len(held)} shard(s) claimed); --overwrite now would mix two generators; fix: wait "
                              "for it to finish (or stop it and wait for its claims to expire), then rerun with "
                              "--overwrite; or add --force to take over (the other run stops at its next shard)")

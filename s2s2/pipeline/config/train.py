@@ -4,9 +4,14 @@ from __future__ import annotations
 
 from typing import Literal, Optional
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from s2s2.pipeline.config.base import StrictModel
+
+
+def is_plain_name(name: str) -> bool:
+    """A name usable as one folder: not empty, not '.' or '..', no path separator ('/' or '\\') or NUL."""
+    return bool(name) and name not in (".", "..") and not any(c in name for c in "/\\\0")
 
 
 class ModelConfig(StrictModel):
@@ -69,7 +74,7 @@ class AugmentConfig(StrictModel):
 class TrainConfig(StrictModel):
     """Segmenter training, baseline (`stack: false`) or S2S2 (`stack: true`, reads `store.path`)."""
 
-    name: str = "s2s2"  # run folder: {run_dir}/train/{name}
+    name: str = "s2s2"  # run folder: {run_dir}/train/{name}; a plain name (no path separators, not '.' or '..')
     stack: bool = True  # False = the baseline: same trainer, no store, L = L_seg(p0)
     loss: LossConfig = Field(default_factory=LossConfig)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
@@ -108,6 +113,14 @@ class TrainConfig(StrictModel):
     # Autocast of the forward pass through accelerate (fp16 with a gradient scaler, GPU only; bf16 on a GPU
     # or CPU); the losses are computed in float32
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, name: str) -> str:
+        if not is_plain_name(name):
+            raise ValueError(f"{name!r} is not a plain name: the run folder is {{run_dir}}/train/{{name}}, so the "
+                             "name may not be empty, '.' or '..', nor hold '/' or '\\'")
+        return name
 
     @model_validator(mode="after")
     def _warmup_below_steps(self) -> "TrainConfig":
