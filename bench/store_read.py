@@ -31,7 +31,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from bench.s3_latency import BUCKET, s3_endpoint
+from bench.s3_latency import BUCKET, WholeObjects, s3_endpoint, zarr_store
 
 AUTHORS_ROWS = ("ct_mri_192", "endoscopy_512")
 
@@ -109,11 +109,16 @@ def build(root: Path, layout: Layout, seed: int = 0) -> tuple[str, list[Path], A
     return store_path, files, dataset
 
 
-def pair_item(image: np.ndarray, stack_image: np.ndarray, mask: np.ndarray, k: int, i: int) -> dict[str, Any]:
-    """What both loaders hand the trainer, as s2s2's training datasets do: float32 images in [0, 1],
-    the mask in its stored dtype (the trainer widens it after the hand-over)."""
+def pair_item(image: np.ndarray, stack_image: np.ndarray, mask: np.ndarray, k: int, i: int,
+              stored: bool = False) -> dict[str, Any]:
+    """What a loader hands the trainer: the mask in its stored dtype (the trainer widens it); the
+    images float32 in [0, 1] (the authors' loader), or with `stored` in their stored dtype, as s2s2's
+    training datasets hand them over (the trainer makes them float on its device)."""
     import torch
 
+    if stored:
+        return {"original": torch.from_numpy(image), "stack_image": torch.from_numpy(stack_image),
+                "mask": torch.from_numpy(np.ascontiguousarray(mask)), "k": k, "index": i}
     scale = np.float32(1 / 255) if image.dtype == np.uint8 else np.float32(1)
     return {"original": torch.from_numpy(np.multiply(image, scale, dtype=np.float32)),  # one pass each
             "stack_image": torch.from_numpy(np.multiply(stack_image, scale, dtype=np.float32)),
@@ -127,22 +132,19 @@ def visit_k(seed: int, i: int, k: int) -> int:
 
 class NpzPairDataset:
     """The authors' layout: load a case's npz (all K images) to use one stack image. On S3 the whole
-    object is fetched with one GET, the cheapest way to load a whole file from object storage."""
+    object is fetched with one GET (through the row's client), the cheapest way to load a whole
+    file from object storage."""
 
-    def __init__(self, files: list[str], k: int, seed: int, storage_options: dict[str, Any] | None = None):
-        self.files, self.k, self.seed, self.storage_options = files, k, seed, storage_options
-        self._fs: Any = None
+    def __init__(self, files: list[str], k: int, seed: int, storage_options: dict[str, Any] | None = None,
+                 client: str = "s3fs"):
+        self.files, self.k, self.seed = files, k, seed
+        self.objects = WholeObjects(storage_options, client) if storage_options is not None else None
 
     def __len__(self) -> int:
         return len(self.files)
 
     def _open(self, i: int) -> Any:
-        if self.storage_options is None:
-            return self.files[i]
-        import fsspec
-
-        self._fs = fsspec.filesystem("s3", **self.storage_options)  # fsspec keeps one instance per process
-        return io.BytesIO(self._fs.cat_file(self.files[i]))
+        return self.files[i] if self.objects is None else io.BytesIO(self.objects.get(self.files[i]))
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         k = visit_k(self.seed, i, self.k)
@@ -157,10 +159,13 @@ class StorePairDataset:
     makes the dataset, with every shard index fetched in one trip; the workers (forked) read
     through that handle's reader and open nothing, as s2s2's training dataset does."""
 
-    def __init__(self, path: str, k: int, seed: int, storage_options: dict[str, Any] | None = None):
+    def __init__(self, path: str, k: int, seed: int, storage_options: dict[str, Any] | None = None,
+                 client: str = "s3fs"):
         from s2s2.store.stack_store import StackStore
 
         self.k, self.seed = k, seed
+        if storage_options is not None:
+            path, storage_options = zarr_store(path, storage_options, client)
         self.store = StackStore.open(path, "r", storage_options, cache_shard_indexes=True)
         self.n = self.store.n_samples
         firsts = list(range(0, self.n, self.store.manifest.shard_size))
@@ -172,7 +177,7 @@ class StorePairDataset:
     def __getitems__(self, items: list[int]) -> list[dict[str, Any]]:
         ks = [visit_k(self.seed, i, self.k) for i in items]
         pairs = self.store.read_pairs(items, ks)
-        return [pair_item(*pair, k, i) for pair, k, i in zip(pairs, ks, items)]
+        return [pair_item(*pair, k, i, stored=True) for pair, k, i in zip(pairs, ks, items)]
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         return self.__getitems__([i])[0]
@@ -233,14 +238,24 @@ def bytes_per_pair(dataset: Any, n: int) -> float:
 
 
 def _epoch(loader: Any) -> tuple[float, int]:
-    """(seconds, pairs) of one pass over `loader`, from asking for the first batch to the last."""
+    """(seconds, pairs) of one pass over `loader`, from asking for the first batch to the last,
+    each batch's images made float32 in the main process as s2s2's trainer does on its device
+    (a no-op for images handed over as float32)."""
+    import torch
+
+    from s2s2.stages.train.augment import device_images
+
     start = time.perf_counter()
-    pairs = sum(len(batch["k"]) for batch in loader)
+    pairs = 0
+    for batch in loader:
+        for key in ("original", "stack_image"):
+            device_images(batch, key, torch.device("cpu"))
+        pairs += len(batch["k"])
     return time.perf_counter() - start, pairs
 
 
 def loader_rates(make_dataset: Callable[[], Any], files: list[Path], workers: int, batch: int,
-                 epochs: int) -> dict[str, float]:
+                 epochs: int, context: str = "fork") -> dict[str, float]:
     """Pairs/s per worker through a DataLoader with persistent workers, each epoch in its own
     shuffled order. Local files: the dataset is made and a first epoch starts the workers (not
     timed), then `epochs` cold epochs (the files evicted before each; the workers keep what they
@@ -257,7 +272,7 @@ def loader_rates(make_dataset: Callable[[], Any], files: list[Path], workers: in
     made = time.perf_counter() - start
     sampler = RandomSampler(range(len(dataset)), generator=torch.Generator().manual_seed(0))
     loader = DataLoader(dataset, batch_size=batch, sampler=sampler, num_workers=workers, persistent_workers=True,
-                        multiprocessing_context="fork", collate_fn=collate_visits)
+                        multiprocessing_context=context, collate_fn=collate_visits)
     out: dict[str, float] = {}
     if files:
         _epoch(loader)
@@ -276,7 +291,7 @@ def loader_rates(make_dataset: Callable[[], Any], files: list[Path], workers: in
 
 
 def single_process_rates(store_path: str, files: list[Path], layout: Layout, batch: int,
-                         storage_options: dict[str, Any] | None, seed: int = 1) -> dict[str, float]:
+                         storage_options: dict[str, Any] | None, seed: int = 1, client: str = "s3fs") -> dict[str, float]:
     """Seconds per pair in one process, same order and batches as a loader epoch: the store's read
     path (`read_pairs` per batch) and its floor, a raw read of exactly the same byte ranges
     (original, stack image, mask; local: open + pread + close each; S3: one concurrent request per
@@ -286,7 +301,8 @@ def single_process_rates(store_path: str, files: list[Path], layout: Layout, bat
 
     from s2s2.store.stack_store import StackStore
 
-    store = StackStore.open(store_path, "r", storage_options, cache_shard_indexes=True)
+    opened = zarr_store(store_path, storage_options, client) if storage_options is not None else (store_path, None)
+    store = StackStore.open(opened[0], "r", opened[1], cache_shard_indexes=True)
     order = [int(i) for i in np.random.default_rng(seed).permutation(layout.n_cases)]
     ks = [visit_k(seed, i, layout.k) for i in order]
     ranges = store.pair_chunk_ranges(order, ks)  # also fills the handle's index cache
@@ -302,13 +318,11 @@ def single_process_rates(store_path: str, files: list[Path], layout: Layout, bat
                 os.close(fd)
             return chunks
     else:
-        import fsspec
-
-        fs = fsspec.filesystem("s3", **storage_options, skip_instance_cache=True)
+        objects = WholeObjects(storage_options, client)
         prefix = store_path.removeprefix("s3://")
 
         def raw_read(part: list[Any]) -> list[bytes]:
-            return fs.cat_ranges([f"{prefix}/{r[0]}" for r in part], [r[1] for r in part], [r[2] for r in part])
+            return objects.get_ranges([f"{prefix}/{r[0]}" for r in part], [r[1] for r in part], [r[2] for r in part])
 
     out: dict[str, float] = {}
     for cache in ("cold", "warm") if storage_options is None else ("cold",):
@@ -374,8 +388,10 @@ def measure_layout(layout: Layout, root: Path, timings: bool, repeats: int = 1, 
                    batch: int = 8, s3: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Build both layouts of one row. p2 (`timings` False): bytes per pair. p3: pairs/s per worker
     of both loaders, cold and warm, and the single-process read path and floor, on local disk or
-    (with `s3` = {"direct": options, "proxied": options, "latency_ms": ms}) uploaded to and read
-    through the delayed S3 endpoint; medians over `repeats` runs."""
+    (with `s3` = {"direct": options, "proxied": options, "latency_ms": ms, "server": name, "client":
+    name}) uploaded to and read through the delayed S3 endpoint; medians over `repeats` runs.
+    With `s3["training_workers"]` (the headline row): also s2s2's training loader with that many
+    workers, pairs/s in all, on local disk and on S3 (the target compares the two)."""
     store_path, npz_files, prepared = build(root, layout)
     store_files = [p for p in Path(store_path).rglob("*") if p.is_file()]
     if not timings:
@@ -391,21 +407,32 @@ def measure_layout(layout: Layout, root: Path, timings: bool, repeats: int = 1, 
         return [row]
     from s2s2.stages.train.datasets import StackPairDataset  # the `training` loader: s2s2's own, no augmentation
 
+    client = s3["client"] if s3 is not None else "s3fs"
     media: list[tuple[str, str, list[str], dict[str, Any] | None, list[Path]]] = [
         ("local disk", store_path, [str(p) for p in npz_files], None, store_files + npz_files)]
     if s3 is not None:
-        media = [(f"S3 +{s3['latency_ms']:g} ms", *_upload(store_path, npz_files, s3["direct"],
-                                                           f"{BUCKET}/{layout.name}"), s3["proxied"], [])]
+        media = [(f"S3 +{s3['latency_ms']:g} ms ({s3['server']} server, {client} client)",
+                  *_upload(store_path, npz_files, s3["direct"], f"{BUCKET}/{layout.name}"), s3["proxied"], [])]
+
+    def training(path: str, options: dict[str, Any] | None) -> Any:
+        if options is not None:
+            path, options = zarr_store(path, options, client)
+        return StackPairDataset(prepared, path, seed=0, storage_options=options)
+
+    # obstore (tokio) hangs in a forked child once its runtime ran in the parent (the dataset is made
+    # there): its loaders start their workers with spawn, which costs a fresh interpreter each.
+    context = "spawn" if client == "obstore" else "fork"
+    loaders = True
     rows = []
     for medium, path, npz, options, files in media:
         runs: dict[str, list[float]] = {}
         for _ in range(repeats):
-            for name, make in (("ours", lambda: StorePairDataset(path, layout.k, 0, options)),
-                               ("npz", lambda: NpzPairDataset(npz, layout.k, 0, options)),
-                               ("training", lambda: StackPairDataset(prepared, path, seed=0, storage_options=options))):
-                for key, value in loader_rates(make, files, workers, batch, epochs).items():
+            for name, make in (("ours", lambda: StorePairDataset(path, layout.k, 0, options, client)),
+                               ("npz", lambda: NpzPairDataset(npz, layout.k, 0, options, client)),
+                               ("training", lambda: training(path, options))) if loaders else ():
+                for key, value in loader_rates(make, files, workers, batch, epochs, context).items():
                     runs.setdefault(f"{name} {key}", []).append(value)
-            measured = single_process_rates(path, files, layout, batch, options)
+            measured = single_process_rates(path, files, layout, batch, options, client=client)
             if options is None:
                 measured.update(cpu_per_pair(path, npz, layout, batch))
             for key, value in measured.items():
@@ -416,11 +443,11 @@ def measure_layout(layout: Layout, root: Path, timings: bool, repeats: int = 1, 
                "cold": ("page cache evicted (fadvise; resident pages after: "
                         f"{max(med['ours resident pages'], med['npz resident pages']):.0f})") if files
                else "making the dataset + the first epoch of fresh workers"}
-        for cache in ("cold", "warm"):
+        for cache in ("cold", "warm") if loaders else ():
             row[f"ours {cache}"] = med[f"ours {cache}"]
             row[f"npz {cache}"] = med[f"npz {cache}"]
             row[f"speedup {cache}"] = med[f"ours {cache}"] / med[f"npz {cache}"]
-        for cache in ("cold", "warm"):
+        for cache in ("cold", "warm") if loaders else ():
             row[f"training {cache}"] = med[f"training {cache}"]
             row[f"training speedup {cache}"] = med[f"training {cache}"] / med[f"npz {cache}"]
         for cache in ("cold", "warm"):
@@ -428,7 +455,8 @@ def measure_layout(layout: Layout, root: Path, timings: bool, repeats: int = 1, 
             row[f"floor {cache}"] = floor
             row[f"read path {cache}"] = 1.0 / med[f"reader {cache}"]
             row[f"read path/floor {cache}"] = row[f"read path {cache}"] / floor
-            row[f"loader/floor {cache}"] = row[f"ours {cache}"] / floor
+            if loaders:
+                row[f"loader/floor {cache}"] = row[f"ours {cache}"] / floor
         if "cpu ours" in med:
             row["CPU ms/pair warm: ours"] = 1e3 * med["cpu ours"]
             row["npz"] = 1e3 * med["cpu npz"]
@@ -438,12 +466,30 @@ def measure_layout(layout: Layout, root: Path, timings: bool, repeats: int = 1, 
         row["decode ms/pair"] = 1e3 * med["decode"]
         row["raw"] = runs
         rows.append(row)
+    if s3 is not None and s3.get("training_workers"):
+        many = s3["training_workers"]
+        local = loader_rates(lambda: training(store_path, None), store_files, many, batch, epochs)
+        remote = loader_rates(lambda: training(media[0][1], media[0][3]), [], many, batch, epochs, context)
+        row = rows[0]
+        for cache in ("cold", "warm"):
+            row[f"training {many} workers local {cache}"] = local[cache] * many
+            row[f"training {many} workers S3 {cache}"] = remote[cache] * many
+            row[f"training S3/local {cache}"] = remote[cache] / local[cache]
     return rows
 
 
-def measure(quick: bool = False, timings: bool = True, latency_ms: float = 10.0) -> list[dict[str, Any]]:
+# The S3 rows: every layout on the parallel server through the documented client; the headline
+# layout also through every other server and client, for comparison.
+S3_MAIN = ("rclone", "s3fs")
+S3_COMPARED = (("moto", "s3fs"), ("rclone", "obstore"))
+
+TRAINING_WORKERS = 4
+
+
+def measure(quick: bool = False, timings: bool = True, latency_ms: float = 10.0,
+            only: list[str] | None = None) -> list[dict[str, Any]]:
     """p2 rows (`timings` False) or p3 rows, each layout built in a fresh temporary folder that is
-    removed afterwards; p3 starts one delayed S3 endpoint for all rows."""
+    removed afterwards; p3 starts one delayed S3 endpoint per server for all rows."""
     if not timings:
         rows = []
         for layout in layouts(quick):
@@ -451,22 +497,31 @@ def measure(quick: bool = False, timings: bool = True, latency_ms: float = 10.0)
                 rows += measure_layout(layout, Path(tmp), timings=False, repeats=1)
         return rows
     rows = []
-    with s3_endpoint(latency_ms) as (direct, proxied):
-        s3 = {"direct": direct, "proxied": proxied, "latency_ms": latency_ms}
-        for layout in loader_layouts(quick):
-            with tempfile.TemporaryDirectory(prefix="s2s2-bench-store-") as tmp:
-                rows += measure_layout(layout, Path(tmp), True)
-            with tempfile.TemporaryDirectory(prefix="s2s2-bench-store-") as tmp:
-                remote = measure_layout(replace(layout, n_cases=layout.n_cases // 2), Path(tmp), True, s3=s3)
-            for row in remote:
-                row["server ms/GET, no added latency"] = server_ms_per_get(direct)
-            rows += remote
+    chosen = [layout for layout in loader_layouts(quick) if not only or layout.name in only]
+    for layout in chosen:
+        with tempfile.TemporaryDirectory(prefix="s2s2-bench-store-") as tmp:
+            rows += measure_layout(layout, Path(tmp), True)
+    for server in dict.fromkeys(name for name, _ in (S3_MAIN, *S3_COMPARED)):
+        with s3_endpoint(latency_ms, server) as (direct, proxied):
+            for layout in chosen:
+                headline = layout.name == HEADLINE
+                clients = [c for name, c in (S3_MAIN, *S3_COMPARED) if name == server
+                           and (headline or (name, c) == S3_MAIN)]
+                for client in clients:
+                    s3 = {"direct": direct, "proxied": proxied, "latency_ms": latency_ms, "server": server,
+                          "client": client,
+                          "training_workers": TRAINING_WORKERS if headline and (server, client) == S3_MAIN else 0}
+                    with tempfile.TemporaryDirectory(prefix="s2s2-bench-store-") as tmp:
+                        remote = measure_layout(replace(layout, n_cases=layout.n_cases // 2), Path(tmp), True, s3=s3)
+                    for row in remote:
+                        row["server ms/GET, no added latency"] = server_ms_per_get(direct)
+                    rows += remote
     return rows
 
 
 def server_ms_per_get(options: dict[str, Any], n: int = 20) -> float:
-    """Milliseconds per small ranged GET straight to moto's server (no proxy): the time the local
-    server itself takes per request, which a remote bucket spreads over many machines."""
+    """Milliseconds per small ranged GET straight to the server (no proxy, s3fs, one at a time):
+    the time the local server itself takes per request."""
     import fsspec
 
     fs = fsspec.filesystem("s3", **options, skip_instance_cache=True)
@@ -499,48 +554,64 @@ def loader_verdict(rows: list[dict[str, Any]]) -> dict[str, bool]:
     the delayed S3 endpoint, not slower warm; in every row the store's read path reaches >= 50 % of
     its floor, cold and warm."""
     local = next(r for r in rows if r["layout"] == HEADLINE and r["medium"] == "local disk")
-    remote = [r for r in rows if r["layout"] == HEADLINE and r["medium"] != "local disk"]
+    main = f"({S3_MAIN[0]} server, {S3_MAIN[1]} client)"
+    remote = [r for r in rows if r["layout"] == HEADLINE and r["medium"].endswith(main)]
     return {"local cold >= 3x": local["speedup cold"] >= 3.0,
             "S3 cold >= 5x": bool(remote) and remote[0]["speedup cold"] >= 5.0,
+            f"S3 training, {TRAINING_WORKERS} workers, >= 80% of local (cold and warm)": bool(remote) and min(
+                remote[0][f"training S3/local {cache}"] for cache in ("cold", "warm")) >= 0.8,
             "local warm >= 1x": local["speedup warm"] >= 1.0,
             "every row: read path >= 50% of floor": all(min(r["read path/floor cold"], r["read path/floor warm"]) >= 0.5
                                                         for r in rows)}
 
 
-def measure_loader_speedup(quick: bool = False) -> dict[str, Any]:
+def measure_loader_speedup(quick: bool = False, only: list[str] | None = None) -> dict[str, Any]:
     """p3: pairs/s per worker of our loader and the npz loader, cold and warm, local and S3 with
-    latency, and the floor; value = the local cold speedup at 192 px K=16."""
-    rows = measure(quick, timings=True)
+    latency, and the floor; value = the local cold speedup at 192 px K=16 (`only`: some layouts,
+    the headline among them)."""
+    rows = measure(quick, timings=True, only=only)
     raw = {f"{row['layout']} {row['medium']}": row.pop("raw") for row in rows}
     verdict = loader_verdict(rows)
     headline = next(r for r in rows if r["layout"] == HEADLINE and r["medium"] == "local disk")
     return {"value": headline["speedup cold"], "met": all(verdict.values()), "targets": verdict,
             "rows": rows, "raw_runs": raw,
-            "note": "ours/npz = pairs/s per DataLoader worker (batch 8, 2 fork workers, persistent), no "
-                    "augmentation, same order and the same hand-over for both (s2s2's collate_visits: float32 "
-                    "images in [0, 1], the mask in its stored uint8, index and k as lists); ours reads original, "
-                    "stack image and mask from the store; training = s2s2's StackPairDataset (original and mask "
-                    "from the prepared arrays in memory, the stack image from the store); local disk: cold = page "
+            "note": "ours/npz = pairs/s per DataLoader worker (batch 8, 2 workers, persistent), no augmentation, same "
+                    "order; hand-over: ours as s2s2's training datasets do it (images and mask in their stored uint8, "
+                    "made float32 in the main process as the trainer does on its device, counted in the time), the "
+                    "npz loader as the authors' (float32 images in [0, 1], made in the worker; the mask uint8); index "
+                    "and k as lists (s2s2's collate_visits) for both; ours reads original, stack image and mask from "
+                    "the store; training = s2s2's StackPairDataset (original and mask from the prepared float32 "
+                    "arrays in memory, the stack image from the store, handed over uint8); local disk: cold = page "
                     "cache evicted before each epoch (fadvise after fdatasync, checked with mincore), workers already "
-                    "running; S3 (moto's server behind a proxy adding the latency to every request): cold = making "
-                    "the dataset (opening the store, fetching its shard indexes) plus the first epoch of fresh "
-                    "workers; warm = later epochs. read path = StackStore.read_pairs per batch "
-                    "in one process; floor = one process reading the same byte ranges raw plus zstd-decoding them "
-                    "(pairs/s, shard indexes known). CPU ms/pair (local rows): process time per pair in one "
-                    "process, warm page cache, of each loader's item production and of zarr-python's own reads of "
-                    "the same three images. Loader rates pool 2 cold and 2 warm epochs per loader (S3: 1 "
-                    "cold); S3 rows use half the cases. "
+                    "running; S3: the named server (moto: one Python process, one request at a time; rclone serve "
+                    "s3: a Go server answering in parallel) behind a proxy adding the latency to every request, "
+                    "read through the named client (s3fs via zarr's FsspecStore, 64 connections; obstore via zarr's "
+                    "ObjectStore, whose workers must be spawned: tokio does not survive a fork); cold = making the "
+                    "dataset (opening the store, fetching its shard indexes) plus the first epoch of fresh workers; "
+                    "warm = later epochs. read path = StackStore.read_pairs per batch in one process; floor = one "
+                    "process reading the same byte ranges raw (the row's client) plus zstd-decoding them (pairs/s, "
+                    "shard indexes known). CPU ms/pair (local rows): process time per pair in one process, warm page "
+                    "cache, of each loader's item production (ours without the float conversion, which the trainer "
+                    "does) and of zarr-python's own reads of the same three images. Training with 4 workers (headline "
+                    "row, documented server and client): pairs/s in all, S3 against local disk. Loader rates pool 2 "
+                    "cold and 2 warm epochs per loader (S3: 1 cold); S3 rows use half the cases. "
                     "Targets: " + ", ".join(f"{k}: {'met' if v else 'NOT met'}" for k, v in verdict.items())}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a reduced run (fewer rows and cases)")
+    parser.add_argument("--only", nargs="+", default=None, help=f"these layouts only (with {HEADLINE})")
+    parser.add_argument("--json", type=Path, default=None, help="also write the result here")
     args = parser.parse_args()
     import torch
 
     torch.set_num_threads(1)
-    entry = measure_loader_speedup(args.quick)
+    entry = measure_loader_speedup(args.quick, args.only)
+    if args.json is not None:
+        import json
+
+        args.json.write_text(json.dumps(entry, indent=1, default=str))
     keys = list(dict.fromkeys(key for row in entry["rows"] for key in row))  # S3 rows have no CPU columns
     print(" | ".join(keys))
     for row in entry["rows"]:

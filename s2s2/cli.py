@@ -16,6 +16,7 @@ from typing import Annotated, Optional
 import typer
 
 from s2s2.pipeline.errors import S2S2Error
+from s2s2.pipeline.signals import Interrupted
 
 app = typer.Typer(
     help="S2S2: semantic stacking for robust medical image segmentation.",
@@ -402,10 +403,13 @@ def _report(err: BaseException, argv: list[str]) -> int:
         typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
         return 2
     if isinstance(err, OSError) and err.filename is not None:  # a path the system refused: not a bug of ours
-        typer.secho(f"error: {err.filename}: {err.strerror or err}; fix: pass a path that exists and that you may "
-                    "read and write (check run_dir, data.cache_dir, store.path and the options given)",
+        typer.secho(f"error: cannot use {err.filename}: {err.strerror or err}; fix: point run_dir, data.cache_dir, "
+                    "store.path (or the option given) at a folder you may create and write",
                     fg=typer.colors.RED, err=True)
         return 2
+    if isinstance(err, Interrupted):  # a command that cleaned up after a signal: what was kept, how to resume
+        typer.secho(str(err), fg=typer.colors.YELLOW, err=True)
+        return err.exit_status
     if isinstance(err, KeyboardInterrupt):
         typer.echo("interrupted", err=True)
         return 130

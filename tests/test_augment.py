@@ -123,3 +123,73 @@ def test_gin_matches_a_hand_written_network():
     mixed = alpha * out + (1 - alpha) * x
     want = mixed * np.linalg.norm(x) / (np.linalg.norm(mixed) + 1e-5)
     np.testing.assert_allclose(gin_augment(original, np.random.default_rng(11)), want, rtol=1e-4, atol=1e-5)
+
+
+def _stored_pair(seed: int, size: int = 32):
+    """A float original and a uint8 stack image (as the store holds it) with its mask."""
+    rng = np.random.default_rng(seed)
+    original, _, mask = pair(seed, size)
+    original = np.clip(original + rng.normal(0, 0.05, original.shape), 0, 1).astype(np.float32)
+    stack_uint8 = rng.integers(0, 256, (3, size, size), dtype=np.uint8)
+    return original, stack_uint8, mask
+
+
+def _both_paths(cfg: AugmentConfig, seed: int):
+    """Today's path (everything in the dataset, float) and the deferred one (geometry in the dataset
+    on the stored dtypes, photometrics on the trainer's device) for one visit."""
+    import torch
+
+    from s2s2.stages.train.augment import device_images
+
+    original, stack_uint8, mask = _stored_pair(seed)
+    aug = PairAugment(cfg)
+    old = aug(original, stack_uint8.astype(np.float32) * np.float32(1 / 255), mask, np.random.default_rng(seed),
+              np.random.default_rng(seed + 1))
+    o, s, m, draw, stack_draw = aug.defer(original, stack_uint8, mask, np.random.default_rng(seed),
+                                          np.random.default_rng(seed + 1))
+    assert s.dtype == np.uint8 and o.dtype == np.float32  # handed over in the stored dtypes
+    batch = {"original": torch.from_numpy(o)[None], "stack_image": torch.from_numpy(s)[None],
+             "original_photometric": [draw], "stack_image_photometric": [stack_draw]}
+    new = (device_images(batch, "original", torch.device("cpu"))[0].numpy(),
+           device_images(batch, "stack_image", torch.device("cpu"))[0].numpy(), m)
+    return old, new
+
+
+def test_deferred_photometrics_on_the_device_equal_the_dataset_path_without_noise():
+    """Same generators, same draws: without the noise field and without an affine warp the trainer
+    receives the same pixels (float rounding aside) as when the dataset augmented in float."""
+    cfg = AugmentConfig(hflip_p=0.5, vflip_p=0.5, rot90_p=0.5, affine_p=0.0, photometric_p=0.7, noise_std=0.0)
+    for seed in range(12):
+        (oo, os_, om), (no, ns, nm) = _both_paths(cfg, seed)
+        np.testing.assert_allclose(no, oo, atol=2e-6)
+        np.testing.assert_allclose(ns, os_, atol=2e-6)
+        np.testing.assert_array_equal(nm, om)
+
+
+def test_an_affine_warp_of_a_uint8_image_is_within_half_a_grey_level():
+    """The one rounding of the deferred path: a uint8 image warped in the dataset stays uint8."""
+    cfg = AugmentConfig(affine_p=1.0, photometric_p=0.0)
+    for seed in range(6):
+        (oo, os_, om), (no, ns, nm) = _both_paths(cfg, seed)
+        np.testing.assert_allclose(no, oo, atol=1e-6)  # the float original is warped in float as before
+        assert np.abs(ns - os_).max() <= 0.5 / 255 + 1e-6
+        np.testing.assert_array_equal(nm, om)
+
+
+def test_device_noise_has_the_drawn_sigma_and_is_reproducible():
+    """The noise field is another realisation with the same sigma, the same for the same visit."""
+    cfg = AugmentConfig(hflip_p=0.0, vflip_p=0.0, rot90_p=0.0, affine_p=0.0, photometric_p=1.0, brightness=0.0,
+                        contrast=0.0, gamma=0.0, noise_std=0.05)
+    from s2s2.stages.train.augment import draw_photometric
+
+    for seed in range(4):
+        (oo, _, _), (no, _, _) = _both_paths(cfg, seed)
+        assert np.array_equal(_both_paths(cfg, seed)[1][0], no)
+        original, _, mask = _stored_pair(seed)
+        rng = np.random.default_rng(seed)
+        draw_geometry(cfg, mask.shape, rng)  # the visit draws its geometry first
+        sigma = draw_photometric(cfg, rng).sigma
+        inside = (original > 0.2) & (original < 0.8)  # away from the clipping at 0 and 1
+        for jittered in (oo, no):
+            assert abs(float((jittered - original)[inside].std()) - sigma) < 0.15 * sigma
+        assert not np.allclose(no, oo)

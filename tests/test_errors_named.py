@@ -173,10 +173,10 @@ def test_a_damaged_shard_met_during_training_names_the_store_and_the_shard(tmp_p
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """A baseline run with a checkpoint and a resume state (2 steps)."""
+    """A baseline run of 4 steps stopped after 2, with a checkpoint and a resume state."""
     folder = tmp_path_factory.mktemp("trained")
     dataset = blob_dataset(n=24, size=32)
-    run_train(tiny_config(folder, stack=False, steps=2, checkpoint_every=2), dataset=dataset)
+    run_train(tiny_config(folder, stack=False, steps=4, checkpoint_every=2), stop_after=2, dataset=dataset)
     return folder, dataset
 
 

@@ -152,3 +152,15 @@ def test_a_resumed_learning_rate_schedule_continues_the_uninterrupted_one():
         resumed.step(), schedule.step()
     assert rates[0] == 0 and max(rates) == ft.learning_rate and rates[-1] < ft.learning_rate  # warmup, then decay
     assert replayed == rates[3:]
+
+
+def test_max_grad_norm_clips_the_fine_tune_gradients(tmp_path):
+    """As diffusers' train_controlnet.py: the gradient norm is clipped before each step. A bound no gradient
+    reaches leaves the run unchanged; a tight one changes the weights."""
+    dataset = toy_dataset()
+    trained = {}
+    for name, bound in (("plain", None), ("loose", 1e9), ("tight", 1e-9)):
+        cfg = toy_project_config(str(tmp_path / name), finetune={"steps": 2, "max_grad_norm": bound})
+        trained[name] = _weights(run_finetune(cfg, dataset), "controlnet")
+    assert all(torch.equal(trained["plain"][k], trained["loose"][k]) for k in trained["plain"])
+    assert not all(torch.equal(trained["plain"][k], trained["tight"][k]) for k in trained["plain"])

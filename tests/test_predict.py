@@ -93,6 +93,7 @@ def picture_model(tmp_path_factory):
 
 
 def test_png_folder_at_another_size_comes_back_at_its_own_size(picture_model, tmp_path):
+    assert json.loads((picture_model / "config.json").read_text())["label_values"] == [0, 255]  # 0/255 masks
     (tmp_path / "in").mkdir()
     for i, (h, w) in enumerate([(70, 45), (33, 90)]):
         image, _ = blob_pair(i, height=h, width=w)
@@ -102,7 +103,7 @@ def test_png_folder_at_another_size_comes_back_at_its_own_size(picture_model, tm
                 "--save-probabilities", "--tta", "flip"]) == 0
     for name, shape in [("scan0", (70, 45)), ("scan1", (33, 90)), ("colour", (33, 90))]:
         mask = np.asarray(Image.open(tmp_path / "out" / f"{name}.png"))
-        assert mask.shape == shape and set(np.unique(mask)) <= {0, 1}
+        assert mask.shape == shape and set(np.unique(mask)) <= {0, 255}  # the training masks' values (0/255)
         probs = np.load(tmp_path / "out" / f"{name}_probabilities.npz")["probabilities"]
         assert probs.shape == (2, *shape) and np.allclose(probs.sum(0), 1.0, atol=1e-5)
 

@@ -75,7 +75,7 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path, dataset):
 def test_resume_refuses_a_changed_config(tmp_path, dataset):
     run_train(tiny_config(tmp_path, stack=False, steps=2), dataset=dataset)
     with pytest.raises(ConfigError, match="train.lr changed"):
-        run_train(tiny_config(tmp_path, stack=False, steps=4, lr=0.1), resume=True, dataset=dataset)
+        run_train(tiny_config(tmp_path, stack=False, steps=2, lr=0.1), resume=True, dataset=dataset)
 
 
 def test_baseline_needs_no_store_and_writes_the_run_folder(tmp_path, dataset):
@@ -219,8 +219,8 @@ def test_a_new_run_refuses_an_existing_run_folder_unless_overwrite(tmp_path, dat
         run_train(tiny_config(tmp_path, stack=False, steps=2, seed=1), dataset=dataset)
     after = weights(first / "model.safetensors")
     assert all(torch.equal(before[key], after[key]) for key in before)  # nothing was deleted
-    run_train(tiny_config(tmp_path, stack=False, steps=4), resume=True, dataset=dataset)
-    assert json.loads((first / "summary.json").read_text())["steps"] == 4
+    run_train(tiny_config(tmp_path, stack=False, steps=2), resume=True, dataset=dataset)
+    assert json.loads((first / "summary.json").read_text())["steps"] == 2
     with pytest.raises(ConfigError, match="pass one of them"):
         run_train(tiny_config(tmp_path, stack=False, steps=4), resume=True, overwrite=True, dataset=dataset)
     run_train(tiny_config(tmp_path, stack=False, steps=2, seed=1), overwrite=True, dataset=dataset)

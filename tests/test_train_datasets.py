@@ -70,7 +70,8 @@ def test_a_visit_reads_exactly_one_stack_image_from_the_store(full_store):
     shard_file = path / "stack" / "c" / "1" / "0" / "0" / "0" / "0"
     assert stack_bytes < shard_file.stat().st_size / K  # far less than the K images of the sample
     expected = StackStore.open(path).read_stack(item["index"], item["k"])
-    np.testing.assert_allclose(item["stack_image"].numpy(), expected / 255.0, atol=1e-6)
+    assert item["stack_image"].dtype == torch.uint8  # handed over as stored; the trainer makes it float
+    np.testing.assert_array_equal(item["stack_image"].numpy(), expected)
     counting.gets.clear()
     dataset[6]  # same shard (samples 4..7): the shard index is cached, one request for the image
     assert len(counting.gets) == 1 and all(isinstance(r, RangeByteRequest) for _, r, _ in counting.gets)
@@ -97,7 +98,8 @@ def test_a_batch_requests_its_stack_images_together_and_equals_its_visits_one_by
         for key in ("original", "stack_image", "mask"):
             assert torch.equal(single[key], item[key]), key
     batch = collate_visits(batch_items)
-    assert batch["original"].shape == (4, 1, 16, 16) and batch["stack_image"].dtype == torch.float32
+    assert batch["original"].shape == (4, 1, 16, 16) and batch["stack_image"].dtype == torch.uint8
+    assert len(batch["original_photometric"]) == len(batch["stack_image_photometric"]) == 4  # drawn, not applied
     assert batch["mask"].dtype == torch.uint8 and batch["mask"].shape == (4, 16, 16)
     assert batch["k"] == [s["k"] for s in singles] and batch["index"] == [s["index"] for s in singles]
     assert batch["id"] == [s["id"] for s in singles]
@@ -194,7 +196,7 @@ def test_a_store_of_another_split_is_refused(tmp_path):
     store = StackStore.create(path, ds, k=2, shard_size=4, split="val")
     for shard in store.pending_shards():
         store.write_shard(shard, fake_stack(store.shard_samples(shard), 2, (1, 16, 16)))
-    with pytest.raises(StoreError, match="split 'val', which lacks 8 of the 8 training samples"):
+    with pytest.raises(StoreError, match="holds stack images of the 'val' split, which validation reads and training never"):
         StackPairDataset(ds, path, seed=0)
 
 

@@ -81,10 +81,13 @@ def load_state(path: str | Path, keys: Iterable[str], what: str, fix: str) -> di
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, zipfile.BadZipFile) as err:
-        detail = str(err).strip().splitlines()[0][:200]
-        raise S2S2Error(f"{what}: {path} cannot be loaded safely ({type(err).__name__}: {detail}); it is "
-                        "truncated, corrupt or not written by s2s2 (only tensors and plain values are accepted, "
-                        f"nothing is unpickled); {fix}") from None
+        if isinstance(err, pickle.UnpicklingError):  # torch's own text would advise weights_only=False: never
+            detail = "it holds pickled Python objects besides tensors and plain values"
+        else:
+            detail = f"{type(err).__name__}: " + str(err).strip().splitlines()[0].split(". ")[0][:200]
+        raise S2S2Error(f"{what}: {path} cannot be loaded safely ({detail}); it is truncated, corrupt or not "
+                        "written by s2s2 (only tensors and plain values are accepted, nothing is unpickled); "
+                        f"{fix}") from None
     if not isinstance(state, dict) or any(key not in state for key in keys):
         found = sorted(state) if isinstance(state, dict) else type(state).__name__
         raise S2S2Error(f"{what}: {path} is not an s2s2 training state (needs {', '.join(keys)}; found {found}); {fix}")

@@ -36,6 +36,7 @@ def position_distance(u: torch.Tensor, v: torch.Tensor, distance: str = "cosine"
     if u.shape != v.shape:
         raise ValueError(f"feature shapes differ: {tuple(u.shape)} vs {tuple(v.shape)}")
     dim = channel_dim(u)
+    u, v = u.float(), v.float()  # in half precision the sums of squares overflow and the clamp underflows
     if distance == "cosine":
         # Written out: F.cosine_similarity reduces over a strided channel dim ~20x slower on CPU.
         dot, uu, vv = (u * v).sum(dim), (u * u).sum(dim), (v * v).sum(dim)

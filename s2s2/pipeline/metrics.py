@@ -69,8 +69,7 @@ def _gap_hd95(prediction: np.ndarray, truth: np.ndarray, spacing: tuple[float, .
 
     seen = np.flatnonzero(present)
     nearest = seen[np.abs(np.arange(len(present))[:, None] - seen[None, :]).argmin(axis=1)]
-    edges_pred, edges_truth = get_mask_edges(prediction[nearest], truth[nearest], crop=False,
-                                             always_return_as_numpy=True)
+    edges_pred, edges_truth = get_mask_edges(prediction[nearest], truth[nearest], crop=False)  # numpy in, numpy out
     edges_pred, edges_truth = edges_pred & present[:, None, None], edges_truth & present[:, None, None]
     spacing_list = [float(s) for s in spacing]
     directed = [get_surface_distance(a, b, "euclidean", spacing_list)

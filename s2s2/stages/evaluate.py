@@ -28,6 +28,7 @@ from s2s2.pipeline.errors import ConfigError
 from s2s2.pipeline.metrics import case_metrics, present_planes, stack_slices, summarise
 from s2s2.pipeline.segmenters import ACTIVATION, build_segmenter, from_pretrained, load_weights, model_identity, predict
 from s2s2.stages.run_folder import run_folder
+from s2s2.store.provenance import evaluation_provenance
 
 POLICY = ("Dice/HD95 per case (a 2-D slice, or under `volume` a 3-D volume of stacked slices) and class; truth "
           "and prediction both empty: NaN (left out of the mean); exactly one empty: Dice 0 and HD95 = the image "
@@ -315,7 +316,9 @@ def run_evaluate(cfg: ProjectConfig, checkpoint: str | Path | None = None, sets:
 
     scores, rows, titles = score_test_sets(cfg, train_data, datasets, segment)
     results: dict[str, Any] = {"checkpoint": str(checkpoint), "model": cfg.model.name, "run": cfg.train.name,
-                               "policy": POLICY, "eval_classes": cfg.evaluate.eval_classes, "test_sets": scores}
+                               "policy": POLICY, "eval_classes": cfg.evaluate.eval_classes, "test_sets": scores,
+                               "provenance": evaluation_provenance(folder, train_data,
+                                                                   {name: data for name, (data, _) in datasets.items()})}
     write_results(folder, results, rows, titles)
     return results
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,6 +29,7 @@ from s2s2.pipeline.config.generator import GenerateConfig
 from s2s2.pipeline.config.project import ProjectConfig
 from s2s2.pipeline.data.prepared import PreparedDataset
 from s2s2.pipeline.errors import ConfigError
+from s2s2.pipeline.signals import Interrupted, StopRequest, Stopped, stopping_on_signals
 from s2s2.store.manifest import VAL_SPLIT, GeneratorIdentity, SourceIdentity, StackGenerator, StackSource, SynthIdentity
 
 logger = logging.getLogger(__name__)
@@ -91,6 +93,9 @@ def worker_pipeline(task: ShardTask) -> Any:
     key = (task.generator_dir, task.settings.scheduler, str(device), task.settings.precision, task.attention)
     if key not in _PIPELINES:
         torch.set_num_threads(1)
+        # diffusers' (disabled) progress bars would take tqdm's default lock, a multiprocessing semaphore
+        # that leaks ("leaked semaphore objects") when a stopped run terminates this worker mid-shard
+        tqdm.set_lock(threading.RLock())
         _PIPELINES[key] = load_pipeline(task.generator_dir, task.settings.scheduler, device,
                                         resolve_dtype(task.settings.precision, device), task.attention)
     return _PIPELINES[key]
@@ -201,10 +206,12 @@ def dashboard_link(client: Any) -> str | None:
     return (client.dashboard_link or None) if has_bokeh else None
 
 
-def run_shards(task: ShardTask, store: Any) -> list[ShardResult]:
+def run_shards(task: ShardTask, store: Any, stop: StopRequest | None = None) -> list[ShardResult]:
     """Generate every pending shard of `store` on the dask cluster, in rounds: submit the pending
     shards no other run holds, collect, re-read the ledger; wait while the only pending shards are
-    held by another run (until it finishes them or its claims expire). Progress bar of images/s."""
+    held by another run (until it finishes them or its claims expire). Progress bar of images/s.
+
+    A stop signal (`stop`) cancels the shards in progress, closes the cluster, then raises `Stopped`."""
     from dask.distributed import as_completed
 
     results: list[ShardResult] = []
@@ -215,12 +222,13 @@ def run_shards(task: ShardTask, store: Any) -> list[ShardResult]:
     counted: set[int] = set()  # shards whose images the bar shows as done
     poll = min(task.settings.claim_seconds / 4, 5.0)
     waiting = False
-    with dask_client(task.settings) as client, \
+    stop = stop or StopRequest()
+    with stop.deferred(), dask_client(task.settings) as client, \
             tqdm(total=sum(images_of.values()), desc="generate", unit="img") as bar:
         link = dashboard_link(client)
         if link:
             logger.info(f"dask dashboard: {link}")
-        while pending:
+        while pending and stop.signum is None:
             held = store.claims.live_claims(pending, except_writer=task.writer)
             free = [shard for shard in pending if shard not in held]
             if not free:
@@ -234,13 +242,21 @@ def run_shards(task: ShardTask, store: Any) -> list[ShardResult]:
                 waiting = False
                 futures = [client.submit(generate_shard, task, shard, pure=False, key=f"shard-{shard}-{time.time_ns()}")
                            for shard in free]
-                for future in as_completed(futures):
-                    result = future.result()
-                    if result is not None:
-                        results.append(result)
-                        counted.add(result.shard)
-                        bar.update(images_of.get(result.shard, 0))
-                        bar.set_postfix(shards=len(results), regenerated=sum(r.regenerated for r in results))
+                finished = as_completed(futures)
+                while not finished.is_empty() and stop.signum is None:
+                    batch = finished.next_batch(block=False)
+                    if not batch:
+                        time.sleep(0.2)
+                    for future in batch:
+                        result = future.result()
+                        if result is not None:
+                            results.append(result)
+                            counted.add(result.shard)
+                            bar.update(images_of.get(result.shard, 0))
+                            bar.set_postfix(shards=len(results), regenerated=sum(r.regenerated for r in results))
+                if stop.signum is not None:
+                    client.cancel(futures)  # the shards in progress: never marked done, their claims released
+                    break
             still = store.pending_for(task.generator)
             done_elsewhere = [shard for shard in pending if shard not in still and shard not in counted]
             bar.update(sum(images_of.get(shard, 0) for shard in done_elsewhere))
@@ -306,6 +322,16 @@ def describe_sources(generator: StackGenerator) -> str:
     return ", ".join(parts)
 
 
+def _stopped(store: Any, generator: StackGenerator, writer: str, stop: Stopped) -> Interrupted:
+    """Release the claims of a stopped run and say what is kept and how to resume."""
+    pending = store.pending_for(generator)
+    released = store.claims.release_writer(writer, pending)
+    done = store.num_shards - len(pending)
+    return Interrupted(f"generate stopped by {stop}: {store.path}: {done} of {store.num_shards} shards are complete "
+                       f"and kept, {len(pending)} pending (the shard(s) in progress discarded, {len(released)} "
+                       "claim(s) released); resume: run the same `s2s2 generate` command again", stop.signum)
+
+
 def run_generate(cfg: ProjectConfig, dataset: PreparedDataset | None = None,
                  overwrite: bool = False, force: bool = False) -> list[ShardResult]:
     """Create or reopen the store at `cfg.store.path`, check its sources against it, generate the
@@ -357,8 +383,11 @@ def fill_store(cfg: ProjectConfig, dataset: PreparedDataset, path: str, split: s
                          settings=settings, resolution=resolution, attention=cfg.generator.attention,
                          generator=generator, writer=writer, replaces=replaces)
         started = time.monotonic()
-        with store.claims.running(writer, settings.claim_seconds):
-            results = run_shards(task, store)
+        with store.claims.running(writer, settings.claim_seconds), stopping_on_signals() as stop:
+            try:
+                results = run_shards(task, store, stop)
+            except Stopped as stopped:  # the cluster is closed by now: no worker of this run writes any more
+                raise _stopped(store, generator, writer, stopped) from None
         seconds = time.monotonic() - started
         images = sum(r.images for r in results)
         logger.info(f"generated {images} images in {seconds:.1f} s ({images / seconds:.2f} img/s) on "

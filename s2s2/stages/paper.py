@@ -7,7 +7,6 @@ against it, and `s2s2 paper steps NAME` prints it."""
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -170,9 +169,11 @@ def describe_settings() -> str:
 
 
 def epoch_steps(n: int, batch_size: int, epochs: int, drop_last: bool) -> int:
-    """Optimizer steps of `epochs` passes over `n` samples at `batch_size` (last partial batch dropped or not)."""
-    per_epoch = n // batch_size if drop_last else math.ceil(n / batch_size)
-    return epochs * max(per_epoch, 1)
+    """Optimizer steps of `epochs` passes over `n` samples at `batch_size` (last partial batch dropped or not),
+    counted as the trainer's sampler counts them."""
+    from s2s2.stages.train.datasets import batches_per_epoch
+
+    return epochs * max(batches_per_epoch(n, batch_size, drop_last), 1)
 
 
 def setting_steps(item: PaperSetting, n: int, finetune_batch: int, train_batch: int) -> dict[str, int]:

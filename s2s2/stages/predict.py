@@ -6,9 +6,9 @@ grouped into one case), 2-D pictures (PNG/JPEG/BMP/TIFF) or npz slices (`image`)
 prepared exactly as the training data was (the model folder's `preprocessing`), volumes slice by
 slice along the training axis in batches, and each mask is written in the input's format and
 geometry: NIfTI with the input's affine, header and shape; pictures as PNG at their own size
-(masks must be lossless, so JPEG inputs get PNG masks); npz with a `label` array. Values are the
-training data's class ids. Outputs that exist are skipped unless `overwrite`, so a folder run is
-resumable; every file appears whole or not at all.
+(masks must be lossless, so JPEG inputs get PNG masks); npz with a `label` array. Values are those
+of the training masks (class ids, or 0/255 for two-class 0/255 picture masks). Outputs that exist
+are skipped unless `overwrite`, so a folder run is resumable; every file appears whole or not at all.
 """
 
 from __future__ import annotations
@@ -65,11 +65,28 @@ def card_from_run(run: Path, checkpoint: str = "model.safetensors") -> ModelCard
         raise S2S2Error(f"{weights} does not record its input shape (not written by `s2s2 train`); fix: train "
                         "again") from None
     dataset = prepare_dataset(cfg.data)
-    return ModelCard(model=cfg.model, in_channels=in_channels, num_classes=num_classes,
+    return ModelCard(label_values=training_label_values(cfg.data, num_classes), model=cfg.model, in_channels=in_channels, num_classes=num_classes,
                      class_names=dataset.class_names, image_size=size, loss=cfg.train.loss.seg,
                      activation=ACTIVATION[cfg.train.loss.seg], normalization=input_normalization(cfg.model, in_channels),
                      preprocessing=preprocessing_for(cfg.data, in_channels),
                      source={"run": str(run), "checkpoint": checkpoint})
+
+
+def training_label_values(data: object, num_classes: int) -> list[int] | None:
+    """The stored value of each class in the training masks when it is not the class id: two-class
+    picture masks stored as 0/255 (read from the first mask file); None otherwise."""
+    if data.adapter != "folder" or num_classes != 2:
+        return None
+    from s2s2.pipeline.data.folder import picture_files
+    from s2s2.pipeline.data.readers import read_picture
+
+    masks = picture_files(Path(data.root) / data.mask_dir)
+    if not masks:
+        return None
+    values = read_picture(masks[sorted(masks)[0]], is_mask=True)
+    if np.issubdtype(values.dtype, np.integer) and values.max() > 1:
+        return [0, int(np.iinfo(values.dtype).max)]
+    return None
 
 
 def load_any(path: Path) -> tuple[nn.Module, ModelCard]:
@@ -283,11 +300,12 @@ def _check_kind(case: Case, prep: Preprocessing) -> None:
 
 
 def write_nifti(labels: np.ndarray, like: "object", path: Path) -> None:
-    """`labels` as a NIfTI with the affine and header of `like` (uint8, no intensity scaling), atomically."""
+    """`labels` as a NIfTI with the affine and header of `like` (their integer type, no intensity scaling),
+    atomically."""
     import nibabel as nib
 
     header = like.header.copy()
-    header.set_data_dtype(np.uint8)
+    header.set_data_dtype(labels.dtype)
     image = type(like)(labels, like.affine, header)
     image.header.set_slope_inter(1, 0)
     data = image.to_bytes()
@@ -296,13 +314,15 @@ def write_nifti(labels: np.ndarray, like: "object", path: Path) -> None:
 
 
 def write_png(labels: np.ndarray, path: Path) -> None:
+    """`labels` (uint8 or uint16) as a lossless PNG, atomically."""
     from PIL import Image
 
     with atomic_path(path) as tmp:
-        Image.fromarray(labels.astype(np.uint8)).save(tmp, format="PNG")
+        Image.fromarray(labels).save(tmp, format="PNG")
 
 
 def write_npz(path: Path, **arrays: np.ndarray) -> None:
+    """The arrays as a compressed npz, atomically."""
     buffer = io.BytesIO()
     np.savez_compressed(buffer, **arrays)
     with atomic_path(path) as tmp:
@@ -340,11 +360,13 @@ def run_predict(model_path: Path, source: Path, output: Path, device: str = "aut
     if len(todo) < len(cases):
         log.info("predict: %d of %d outputs exist and are kept (--overwrite redoes them)", len(cases) - len(todo),
                  len(cases))
+    values = np.asarray(card.label_values or range(card.num_classes), dtype=np.uint16)
+    stored = np.uint8 if values.max() < 256 else np.uint16
     for case in tqdm(todo, desc="predict", unit="case", disable=None):
         target = targets[case.name]
         if case.kind == "volume":
             result, like = segment_volume(model, card, case.files, torch_device, tta, batch_size, save_probabilities)
-            write_nifti(result.labels, like, target)
+            write_nifti(values[result.labels].astype(stored), like, target)
             probs = result.probabilities
         else:
             plane = read_plane(case)
@@ -352,9 +374,9 @@ def run_predict(model_path: Path, source: Path, output: Path, device: str = "aut
                                                    save_probabilities)
             probs = probs_list[0] if probs_list else None
             if case.kind == "picture":
-                write_png(labels[0], target)
+                write_png(values[labels[0]].astype(stored), target)
             else:
-                write_npz(target, label=labels[0])
+                write_npz(target, label=values[labels[0]].astype(stored))
         if save_probabilities:
             write_npz(target.with_name(f"{case.name}_probabilities.npz"), probabilities=probs.astype(np.float32),
                       class_names=np.asarray(card.class_names))

@@ -43,6 +43,8 @@ def run_entry(folder: Path) -> dict[str, Any]:
         # validation Dice of the kept checkpoint: real val and stack-val (the val masks' stack images)
         "val": summary.get("best_val_dice_mean"), "stack_val": summary.get("best_stack_val_dice_mean"),
         "metrics": {name: set_scores(entry) for name, entry in metrics["test_sets"].items()},
+        # which stack, generator, data and code the run was trained and evaluated with
+        "provenance": metrics.get("provenance"),
     }
 
 

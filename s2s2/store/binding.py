@@ -70,8 +70,10 @@ class GeneratorBinding:
         others = book.running_writers(except_writer=writer)
         held = book.live_claims(list(range(self.num_shards)), except_writer=writer)
         if (others or held) and not force:
-            who = sorted({f"{w.host} pid {w.pid}" for w in others} | {c.worker.replace(":", " pid ") for c in held.values()})
-            raise StoreError(f"{self.path}: another `s2s2 generate` is writing this store ({', '.join(who)}; "
+            # the runs, not their dask workers: a claim names its run (host:pid:tag) and the worker apart
+            runs = sorted({f"{w.host} pid {w.pid}" for w in others}
+                          | {" pid ".join(c.writer.split(":")[:2]) for c in held.values()})
+            raise StoreError(f"{self.path}: another `s2s2 generate` is writing this store (run {', '.join(runs)}; "
                              f"{len(held)} shard(s) claimed); --overwrite now would mix two generators; fix: wait "
                              "for it to finish (or stop it and wait for its claims to expire), then rerun with "
                              "--overwrite; or add --force to take over (the other run stops at its next shard)")
@@ -95,6 +97,19 @@ class GeneratorBinding:
         if binding.identity != generator.model_dump(mode="json"):
             return self._changes(binding, generator)[1]
         return [] if binding.ready else list(binding.clear_ks)
+
+    def bound_generator(self) -> StackGenerator | None:
+        """The generator in force (None for a store no `generate` run has bound)."""
+        binding = self.current_binding()
+        return None if binding is None else StackGenerator.model_validate(binding.identity)
+
+    def current_done(self) -> np.ndarray:
+        """The done ledger [N,K] as the generator in force sees it (what training may read): flags of
+        ks an unfinished rebinding is clearing do not count. A store no `generate` run has bound (its
+        images written by one process through `write_shard`) and a store opened as a Store object
+        (no claim records to read) count their flags as they are."""
+        generator = self.bound_generator() if isinstance(self.path, (str, Path)) else None
+        return self.done_ledger() if generator is None else self.done_for(generator)
 
     def done_for(self, generator: StackGenerator, rows: range | None = None) -> np.ndarray:
         """The done ledger [N,K] (or its `rows`) as `generator` sees it: stale flags count as not done."""

@@ -246,6 +246,17 @@ class ClaimBook:
         if self.holds(claim):
             self._rewrite(replace(claim, released=True))
 
+    def release_writer(self, writer: str, shards: list[int]) -> list[int]:
+        """Release every claim that `writer` still holds among `shards` (a stopped run gives its shards
+        back at once rather than leaving them until their claims expire); the shards released."""
+        released = []
+        for shard in shards:
+            current = self.current(shard)
+            if current is not None and current.writer == writer and not current.released:
+                self._rewrite(replace(current, released=True))
+                released.append(shard)
+        return released
+
     def live_claims(self, shards: list[int], except_writer: str | None = None) -> dict[int, Claim]:
         """{shard: claim} of the `shards` that another run holds now."""
         now, held = time.time(), {}

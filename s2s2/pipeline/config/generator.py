@@ -78,6 +78,9 @@ class GeneratorConfig(StrictModel):
     base_model: str = "stabilityai/stable-diffusion-2-1-base"  # hub id, local folder, or "tiny"
     tiny_dir: Optional[str] = None  # where the tiny base is built; default {run_dir}/tiny-base
     controlnet: Optional[str] = None  # ControlNet to start from (hub id/folder); None = from the UNet
+    # base_model and controlnet weights are read as safetensors only; True also reads pickled .bin
+    # weights (unpickling runs code stored in the file: only for files you trust)
+    pickled_weights: bool = False
     output_dir: Optional[str] = None  # fine-tuned pipeline folder; default {run_dir}/generator
     resolution: Optional[int] = Field(None, ge=8)  # generation size in px; None = the data size
     attention: Literal["auto", "sdpa", "xformers"] = "auto"  # auto = xformers if installed on GPU
@@ -131,6 +134,9 @@ class FinetuneConfig(StrictModel):
     hflip: bool = True  # random left-right flips of image and mask together
     split: str = "train"
     mixed_precision: Literal["no", "fp16", "bf16"] = "fp16"  # used on GPU only
+    # Clip the gradient norm of the trained weights before each step (diffusers' train_controlnet.py
+    # uses 1.0); None: no clipping
+    max_grad_norm: Optional[float] = Field(None, gt=0)
     gradient_checkpointing: bool = True  # used on GPU only
     validate_every: int = Field(500, ge=1)
     validation_samples: int = Field(4, ge=1)

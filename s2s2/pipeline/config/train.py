@@ -4,9 +4,14 @@ from __future__ import annotations
 
 from typing import Literal, Optional
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from s2s2.pipeline.config.base import StrictModel
+
+
+def is_plain_name(name: str) -> bool:
+    """A name usable as one folder: not empty, not '.' or '..', no path separator ('/' or '\\') or NUL."""
+    return bool(name) and name not in (".", "..") and not any(c in name for c in "/\\\0")
 
 
 class ModelConfig(StrictModel):
@@ -70,7 +75,7 @@ class AugmentConfig(StrictModel):
 class TrainConfig(StrictModel):
     """Segmenter training, baseline (`stack: false`) or S2S2 (`stack: true`, reads `store.path`)."""
 
-    name: str = "s2s2"  # run folder: {run_dir}/train/{name}
+    name: str = "s2s2"  # run folder: {run_dir}/train/{name}; a plain name (no path separators, not '.' or '..')
     stack: bool = True  # False = the baseline: same trainer, no store, L = L_seg(p0)
     loss: LossConfig = Field(default_factory=LossConfig)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
@@ -82,6 +87,8 @@ class TrainConfig(StrictModel):
     # (`stopped_by_time_cap` in summary.json and in every results table).
     max_seconds: Optional[float] = Field(None, gt=0)
     batch_size: int = Field(8, ge=1)  # global batch B of originals; S2S2 forwards 2B images
+    # Drop each epoch's last partial batch (False: train on it, as the TransUNet and SLAug loaders do)
+    drop_last: bool = True
     optimizer: Literal["adamw", "sgd"] = "adamw"
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
@@ -104,6 +111,17 @@ class TrainConfig(StrictModel):
     num_workers: int = Field(0, ge=0)
     deterministic: bool = True  # torch.use_deterministic_algorithms (warn_only) for exact resume
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # Autocast of the forward pass through accelerate (fp16 with a gradient scaler, GPU only; bf16 on a GPU
+    # or CPU); the losses are computed in float32
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, name: str) -> str:
+        if not is_plain_name(name):
+            raise ValueError(f"{name!r} is not a plain name: the run folder is {{run_dir}}/train/{{name}}, so the "
+                             "name may not be empty, '.' or '..', nor hold '/' or '\\'")
+        return name
 
     @model_validator(mode="after")
     def _warmup_below_steps(self) -> "TrainConfig":

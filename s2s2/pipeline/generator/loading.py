@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +31,8 @@ from transformers.utils import logging as transformers_logging
 from s2s2.pipeline.config.appearance import AppearanceRemapConfig
 from s2s2.pipeline.errors import ConfigError, S2S2Error
 
+logger = logging.getLogger(__name__)
+
 CONTROL_EMBEDDING_CHANNELS = (16, 32, 96, 256)  # diffusers' default, for a VAE factor of 8
 PALETTE_CHANNELS = 3  # the mask drawn in VOC colours
 CONTROLNET_WEIGHTS = "diffusion_pytorch_model.safetensors"
@@ -47,8 +50,37 @@ class BaseParts:
     scheduler: SchedulerMixin
 
 
+PICKLE_OPT_IN = "generator.pickled_weights: true"
+
+
+def _pickled_only(folder: Path) -> list[str]:
+    """Pickled weight files under `folder` whose part has no safetensors beside them."""
+    found = []
+    for weights in sorted(folder.rglob("*")):
+        if weights.suffix in PICKLED_WEIGHTS and not any(weights.parent.glob("*.safetensors")):
+            found.append(str(weights.relative_to(folder)))
+    return found
+
+
+def _weights_format(name: str, allow_pickle: bool) -> dict[str, bool]:
+    """`from_pretrained` options: safetensors only, unless the user opted in to pickled weights (then
+    say that unpickling runs code from the files)."""
+    if not allow_pickle:
+        return {"use_safetensors": True}
+    logger.warning(f"{PICKLE_OPT_IN}: pickled weights of {name} may be read; unpickling runs code stored in "
+                   "the file, so use it only for files you trust")
+    return {}
+
+
 def _load_error(name: str, what: str, err: Exception) -> S2S2Error:
-    if Path(name).expanduser().is_absolute() or name.startswith(".") or Path(name).exists():
+    local = Path(name).expanduser()
+    pickled = _pickled_only(local) if local.is_dir() else []
+    if pickled:
+        return S2S2Error(f"cannot load the {what} from {name!r}: it holds pickled weights only ({', '.join(pickled[:4])}), "
+                         "which are not read by default (unpickling runs code stored in the file)\n"
+                         "fix: convert them to safetensors (load and save_pretrained them once), or set "
+                         f"{PICKLE_OPT_IN} if you trust these files")
+    if local.is_absolute() or name.startswith(".") or local.exists():
         hint = "check the folder (it must hold model_index.json and the unet/vae/... subfolders)"
     else:
         hint = ("it is neither a local folder nor a cached hub id; download it once with network "
@@ -58,18 +90,20 @@ def _load_error(name: str, what: str, err: Exception) -> S2S2Error:
                      f"fix: {hint}")
 
 
-def load_base(name: str) -> BaseParts:
-    """Load tokenizer, text encoder, VAE, UNet and scheduler of an SD-like model (hub id or folder)."""
+def load_base(name: str, allow_pickle: bool = False) -> BaseParts:
+    """Load tokenizer, text encoder, VAE, UNet and scheduler of an SD-like model (hub id or folder);
+    weights as safetensors only unless `allow_pickle` (the user's explicit opt-in)."""
     local = Path(name).expanduser()
     if (local.is_absolute() or name.startswith(".")) and not local.is_dir():
         raise S2S2Error(f"base model folder {name} does not exist\nfix: build it (generator.base_model: tiny) "
                         "or point generator.base_model at a diffusers folder or hub id")
     try:
+        weights = _weights_format(name, allow_pickle)
         return BaseParts(
             tokenizer=CLIPTokenizer.from_pretrained(name, subfolder="tokenizer"),
-            text_encoder=CLIPTextModel.from_pretrained(name, subfolder="text_encoder"),
-            vae=AutoencoderKL.from_pretrained(name, subfolder="vae"),
-            unet=UNet2DConditionModel.from_pretrained(name, subfolder="unet"),
+            text_encoder=CLIPTextModel.from_pretrained(name, subfolder="text_encoder", **weights),
+            vae=AutoencoderKL.from_pretrained(name, subfolder="vae", **weights),
+            unet=UNet2DConditionModel.from_pretrained(name, subfolder="unet", **weights),
             scheduler=DDIMScheduler.from_pretrained(name, subfolder="scheduler"),
         )
     except (OSError, ValueError, EnvironmentError) as err:
@@ -77,7 +111,7 @@ def load_base(name: str) -> BaseParts:
 
 
 def make_controlnet(unet: UNet2DConditionModel, vae: AutoencoderKL, source: str | None,
-                    appearance_channels: int = 0) -> ControlNetModel:
+                    appearance_channels: int = 0, allow_pickle: bool = False) -> ControlNetModel:
     """Load a ControlNet from `source`, or initialise one from the UNet (zero convs, copied encoder).
 
     It reads the 3 palette channels of the mask plus `appearance_channels` painted label means
@@ -87,7 +121,7 @@ def make_controlnet(unet: UNet2DConditionModel, vae: AutoencoderKL, source: str 
     wanted = PALETTE_CHANNELS + appearance_channels
     if source is not None:
         try:
-            controlnet = ControlNetModel.from_pretrained(source)
+            controlnet = ControlNetModel.from_pretrained(source, **_weights_format(source, allow_pickle))
         except (OSError, ValueError, EnvironmentError) as err:
             raise _load_error(source, "ControlNet", err) from None
         if controlnet.config.conditioning_channels != wanted:

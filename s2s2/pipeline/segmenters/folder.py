@@ -50,6 +50,8 @@ class ModelCard(StrictModel):
     activation: Literal["softmax", "sigmoid"]  # how its logits become classes (follows the loss)
     normalization: Optional[Normalization] = None
     preprocessing: Preprocessing
+    # the value each class id had in the training masks (e.g. [0, 255] for 0/255 PNG masks); None: the ids
+    label_values: Optional[list[int]] = None
     source: dict[str, str] = {}  # where it came from (run folder, checkpoint)
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import signal
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -34,7 +35,7 @@ from accelerate.tracking import GeneralTracker
 from tqdm import tqdm
 
 from s2s2.pipeline.atomic import atomic_path
-from s2s2.pipeline.checkpoint import load_state, save_state
+from s2s2.pipeline.checkpoint import load_module, load_state, save_state
 from s2s2.pipeline.config.project import ProjectConfig
 from s2s2.pipeline.config.train import TrainConfig
 from s2s2.pipeline.data.prepared import PreparedDataset
@@ -43,11 +44,13 @@ from s2s2.pipeline.errors import ConfigError, S2S2Error, StoreError
 from s2s2.pipeline.losses import LossParts, build_seg_loss, s2s2_loss, split_output, stack_terms_active
 from s2s2.pipeline.metrics import nanmean
 from s2s2.pipeline.seeding import seed_everything, set_torch_rng_state, torch_rng_state
-from s2s2.pipeline.segmenters import ACTIVATION, build_segmenter, load_weights, model_identity, save_weights
-from s2s2.stages.run_folder import run_folder, start_run_folder
-from s2s2.stages.train.augment import PairAugment
+from s2s2.pipeline.segmenters import ACTIVATION, build_segmenter, model_identity, save_weights
+from s2s2.pipeline.signals import Interrupted, StopRequest, stopping_on_signals
+from s2s2.stages.run_folder import discard_failed_start, run_folder, start_run_folder
+from s2s2.stages.train.augment import PairAugment, device_images
 from s2s2.stages.train.batchnorm import originals_only_running_stats
-from s2s2.stages.train.datasets import BaselineDataset, EpochBatchSampler, StackPairDataset, collate_visits
+from s2s2.stages.train.datasets import (BaselineDataset, EpochBatchSampler, StackPairDataset, batches_per_epoch,
+                                        collate_visits)
 from s2s2.stages.train.schedule import learning_rate_schedule
 from s2s2.stages.train.trackers import LOSS_NAMES, CSVTracker, log_columns, write_progress_png
 from s2s2.stages.train.stack_val import (
@@ -58,6 +61,7 @@ from s2s2.stages.train.stack_val import (
     selection_score,
 )
 from s2s2.stages.train.validation import eval_class_ids, validate, validate_stack
+from s2s2.store.provenance import run_provenance
 
 logger = logging.getLogger(__name__)
 
@@ -73,8 +77,11 @@ def make_accelerator(cfg: TrainConfig, trackers: list[GeneralTracker] | None = N
     use_gpu = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
     if use_gpu and not torch.cuda.is_available():
         raise ConfigError("train.device=cuda but no GPU is visible; set train.device=cpu or auto")
+    if cfg.mixed_precision == "fp16" and not use_gpu:
+        raise ConfigError("train.mixed_precision=fp16 needs a GPU (its gradient scaler runs on CUDA); fix: set "
+                          "train.mixed_precision=bf16 (CPUs and recent GPUs) or no")
     try:
-        return Accelerator(cpu=not use_gpu, mixed_precision="no", log_with=trackers)
+        return Accelerator(cpu=not use_gpu, mixed_precision=cfg.mixed_precision, log_with=trackers)
     except ValueError as err:  # accelerate's state is per process and was set up differently before
         raise S2S2Error(f"cannot set up training in this process: {err}; fix: run `s2s2 train` in its own "
                         "process (not after `s2s2 finetune` in the same Python session)") from None
@@ -139,10 +146,10 @@ class Trainer:
 
     # --- one step: the method's equation --------------------------------------------------------
     def step(self, batch: dict[str, Any]) -> LossParts:
-        original = batch["original"].to(self.device, non_blocking=True)
+        original = device_images(batch, "original", self.device)  # float, photometrics applied here
         mask = batch["mask"].to(self.device, non_blocking=True).long()  # handed over in its stored dtype
         if self.forward_stack:
-            stack_image = batch["stack_image"].to(self.device, non_blocking=True)
+            stack_image = device_images(batch, "stack_image", self.device)
             with (nullcontext() if self.cfg.train.bn_stack_stats
                   else originals_only_running_stats(self.model, len(original))):
                 output_0, output_k = split_output(self.ddp(torch.cat([original, stack_image])), len(original))
@@ -175,16 +182,21 @@ class Trainer:
         save_weights(self.model, self.folder / "last.safetensors", {**self.identity, "step": str(self.step_index)})
         save_state({"step": self.step_index, "optimizer": self.optimizer.state_dict(),
                     "schedule": self.schedule.state_dict(), "rng": torch_rng_state(), "best": self.best,
-                    "elapsed": self.elapsed, "history": self.history}, self.folder / "state.pt")
+                    "elapsed": self.elapsed, "history": self.history,
+                    "scaler": self.accelerator.scaler.state_dict() if self.accelerator.scaler else None},
+                   self.folder / "state.pt")
 
     def load_last(self) -> None:
         state_path = self.folder / "state.pt"
         if not state_path.is_file():
             raise S2S2Error(f"cannot resume: {state_path} does not exist; fix: train without --resume first")
         state = load_state(state_path, STATE_KEYS, "cannot resume", RESUME_FIX)
-        load_weights(self.model, self.folder / "last.safetensors", {**self.identity, "step": str(state["step"])})
+        load_module(self.model, self.folder / "last.safetensors", {**self.identity, "step": str(state["step"])},
+                    missing_fix=RESUME_FIX, unreadable_fix=RESUME_FIX, mismatch_fix=RESUME_FIX)
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])
+        if self.accelerator.scaler is not None and state.get("scaler"):
+            self.accelerator.scaler.load_state_dict(state["scaler"])
         set_torch_rng_state(state["rng"])
         self.step_index, self.best, self.elapsed = state["step"], state["best"], state["elapsed"]
         self.history = state["history"]
@@ -211,6 +223,20 @@ class Trainer:
         return row
 
 
+def _interrupted(name: str, received: signal.Signals, trainer: Trainer, start_step: int) -> Interrupted:
+    """What a run stopped by a signal says: where it stands and how to continue."""
+    if trainer.step_index > start_step:
+        where = (f"after step {trainer.step_index} of {trainer.cfg.train.steps}; the checkpoint in {trainer.folder} "
+                 f"(last.safetensors + state.pt) holds step {trainer.step_index}")
+    elif start_step:
+        where = f"before its next step; {trainer.folder} still holds step {start_step}"
+    else:
+        return Interrupted(f"train {name}: stopped by {received.name} before its first step; nothing was kept; "
+                           "to train, run the same command again", received.value)
+    return Interrupted(f"train {name}: stopped by {received.name} {where}; to continue, run the same command "
+                       "with --resume", received.value)
+
+
 def run_train(cfg: ProjectConfig, resume: bool = False, stop_after: int | None = None,
               dataset: PreparedDataset | None = None, overwrite: bool = False) -> Path:
     """Train the configured segmenter; returns the run folder.
@@ -223,7 +249,7 @@ def run_train(cfg: ProjectConfig, resume: bool = False, stop_after: int | None =
     t = cfg.train
     csv_log = CSVTracker(run_folder(cfg) / "log.csv")
     accelerator = make_accelerator(t, [csv_log])
-    world_size, rank, is_main = accelerator.num_processes, accelerator.process_index, accelerator.is_main_process
+    world_size, is_main = accelerator.num_processes, accelerator.is_main_process
     if t.batch_size % world_size:
         raise ConfigError(f"train.batch_size={t.batch_size} must be divisible by the {world_size} processes")
     seed_everything(t.seed, t.deterministic)
@@ -234,12 +260,29 @@ def run_train(cfg: ProjectConfig, resume: bool = False, stop_after: int | None =
     train_set = build_train_set(cfg, dataset)
     check_select_on(cfg, dataset)
     stack_val = load_stack_val(cfg, dataset) if dataset.splits.get("val") else None
-    steps_per_epoch = len(train_set) // t.batch_size
+    steps_per_epoch = batches_per_epoch(len(train_set), t.batch_size, t.drop_last)
     if steps_per_epoch == 0:
         raise ConfigError(f"train.batch_size={t.batch_size} exceeds the {len(train_set)} training samples; lower it")
     if is_main:
         start_run_folder(cfg, resume, overwrite)
     accelerator.wait_for_everyone()
+    try:
+        with stopping_on_signals() as stop, stop.deferred():
+            return _train(cfg, dataset, train_set, stack_val, accelerator, csv_log, steps_per_epoch, resume,
+                          stop_after, stop)
+    except BaseException:
+        if is_main and not resume:
+            discard_failed_start(run_folder(cfg))
+        raise
+
+
+def _train(cfg: ProjectConfig, dataset: PreparedDataset, train_set: BaselineDataset, stack_val: StackVal | None,
+           accelerator: Accelerator, csv_log: CSVTracker, steps_per_epoch: int, resume: bool,
+           stop_after: int | None, stop: StopRequest) -> Path:
+    """The steps of `run_train` once the run folder is set up; a stop request (SIGTERM, SIGINT) ends them
+    after the current step with a checkpoint, then raises `Interrupted` with how to resume."""
+    t = cfg.train
+    world_size, rank, is_main = accelerator.num_processes, accelerator.process_index, accelerator.is_main_process
     trainer = Trainer(cfg, dataset, accelerator, stack_val)
     if not trainer.selects_on_val and is_main:
         logger.warning(f"train {t.name}: the data has no val split, so there is no model selection: "
@@ -255,13 +298,15 @@ def run_train(cfg: ProjectConfig, resume: bool = False, stop_after: int | None =
     bar = tqdm(total=t.steps, initial=start_step, desc=f"train {t.name}", disable=not is_main, dynamic_ncols=True)
     running: dict[str, list[float]] = {n: [] for n in LOSS_NAMES}
     began, stopped_by_cap = time.perf_counter() - trainer.elapsed, False
+    signalled = any_process(accelerator, stop.signum is not None)
     trainer.model.train()
-    while trainer.step_index < last_step and not stopped_by_cap:
+    while trainer.step_index < last_step and not stopped_by_cap and not signalled:
         epoch, first_batch = divmod(trainer.step_index, steps_per_epoch)
         train_set.set_epoch(epoch)
         # The sampler shards each global batch by rank itself and is rebuilt from (seed, epoch, first batch):
         # the data order needs no state beyond the step counter, which is what makes --resume exact.
-        sampler = EpochBatchSampler(len(train_set), t.batch_size, t.seed, epoch, first_batch, rank, world_size)
+        sampler = EpochBatchSampler(len(train_set), t.batch_size, t.seed, epoch, first_batch, rank, world_size,
+                                    t.drop_last)
         loader = torch.utils.data.DataLoader(train_set, batch_sampler=sampler, num_workers=t.num_workers,
                                              collate_fn=collate_visits)
         for batch in loader:
@@ -272,7 +317,8 @@ def run_train(cfg: ProjectConfig, resume: bool = False, stop_after: int | None =
             step = trainer.step_index
             trainer.elapsed = time.perf_counter() - began
             stopped_by_cap = any_process(accelerator, t.max_seconds is not None and trainer.elapsed >= t.max_seconds)
-            final = step >= last_step or stopped_by_cap
+            signalled = any_process(accelerator, stop.signum is not None)
+            final = step >= last_step or stopped_by_cap or signalled
             row: dict[str, float] = {}  # this step's line of the log: losses, validation, or both
             if step % t.log_every == 0 or final:
                 row = {"step": step, "epoch": epoch, "lr": trainer.lr, "seconds": round(trainer.elapsed, 2),
@@ -280,7 +326,7 @@ def run_train(cfg: ProjectConfig, resume: bool = False, stop_after: int | None =
                 bar.set_postfix({"seg": f"{row['seg']:.3g}", "seg_gen": f"{row['seg_gen']:.3g}",
                                  "L_enc": f"{row['enc']:.3g}", "L_dec": f"{row['dec']:.3g}"})
                 running = {n: [] for n in LOSS_NAMES}
-            validates = is_main and (step % t.val_every == 0 or final)
+            validates = is_main and not signalled and (step % t.val_every == 0 or final)
             scores = trainer.validate_and_keep_best() if validates else {}
             if scores:
                 row = {**row, "step": step, "epoch": epoch, **scores}
@@ -295,13 +341,15 @@ def run_train(cfg: ProjectConfig, resume: bool = False, stop_after: int | None =
             if final:
                 break
     bar.close()
-    accelerator.end_training()
+    # No accelerator.end_training(): it destroys the process group that processes_in_sync still needs
+    # (log.csv, the one tracker, is complete after every step).
     in_sync = processes_in_sync(accelerator, trainer.model)
     if is_main:
         chosen = selected_row(trainer.history, t.select_on) if trainer.selects_on_val else None
         summary = {"name": t.name, "model": cfg.model.name, "method": "s2s2" if t.stack else "baseline",
                    "seed": t.seed, "steps": trainer.step_index, "planned_steps": t.steps,
                    "stopped_by_time_cap": stopped_by_cap, "max_seconds": t.max_seconds,
+                   "stopped_by_signal": signal.Signals(stop.signum).name if signalled and stop.signum else None,
                    "seconds": round(trainer.elapsed, 1),
                    "model_selection": "best_val" if trainer.selects_on_val else "last",
                    # the real val and the stack-val Dice of the weights in model.safetensors
@@ -310,7 +358,8 @@ def run_train(cfg: ProjectConfig, resume: bool = False, stop_after: int | None =
                    "best_val_dice_mean": chosen["val_dice_mean"] if chosen else None,
                    "best_stack_val_dice_mean": chosen.get("stack_val_dice_mean") if chosen else None,
                    "bn_stack_stats": t.bn_stack_stats,
-                   "world_size": world_size, "ranks_in_sync": in_sync}
+                   "world_size": world_size, "ranks_in_sync": in_sync,
+                   "provenance": run_provenance(dataset, train_set.provenance if t.stack else None)}
         with atomic_path(trainer.folder / "summary.json") as tmp:
             tmp.write_text(json.dumps(summary, indent=1))
         if stopped_by_cap:
@@ -319,4 +368,6 @@ def run_train(cfg: ProjectConfig, resume: bool = False, stop_after: int | None =
     accelerator.wait_for_everyone()
     if not in_sync:
         raise S2S2Error("DDP ranks ended with different weights; this is a bug, please report it with summary.json")
+    if signalled:
+        raise _interrupted(t.name, signal.Signals(stop.signum or signal.SIGTERM), trainer, start_step)
     return trainer.folder

@@ -54,8 +54,9 @@ def load_stack_val(cfg: ProjectConfig, dataset: PreparedDataset) -> StackVal | N
     if manifest.split != VAL_SPLIT or manifest.dataset_fingerprint != dataset.fingerprint():
         raise StoreError(f"{path}: store.val_path must hold the {VAL_SPLIT!r} split of this dataset (it holds split "
                          f"{manifest.split!r} of dataset fingerprint {manifest.dataset_fingerprint[:12]}…); {fix}")
-    if store.complete_fraction() < 1.0:
-        raise StoreError(f"{path}: the stack-val store is {100 * store.complete_fraction():.1f}% generated; {fix}")
+    complete = float(store.current_done().mean())  # images of the generator in force only
+    if complete < 1.0:
+        raise StoreError(f"{path}: the stack-val store is {100 * complete:.1f}% generated; {fix}")
     rows = range(store.n_samples)
     images = [to_unit_float(image) for image in store.read_stack_images([r for r in rows for _ in range(store.k)],
                                                                          [k for _ in rows for k in range(store.k)])]
