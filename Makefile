@@ -16,7 +16,7 @@ export PYTHONUNBUFFERED = 1
 
 help:
 	@echo "make train     run the whole pipeline on the embedded default (installs, prepares data, stage one, stage two)"
-	@echo "make generate  stage one only: tiny generator, ControlNet fine-tune, stack into runs/default/stack.zarr"
+	@echo "make generate  stage one only: tiny generator, ControlNet fine-tune, stack into runs/default/stack.zarr (+ stack-val.zarr for the val masks)"
 	@echo "make test      the test suite"
 	@echo "make bench     benchmarks into bench/results.json and BENCHMARKS.md (BENCH_QUICK=1 for a short run)"
 

@@ -5,7 +5,8 @@ of the val masks, `store.val_path`). The test sets are evaluated for reporting o
 
     python -m bench.recipe_sweep                     # the planned runs, in priority order; resumable
     python -m bench.recipe_sweep --only centre-st300 w0.1-st300 --seeds 0 1 2
-    python -m bench.recipe_sweep --table             # re-render runs/sweep/sweep.md from what is done
+    python -m bench.recipe_sweep --collect-only      # add every finished run to sweep.json, train nothing
+    python -m bench.recipe_sweep --table             # re-render runs/sweep/sweep.md from sweep.json
 
 One training process at a time (one torch thread), each run `s2s2 train` + `s2s2 evaluate` in its
 own process; a run whose folder holds summary.json and metrics.json is skipped. Results go to
@@ -72,6 +73,7 @@ def variants() -> list[Variant]:
         Variant("bn-originals", {"train.bn_stack_stats": False}),
         Variant("baseline", baseline=True, steps=1000),
         Variant("centre", steps=1000),
+        Variant("seg-only", {"train.loss.a_enc": 0.0}, steps=1000),
         Variant("a_dec1", {"train.loss.a_dec": 1.0}),
         Variant("w0.5", {"train.loss.w_seg_gen": 0.5}),
         Variant("sc-stage2", {"model.sc_stages": ["stage2"]}),
@@ -132,8 +134,9 @@ def train_and_evaluate(variant: Variant, seed: int) -> float:
     return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
-def stack_val_of_kept_weights(name: str) -> float:
-    """The stack-val Dice of a run's model.safetensors, for a run trained without the stack-val store."""
+def stack_val_of_kept_weights(name: str, variant: Variant) -> float:
+    """The stack-val Dice of a run's model.safetensors, for a run trained without the stack-val store
+    (its config rebuilt from the sweep's config and the variant, as the run was started)."""
     import torch
 
     from s2s2.pipeline.config.base import load_config
@@ -146,7 +149,8 @@ def stack_val_of_kept_weights(name: str) -> float:
     from s2s2.stages.train.validation import eval_class_ids, validate_stack
 
     torch.set_num_threads(1)
-    cfg = load_config(ProjectConfig, folder(name) / "config.yaml", overrides={"store.val_path": VAL_STORE})
+    cfg = load_config(ProjectConfig, REPO / CONFIG,
+                      overrides={**variant.settings(), "store.path": STORE, "store.val_path": VAL_STORE})
     dataset = prepare_dataset(cfg.data)
     shape = (cfg.model, dataset.image_shape[0], dataset.num_classes, dataset.image_shape[1])
     model = build_segmenter(*shape)
@@ -161,7 +165,7 @@ def collect(name: str, variant: Variant, seed: int, cpu: float | None) -> dict[s
     metrics = json.loads((folder(name) / "metrics.json").read_text())["test_sets"]
     stack_val = summary.get("best_stack_val_dice_mean")
     if stack_val is None:
-        stack_val = stack_val_of_kept_weights(name)
+        stack_val = stack_val_of_kept_weights(name, variant)
     return {"name": name, "variant": variant.key, "seed": seed, "steps": summary["steps"],
             "settings": variant.settings(), "select_on": summary.get("select_on", "val"),
             "selected_step": summary.get("selected_step"),
@@ -209,6 +213,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="*", help="variant keys (e.g. centre-st300); default every variant")
     parser.add_argument("--seeds", nargs="*", type=int, default=list(SEEDS))
+    parser.add_argument("--collect-only", action="store_true", help="collect finished runs, train nothing")
     parser.add_argument("--table", action="store_true", help="only re-render the table from sweep.json")
     args = parser.parse_args()
     path = REPO / RUN_DIR / "sweep.json"
@@ -217,6 +222,8 @@ def main() -> None:
         for variant, seed in plan(args.only, tuple(args.seeds)):
             name = run_name(variant, seed)
             cpu = None
+            if not finished(name) and args.collect_only:
+                continue
             if not finished(name):
                 print(f"sweep: {name}", flush=True)
                 cpu = train_and_evaluate(variant, seed)
