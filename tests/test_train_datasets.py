@@ -219,3 +219,28 @@ def test_s2s2_visits_match_the_baseline_and_k_and_stack_photometrics_draw_their_
             assert torch.equal(a["original"], b["original"]) and torch.equal(a["original"], c["original"])
             assert torch.equal(a["mask"], b["mask"]) and torch.equal(a["mask"], c["mask"])
             assert b["k"] == c["k"] and not torch.equal(b["stack_image"], c["stack_image"])
+
+
+def test_augmentation_in_the_loader_hands_over_float32_with_every_draw_applied(full_store):
+    """`augment.on_device: false`: the visit is the whole augmentation of the loader, float32 in [0, 1],
+    pixel for pixel what the transform gives the stored stack image scaled to [0, 1] (noise included)."""
+    path, ds = full_store
+    cfg = AugmentConfig(hflip_p=0.5, affine_p=1.0, photometric_p=1.0, noise_std=0.05, on_device=False)
+    pairs = StackPairDataset(ds, path, seed=3, transform=PairAugment(cfg))
+    plain = StackPairDataset(ds, path, seed=3)
+    store = StackStore.open(path)
+    from s2s2.pipeline.seeding import sample_rng
+    from s2s2.stages.train.datasets import ORIGINAL_STREAM, STACK_STREAM
+
+    for i in range(len(pairs)):
+        item, raw = pairs[i], plain[i]
+        assert item["stack_image"].dtype == torch.float32 and "original_photometric" not in item
+        index = item["index"]
+        stored = store.read_stack(i, item["k"]).astype(np.float32) * np.float32(1 / 255)
+        original, stack_image, mask = PairAugment(cfg)(
+            np.asarray(ds.images[index], dtype=np.float32), stored, ds.masks[index],
+            sample_rng(3, 0, index, ORIGINAL_STREAM), sample_rng(3, 0, index, STACK_STREAM))
+        assert raw["k"] == item["k"]
+        np.testing.assert_array_equal(item["original"].numpy(), original)
+        np.testing.assert_array_equal(item["stack_image"].numpy(), stack_image)
+        np.testing.assert_array_equal(item["mask"].numpy(), mask)

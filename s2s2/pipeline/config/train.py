@@ -70,6 +70,10 @@ class AugmentConfig(StrictModel):
     stack_photometric: bool = Field(True, description="photometric jitter on the stack image too, drawn "
                                     "independently of the original's (False: the stack image gets the shared "
                                     "geometric transforms only)")
+    on_device: bool = Field(True, description="hand images over in their stored dtype (uint8 stack images) and "
+                            "apply the photometric jitter on the trainer's device (same draws; the noise is "
+                            "another realisation of the same sigma); False: the whole augmentation in the data "
+                            "loader and float32 hand-over, which reproduces runs made that way bit for bit")
 
 
 class TrainConfig(StrictModel):

@@ -197,9 +197,9 @@ class PairAugment:
 
     @property
     def can_defer(self) -> bool:
-        """Whether the photometric part can run on the trainer's device (`defer`): not with
-        location-scale or GIN, which act on the jittered original in the dataset."""
-        return not (self.location_scale or self.gin)
+        """Whether the photometric part runs on the trainer's device (`defer`): when `cfg.on_device`, and
+        not with location-scale or GIN, which act on the jittered original in the dataset."""
+        return self.cfg.on_device and not (self.location_scale or self.gin)
 
     def defer(
         self,
