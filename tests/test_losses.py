@@ -156,3 +156,13 @@ def test_stack_terms_active_only_with_a_weight_on_the_stack_image():
     assert not stack_terms_active(LossConfig(w_seg_gen=0, a_enc=0, a_dec=0))
     for weights in ({"w_seg_gen": 0.1, "a_enc": 0}, {"w_seg_gen": 0, "a_enc": 1}, {"w_seg_gen": 0, "a_enc": 0, "a_dec": 1}):
         assert stack_terms_active(LossConfig(**weights))
+
+
+def test_a_run_without_the_consistency_term_is_not_labelled_s2s2():
+    from s2s2.pipeline.config.train import LossConfig
+    from s2s2.pipeline.losses import method_label
+
+    assert method_label(False, LossConfig()) == "baseline"
+    assert method_label(True, LossConfig()) == "s2s2"
+    assert method_label(True, LossConfig(a_enc=0.0, a_dec=1.0)) == "s2s2"
+    assert method_label(True, LossConfig(a_enc=0.0, a_dec=0.0, w_seg_gen=1.0)) == "stack seg-only"

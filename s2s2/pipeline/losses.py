@@ -119,6 +119,17 @@ def stack_terms_active(cfg: LossConfig) -> bool:
     return cfg.w_seg_gen > 0 or cfg.a_enc > 0 or cfg.a_dec > 0
 
 
+def method_label(stack: bool, cfg: LossConfig) -> str:
+    """What a run trained, for every table: `baseline` (no stack), `s2s2` (L_sc on encoder or decoder
+    features), or `stack seg-only` (stack images in the segmentation loss, no L_sc: the SynthSeg-style
+    ablation), so a run without the consistency term is never reported as S2S2."""
+    if not stack:
+        return "baseline"
+    if cfg.a_enc == 0 and cfg.a_dec == 0 and cfg.w_seg_gen > 0:
+        return "stack seg-only"
+    return "s2s2"
+
+
 class LossParts(NamedTuple):
     """The loss of one step and its named parts (what the progress bar and the CSV log show)."""
 

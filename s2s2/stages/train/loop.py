@@ -41,7 +41,7 @@ from s2s2.pipeline.config.train import TrainConfig
 from s2s2.pipeline.data.prepared import PreparedDataset
 from s2s2.pipeline.distributed import any_process, processes_in_sync
 from s2s2.pipeline.errors import ConfigError, S2S2Error, StoreError
-from s2s2.pipeline.losses import LossParts, build_seg_loss, s2s2_loss, split_output, stack_terms_active
+from s2s2.pipeline.losses import LossParts, build_seg_loss, method_label, s2s2_loss, split_output, stack_terms_active
 from s2s2.pipeline.metrics import nanmean
 from s2s2.pipeline.seeding import seed_everything, set_torch_rng_state, torch_rng_state
 from s2s2.pipeline.segmenters import ACTIVATION, build_segmenter, model_identity, save_weights
@@ -346,7 +346,7 @@ def _train(cfg: ProjectConfig, dataset: PreparedDataset, train_set: BaselineData
     in_sync = processes_in_sync(accelerator, trainer.model)
     if is_main:
         chosen = selected_row(trainer.history, t.select_on) if trainer.selects_on_val else None
-        summary = {"name": t.name, "model": cfg.model.name, "method": "s2s2" if t.stack else "baseline",
+        summary = {"name": t.name, "model": cfg.model.name, "method": method_label(t.stack, t.loss),
                    "seed": t.seed, "steps": trainer.step_index, "planned_steps": t.steps,
                    "stopped_by_time_cap": stopped_by_cap, "max_seconds": t.max_seconds,
                    "stopped_by_signal": signal.Signals(stop.signum).name if signalled and stop.signum else None,
