@@ -254,3 +254,18 @@ def test_a_run_stopped_by_its_time_cap_is_flagged_in_summary_and_report(tmp_path
     assert f"| {summary['steps']} of 500 (STOPPED BY TIME CAP) |" in results_markdown([run_entry(folder)])
     full = run_train(tiny_config(tmp_path, stack=False, steps=2, name="full"), dataset=dataset)
     assert json.loads((full / "summary.json").read_text())["stopped_by_time_cap"] is False
+
+
+def test_tensorboard_logs_the_rows_of_log_csv_and_an_overwrite_replaces_them(tmp_path, dataset):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = tiny_config(tmp_path, stack=False, name="tb", steps=4, tensorboard=True, log_every=1)
+    folder = run_train(cfg, dataset=dataset)
+    rows = [r for r in csv.DictReader(open(folder / "log.csv")) if r["loss"]]
+    (run,) = [p for p in (folder / "tensorboard").iterdir() if p.is_dir()]
+    scalars = EventAccumulator(str(run)).Reload().Scalars("loss")
+    assert [s.step for s in scalars] == [int(r["step"]) for r in rows] == [1, 2, 3, 4]
+    np.testing.assert_allclose([s.value for s in scalars], [float(r["loss"]) for r in rows], rtol=1e-6)
+    run_train(cfg, dataset=dataset, overwrite=True)  # the tensorboard folder is a run output, replaced
+    (again,) = [p for p in (folder / "tensorboard").iterdir() if p.is_dir()]
+    assert len(EventAccumulator(str(again)).Reload().Scalars("loss")) == 4

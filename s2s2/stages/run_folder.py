@@ -5,6 +5,7 @@ learning-rate schedule (train.steps) or its model selection (evaluate.eval_class
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from s2s2.pipeline.errors import ConfigError, S2S2Error
 
 # Files of a run folder: a new run refuses to replace them unless asked (--overwrite).
 RUN_OUTPUTS = ("config.yaml", "model.safetensors", "last.safetensors", "state.pt", "log.csv", "progress.png",
-               "summary.json", "metrics.json", "predictions.png")
+               "summary.json", "metrics.json", "predictions.png", "tensorboard")
 # Fields that may change between a run and its --resume (they do not change the weights, nor which
 # checkpoint is selected). Not train.steps: the learning-rate schedule is a function of it, so the rate
 # would jump; not evaluate.eval_classes: it decides which validation score selects model.safetensors.
@@ -88,10 +89,18 @@ def start_run_folder(cfg: ProjectConfig, resume: bool, overwrite: bool) -> Path:
             raise ConfigError(f"{folder} already holds a run ({', '.join(existing)}); fix: pass --overwrite to "
                               "replace it, --resume to continue it, or choose another --name")
         for name in existing:
-            (folder / name).unlink()
+            remove_output(folder / name)
     folder.mkdir(parents=True, exist_ok=True)
     dump_config(cfg, saved)
     return folder
+
+
+def remove_output(path: Path) -> None:
+    """Remove one output of a run: a file, or a folder of them (the TensorBoard logs)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
 
 
 def discard_failed_start(folder: Path) -> None:
@@ -100,7 +109,7 @@ def discard_failed_start(folder: Path) -> None:
     if (folder / "last.safetensors").is_file() or not folder.is_dir():
         return
     for name in RUN_OUTPUTS:
-        if (folder / name).is_file():
-            (folder / name).unlink()
+        if (folder / name).exists():
+            remove_output(folder / name)
     if not any(folder.iterdir()):
         folder.rmdir()

@@ -118,6 +118,8 @@ class TrainConfig(StrictModel):
     # Autocast of the forward pass through accelerate (fp16 with a gradient scaler, GPU only; bf16 on a GPU
     # or CPU); the losses are computed in float32
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    # Also log every row of log.csv to TensorBoard (accelerate's tracker), in {run folder}/tensorboard
+    tensorboard: bool = False
 
     @field_validator("name")
     @classmethod

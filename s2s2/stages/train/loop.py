@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.tracking import GeneralTracker
+from accelerate.utils import ProjectConfiguration
 from tqdm import tqdm
 
 from s2s2.pipeline.atomic import atomic_path
@@ -70,18 +71,31 @@ RESUME_FIX = ("fix: train again without --resume (the run restarts at step 0), o
               "last.safetensors from a copy")
 
 
-def make_accelerator(cfg: TrainConfig, trackers: list[GeneralTracker] | None = None) -> Accelerator:
+def make_accelerator(cfg: TrainConfig, trackers: list[GeneralTracker] | None = None,
+                     folder: Path | None = None) -> Accelerator:
     """This process's place in the job: started by `torchrun` or `accelerate launch` (NCCL on GPUs, gloo on
     CPUs), or alone. `auto` picks this rank's GPU when there is one, else the CPU. `trackers` receive
-    what `accelerator.log` logs (on the main process)."""
+    what `accelerator.log` logs (on the main process), and accelerate's TensorBoard tracker too, in
+    `folder`/tensorboard, with `train.tensorboard`."""
     use_gpu = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
     if use_gpu and not torch.cuda.is_available():
         raise ConfigError("train.device=cuda but no GPU is visible; set train.device=cpu or auto")
     if cfg.mixed_precision == "fp16" and not use_gpu:
         raise ConfigError("train.mixed_precision=fp16 needs a GPU (its gradient scaler runs on CUDA); fix: set "
                           "train.mixed_precision=bf16 (CPUs and recent GPUs) or no")
+    log_with: list[GeneralTracker | str] = list(trackers or [])
+    if cfg.tensorboard:
+        from accelerate.utils import is_tensorboard_available
+
+        if not is_tensorboard_available():
+            raise ConfigError("train.tensorboard=true needs the tensorboard package; fix: pip install tensorboard, "
+                              "or set train.tensorboard=false (log.csv and progress.png are always written)")
+        log_with.append("tensorboard")
     try:
-        return Accelerator(cpu=not use_gpu, mixed_precision=cfg.mixed_precision, log_with=trackers)
+        project = None if folder is None else ProjectConfiguration(project_dir=str(folder),
+                                                                   logging_dir=str(folder / "tensorboard"))
+        return Accelerator(cpu=not use_gpu, mixed_precision=cfg.mixed_precision, log_with=log_with,
+                           project_config=project)
     except ValueError as err:  # accelerate's state is per process and was set up differently before
         raise S2S2Error(f"cannot set up training in this process: {err}; fix: run `s2s2 train` in its own "
                         "process (not after `s2s2 finetune` in the same Python session)") from None
@@ -248,7 +262,7 @@ def run_train(cfg: ProjectConfig, resume: bool = False, stop_after: int | None =
     """
     t = cfg.train
     csv_log = CSVTracker(run_folder(cfg) / "log.csv")
-    accelerator = make_accelerator(t, [csv_log])
+    accelerator = make_accelerator(t, [csv_log], run_folder(cfg))
     world_size, is_main = accelerator.num_processes, accelerator.is_main_process
     if t.batch_size % world_size:
         raise ConfigError(f"train.batch_size={t.batch_size} must be divisible by the {world_size} processes")
@@ -343,6 +357,9 @@ def _train(cfg: ProjectConfig, dataset: PreparedDataset, train_set: BaselineData
     bar.close()
     # No accelerator.end_training(): it destroys the process group that processes_in_sync still needs
     # (log.csv, the one tracker, is complete after every step).
+    for tracker in accelerator.trackers:
+        if tracker.name == "tensorboard":
+            tracker.finish()  # flush and close its event file (the process group stays for the check below)
     in_sync = processes_in_sync(accelerator, trainer.model)
     if is_main:
         chosen = selected_row(trainer.history, t.select_on) if trainer.selects_on_val else None
