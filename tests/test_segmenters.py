@@ -170,3 +170,14 @@ def test_monai_imports_without_the_torch_jit_warning_and_other_warnings_still_sh
             "with pytest.raises(FutureWarning): warnings.warn('another', FutureWarning)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_saved_weights_are_readable_like_every_other_output(tmp_path):
+    """A weights file gets the permissions the umask gives any new file (safetensors alone writes 0600)."""
+    import os
+
+    from s2s2.pipeline.checkpoint import save_module
+
+    save_module(torch.nn.Linear(2, 2), tmp_path / "w.safetensors")
+    (tmp_path / "plain.txt").write_text("x")
+    assert os.stat(tmp_path / "w.safetensors").st_mode & 0o777 == os.stat(tmp_path / "plain.txt").st_mode & 0o777

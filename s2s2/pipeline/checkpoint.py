@@ -9,6 +9,7 @@ accelerate's `save_state` is not used: its folder layout has no place for the id
 
 from __future__ import annotations
 
+import os
 import pickle
 import zipfile
 from collections.abc import Iterable
@@ -29,6 +30,14 @@ def save_module(module: nn.Module, path: str | Path, metadata: dict[str, str] | 
     state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
     with atomic_path(path) as tmp:
         save_file(state, str(tmp), metadata=metadata)
+        tmp.chmod(0o666 & ~_umask())  # safetensors creates its file 0600; weights are shared like the rest
+
+
+def _umask() -> int:
+    """This process's umask (read by setting it and putting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def read_metadata(path: str | Path, fix: str) -> dict[str, str]:
