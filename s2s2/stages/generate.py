@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -189,9 +190,26 @@ def dask_client(settings: GenerateConfig) -> Iterator[Any]:
     gpus = torch.cuda.device_count() if settings.device != "cpu" else 0
     workers = settings.workers or max(gpus, 1)
     # Worker logs only at CRITICAL: a task's error reaches the coordinator, which reports it once.
-    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
-                      silence_logs=logging.CRITICAL) as cluster, Client(cluster) as client:
+    with _sigint_ignored_by_new_processes():
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
+                               silence_logs=logging.CRITICAL)
+    with cluster, Client(cluster) as client:
         yield client
+
+
+@contextmanager
+def _sigint_ignored_by_new_processes() -> Iterator[None]:
+    """SIGINT ignored while worker processes start, so they inherit that: Ctrl-C in a terminal reaches the
+    whole process group, and only this process should act on it (stop, release, close the cluster),
+    not every worker with a KeyboardInterrupt traceback of its own."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def dashboard_link(client: Any) -> str | None:
