@@ -94,7 +94,7 @@ def make_accelerator(cfg: TrainConfig, trackers: list[GeneralTracker] | None = N
     try:
         project = None if folder is None else ProjectConfiguration(project_dir=str(folder),
                                                                    logging_dir=str(folder / "tensorboard"))
-        return Accelerator(cpu=not use_gpu, mixed_precision=cfg.mixed_precision, log_with=log_with,
+        return Accelerator(cpu=not use_gpu, mixed_precision=cfg.mixed_precision, log_with=log_with or None,
                            project_config=project)
     except ValueError as err:  # accelerate's state is per process and was set up differently before
         raise S2S2Error(f"cannot set up training in this process: {err}; fix: run `s2s2 train` in its own "
