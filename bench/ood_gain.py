@@ -28,6 +28,7 @@ time, one torch thread each, logs under `runs/bench/p5/logs/`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -127,8 +128,12 @@ class Method:
         return re.sub(r"[^A-Za-z0-9_.-]+", "-", name)
 
 
-# Every method states its intensity augmentations, so the config's defaults cannot decide what a row is.
+# Every method states its intensity augmentations and its stack terms, so the config's defaults cannot
+# decide what a row is: S2S2 is the method's objective with L_sc on the encoder (the library default,
+# a_enc 1, a_dec 0); the seg-only ablation (the recipe of configs/default.yaml) has no L_sc.
 NO_AUGMENTATION = {"train.location_scale": False, "train.gin": False}
+S2S2_TERMS = {"train.loss.a_enc": 1.0, "train.loss.a_dec": 0.0}
+SEG_ONLY_TERMS = {"train.loss.a_enc": 0.0, "train.loss.a_dec": 0.0}
 
 
 def study_methods(kinds: list[str], primary: str) -> list[Method]:
@@ -138,16 +143,25 @@ def study_methods(kinds: list[str], primary: str) -> list[Method]:
         Method("ls", None, {"train.stack": False, **NO_AUGMENTATION, "train.location_scale": True}),
         Method("gin", None, {"train.stack": False, **NO_AUGMENTATION, "train.gin": True}),
     ]
-    methods += [Method(f"s2s2[{kind}]", kind, {"train.stack": True, **NO_AUGMENTATION}) for kind in kinds]
+    methods += [Method(f"s2s2[{kind}]", kind, {"train.stack": True, **NO_AUGMENTATION, **S2S2_TERMS})
+                for kind in kinds]
     if primary in kinds:
         methods.append(Method(f"ls+s2s2[{primary}]", primary, {
-            "train.stack": True, **NO_AUGMENTATION, "train.location_scale": True,
+            "train.stack": True, **NO_AUGMENTATION, **S2S2_TERMS, "train.location_scale": True,
             "train.augment.stack_photometric": False}))
         methods.append(Method(f"gin+s2s2[{primary}]", primary, {
-            "train.stack": True, **NO_AUGMENTATION, "train.gin": True, "train.augment.stack_photometric": False}))
-        methods.append(Method(f"s2s2_no_sc[{primary}]", primary, {
-            "train.stack": True, **NO_AUGMENTATION, "train.loss.a_enc": 0.0, "train.loss.a_dec": 0.0}))
+            "train.stack": True, **NO_AUGMENTATION, **S2S2_TERMS, "train.gin": True,
+            "train.augment.stack_photometric": False}))
+        methods.append(Method(f"s2s2_no_sc[{primary}]", primary, {"train.stack": True, **NO_AUGMENTATION,
+                                                                  **SEG_ONLY_TERMS}))
     return methods
+
+
+def core_methods(methods: list[Method], primary: str) -> list[Method]:
+    """The rows the targets are judged on (baseline, LS, GIN, S2S2 and its seg-only ablation on the
+    primary stack): trained first, so an interrupted study has their seeds before the other rows'."""
+    core = {BASELINE, "ls", "gin", f"s2s2[{primary}]", f"s2s2_no_sc[{primary}]"}
+    return [m for m in methods if m.name in core]
 
 
 @dataclass(frozen=True)
@@ -345,6 +359,19 @@ def ensure_stacks(kinds: StackKinds, fingerprint: str, quick: bool) -> tuple[dic
     return stores, unavailable, time.process_time() - started
 
 
+def existing_stacks(kinds: StackKinds, fingerprint: str, quick: bool) -> tuple[dict[str, str], dict[str, str], float]:
+    """`ensure_stacks` without building: the kinds whose stores exist, complete, for this dataset."""
+    stores: dict[str, str] = {}
+    unavailable: dict[str, str] = {}
+    for name in build_order(kinds):
+        path = kind_config(name, kinds, quick).store.path
+        if stack_is_usable(path, fingerprint):
+            stores[name] = path
+        else:
+            unavailable[name] = f"no complete store at {path}"
+    return stores, unavailable, 0.0
+
+
 def describe_stack(store_path: str) -> dict[str, Any]:
     """What `s2s2 stack inspect --json` reports: mask fidelity (with its ceiling) and appearance."""
     from s2s2.store.inspect import summarise as inspect_summary
@@ -373,24 +400,50 @@ def stack_note(stack: dict[str, Any]) -> str:
 # --- running the trainings ----------------------------------------------------------------------
 
 def make_jobs(methods: list[Method], plan: Plan, config: Path, stores: dict[str, str],
-              val_store: str | None = None) -> list[dict[str, Any]]:
-    """One job per (method, seed), seed-major, with its config overrides and log file. A stack method's
-    stack-val store is its store's sibling; the others validate on `val_store` (the primary kind's)."""
+              val_store: str | None = None, first: list[Method] | None = None) -> list[dict[str, Any]]:
+    """One job per (method, seed), with its config overrides, log file and result file: the `first`
+    methods' jobs seed-major, then the others' seed-major. A stack method's stack-val store is its
+    store's sibling; the others validate on `val_store` (the primary kind's)."""
+    first = first or []
+    order = [(seed, m) for seed in plan.seeds for m in first]
+    order += [(seed, m) for seed in plan.seeds for m in methods if m not in first]
+    config_sha = hashlib.sha256(Path(config).read_bytes()).hexdigest() if Path(config).is_file() else None
     jobs = []
-    for seed in plan.seeds:
-        for method in methods:
-            name = f"{method.slug}_s{seed}"
-            overrides = {"run_dir": plan.run_dir, "train.name": name, "train.seed": seed, **method.overrides}
-            if method.stack_kind is not None:
-                overrides["store.path"] = stores[method.stack_kind]
-            elif val_store is not None:
-                overrides["store.val_path"] = val_store
-            if plan.steps is not None:
-                overrides.update({"train.steps": plan.steps, "train.val_every": plan.steps,
-                                  "train.checkpoint_every": plan.steps})
-            jobs.append({"method": method.name, "seed": seed, "config": str(config), "overrides": overrides,
-                         "log": str(REPO / plan.run_dir / "logs" / f"{name}.log")})
+    for seed, method in order:
+        name = f"{method.slug}_s{seed}"
+        overrides = {"run_dir": plan.run_dir, "train.name": name, "train.seed": seed, **method.overrides}
+        if method.stack_kind is not None:
+            overrides["store.path"] = stores[method.stack_kind]
+        elif val_store is not None:
+            overrides["store.val_path"] = val_store
+        if plan.steps is not None:
+            overrides.update({"train.steps": plan.steps, "train.val_every": plan.steps,
+                              "train.checkpoint_every": plan.steps})
+        jobs.append({"method": method.name, "seed": seed, "config": str(config), "config_sha256": config_sha,
+                     "overrides": overrides, "log": str(REPO / plan.run_dir / "logs" / f"{name}.log"),
+                     "result": str(REPO / plan.run_dir / "results" / f"{name}.json")})
     return jobs
+
+
+def finished_result(job: dict[str, Any]) -> dict[str, Any] | None:
+    """The job's saved result when one exists for the same config file and overrides (a resumed study
+    reuses it), else None."""
+    path = Path(job["result"])
+    if not path.is_file():
+        return None
+    saved = json.loads(path.read_text())
+    same = (saved.get("config_sha256") == job["config_sha256"] and saved.get("overrides") == job["overrides"])
+    return saved["run"] if same else None
+
+
+def save_result(job: dict[str, Any], run: dict[str, Any]) -> None:
+    """Write one finished run's numbers beside the study (atomically), keyed by its config and overrides."""
+    path = Path(job["result"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps({"config_sha256": job["config_sha256"], "overrides": job["overrides"], "run": run},
+                              indent=1))
+    tmp.replace(path)
 
 
 def train_and_evaluate(job: dict[str, Any]) -> dict[str, Any]:
@@ -426,14 +479,20 @@ def train_and_evaluate(job: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def run_jobs(jobs: list[dict[str, Any]], parallel: int) -> list[dict[str, Any]]:
-    """Run the jobs `parallel` at a time in spawned processes (one torch thread each)."""
-    results = []
-    with ProcessPoolExecutor(max_workers=parallel, mp_context=get_context("spawn")) as pool:
-        futures = {pool.submit(train_and_evaluate, job): job for job in jobs}
+def run_jobs(jobs: list[dict[str, Any]], parallel: int, train: bool = True) -> list[dict[str, Any]]:
+    """Run the jobs `parallel` at a time in spawned processes (one torch thread each), in their order;
+    a job with a saved result for the same config and overrides is not trained again (an interrupted
+    study resumes). `train=False` only collects the saved results."""
+    results = [run for run in map(finished_result, jobs) if run is not None]
+    todo = [job for job in jobs if finished_result(job) is None] if train else []
+    if results:
+        print(f"p5: reusing {len(results)} finished runs; {len(todo)} to train", flush=True)
+    with ProcessPoolExecutor(max_workers=max(1, parallel), mp_context=get_context("spawn")) as pool:
+        futures = {pool.submit(train_and_evaluate, job): job for job in todo}
         for future in as_completed(futures):
             job = futures[future]
             run = future.result()  # a failed run fails the study: the table needs every cell
+            save_result(job, run)
             scores = (f"in-domain {100 * run['metrics'][IN_DOMAIN]['dice_mean']:.1f}, PD/T2 "
                       f"{column_value(run['metrics'], PD_T2):.1f} pts" if run["metrics"] else
                       f"val {100 * (run['val_dice'] or math.nan):.1f} pts")
@@ -441,14 +500,16 @@ def run_jobs(jobs: list[dict[str, Any]], parallel: int) -> list[dict[str, Any]]:
                   flush=True)
             results.append(run)
     order = {(job["method"], job["seed"]): i for i, job in enumerate(jobs)}
-    return sorted(results, key=lambda run: order[(run["method"], run["seed"])])
+    return sorted(results, key=lambda run: (run["seed"], order[(run["method"], run["seed"])]))
 
 
 # --- the study ----------------------------------------------------------------------------------
 
 def measure_ood_gain(quick: bool = False, config: Path = DEFAULT_CONFIG, kinds_file: Path = STACK_KINDS_FILE,
-                     plan: Plan | None = None) -> dict[str, Any]:
-    """Train every method for every seed, evaluate in- and out-of-domain, summarise (figure p5)."""
+                     plan: Plan | None = None, train: bool = True) -> dict[str, Any]:
+    """Train every method for every seed, evaluate in- and out-of-domain, summarise (figure p5).
+    Runs finished earlier with the same config and overrides are reused; `train=False` summarises
+    only those (stacks are then not built either)."""
     from s2s2.pipeline.config.base import load_config
     from s2s2.pipeline.config.project import ProjectConfig
     from s2s2.pipeline.data.prepare import prepare_dataset
@@ -459,13 +520,17 @@ def measure_ood_gain(quick: bool = False, config: Path = DEFAULT_CONFIG, kinds_f
     cfg = load_config(ProjectConfig, config)
     dataset = prepare_dataset(cfg.data)
     test_datasets(cfg)  # prepare (and cache) every test set once, before parallel runs read them
-    stores, unavailable, stack_cpu = ensure_stacks(kinds, dataset.fingerprint(), quick)
+    if train:
+        stores, unavailable, stack_cpu = ensure_stacks(kinds, dataset.fingerprint(), quick)
+    else:
+        stores, unavailable, stack_cpu = existing_stacks(kinds, dataset.fingerprint(), quick)
     stacks = {name: describe_stack(path) for name, path in stores.items()}
     methods = study_methods(list(stores), kinds.primary)
     from s2s2.pipeline.config.project import val_store_path
 
     val_store = val_store_path(stores[kinds.primary]) if kinds.primary in stores else None
-    runs = run_jobs(make_jobs(methods, plan, config, stores, val_store), plan.parallel)
+    jobs = make_jobs(methods, plan, config, stores, val_store, first=core_methods(methods, kinds.primary))
+    runs = run_jobs(jobs, plan.parallel, train=train)
     primary = f"s2s2[{kinds.primary}]"
     judged = verdict(runs, primary) if primary in {run["method"] for run in runs} else None
     atlas = run_atlas_copy(cfg.model_copy(update={"run_dir": plan.run_dir}))["test_sets"]
@@ -501,3 +566,24 @@ def measure_ood_gain(quick: bool = False, config: Path = DEFAULT_CONFIG, kinds_f
                 "atlas_copy": atlas, "plan": asdict(plan), "methods": [asdict(m) for m in methods],
                 "cpu_seconds_runs": train_cpu, "cpu_seconds_stacks": stack_cpu},
     }
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m bench.ood_gain [--collect-only]`: the study (resuming), or the table of the runs
+    finished so far; prints the table and the verdict. `bench.run_all --only p5_ood_gain` records it."""
+    import argparse
+
+    from bench.report import markdown_table
+    from bench.run_all import quick_mode
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--collect-only", action="store_true", help="summarise finished runs; train nothing")
+    parser.add_argument("--kinds", type=Path, default=STACK_KINDS_FILE, help="the stack kinds file")
+    args = parser.parse_args(argv)
+    result = measure_ood_gain(quick=quick_mode(), kinds_file=args.kinds, train=not args.collect_only)
+    print(result["note"])
+    print(markdown_table(result["rows"]))
+
+
+if __name__ == "__main__":
+    main()

@@ -7,6 +7,9 @@ of the val masks, `store.val_path`). The test sets are evaluated for reporting o
     python -m bench.recipe_sweep --only centre-st300 w0.1-st300 --seeds 0 1 2
     python -m bench.recipe_sweep --collect-only      # add every finished run to sweep.json, train nothing
     python -m bench.recipe_sweep --table             # re-render runs/sweep/sweep.md from sweep.json
+    python -m bench.recipe_sweep --collect-only --heldout-val runs/heldout/stack-val.zarr
+        # also score every run's kept weights on the val masks' images from another generator
+        # (a held-out appearance family, e.g. `generator.kind=synth`): reported beside the choice
 
 One training process at a time (one torch thread), each run `s2s2 train` + `s2s2 evaluate` in its
 own process; a run whose folder holds summary.json and metrics.json is skipped. Results go to
@@ -134,9 +137,10 @@ def train_and_evaluate(variant: Variant, seed: int) -> float:
     return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
-def stack_val_of_kept_weights(name: str, variant: Variant) -> float:
-    """The stack-val Dice of a run's model.safetensors, for a run trained without the stack-val store
-    (its config rebuilt from the sweep's config and the variant, as the run was started)."""
+def stack_val_of_kept_weights(name: str, variant: Variant, val_store: str = VAL_STORE) -> float:
+    """The Dice of a run's model.safetensors on the images of a val-split store (`val_store`: the
+    stack-val store, for a run trained without it, or another generator's), its config rebuilt from
+    the sweep's config and the variant, as the run was started."""
     import torch
 
     from s2s2.pipeline.config.base import load_config
@@ -150,7 +154,7 @@ def stack_val_of_kept_weights(name: str, variant: Variant) -> float:
 
     torch.set_num_threads(1)
     cfg = load_config(ProjectConfig, REPO / CONFIG,
-                      overrides={**variant.settings(), "store.path": STORE, "store.val_path": VAL_STORE})
+                      overrides={**variant.settings(), "store.path": STORE, "store.val_path": val_store})
     dataset = prepare_dataset(cfg.data)
     shape = (cfg.model, dataset.image_shape[0], dataset.num_classes, dataset.image_shape[1])
     model = build_segmenter(*shape)
@@ -183,8 +187,10 @@ def points(runs: list[dict[str, Any]], pick: Any) -> str:
 def table(results: dict[str, dict[str, Any]]) -> str:
     """Markdown: per variant, seeds done, validation (the choice) and the test sets (reported only),
     mean ± std over seeds in Dice points."""
-    lines = ["| variant | seeds | val | stack-val | **selection: mean(val, stack-val)** | in_domain | spm_t1 | spm_pd "
-             "| spm_t2 | PD/T2 mean | CPU s/run |", "|" + "---|" * 11]
+    heldout = any("heldout_val" in r for r in results.values())
+    lines = ["| variant | seeds | val | stack-val | **selection: mean(val, stack-val)** | "
+             + ("held-out family val | " if heldout else "")
+             + "in_domain | spm_t1 | spm_pd | spm_t2 | PD/T2 mean | CPU s/run |", "|" + "---|" * (12 if heldout else 11)]
     for variant in variants():
         runs = [r for r in results.values() if r["variant"] == variant.key]
         if not runs:
@@ -193,6 +199,7 @@ def table(results: dict[str, dict[str, Any]]) -> str:
         cpu = [r["cpu_seconds"] for r in runs if r["cpu_seconds"]]
         cells = [points(runs, lambda r: r["val"]), points(runs, lambda r: r["stack_val"]),
                  points(runs, lambda r: (r["val"] + r["stack_val"]) / 2),
+                 *([points(runs, lambda r: r.get("heldout_val", float("nan")))] if heldout else []),
                  *(points(runs, lambda r, s=s: r["test"][s]) for s in TEST_SETS),
                  points(runs, lambda r: (r["test"]["spm_pd"] + r["test"]["spm_t2"]) / 2),
                  f"{statistics.fmean(cpu):.0f}" if cpu else "–"]
@@ -215,6 +222,9 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="*", type=int, default=list(SEEDS))
     parser.add_argument("--collect-only", action="store_true", help="collect finished runs, train nothing")
     parser.add_argument("--table", action="store_true", help="only re-render the table from sweep.json")
+    parser.add_argument("--heldout-val", metavar="STORE",
+                        help="a val-split store from another generator: score every run's kept weights on it "
+                             "(reported; the choice stays on val and stack-val)")
     args = parser.parse_args()
     path = REPO / RUN_DIR / "sweep.json"
     results: dict[str, dict[str, Any]] = json.loads(path.read_text()) if path.is_file() else {}
@@ -233,6 +243,11 @@ def main() -> None:
                 row = results[name]
                 print(f"sweep: {name}: val {100 * row['val']:.1f}, stack-val {100 * row['stack_val']:.1f}"
                       + (f", {cpu:.0f} CPU s" if cpu else ""), flush=True)
+    if args.heldout_val:
+        for name, row in results.items():
+            variant = next(v for v in variants() if v.key == row["variant"])
+            row["heldout_val"] = stack_val_of_kept_weights(name, variant, args.heldout_val)
+            row["heldout_val_store"] = args.heldout_val
     write(results)
     print(table(results))
 

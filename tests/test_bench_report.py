@@ -255,8 +255,12 @@ def test_p5_methods_and_jobs_are_real_matched_configs(tmp_path: Path) -> None:
                                          "ls+s2s2[controlnet]", "gin+s2s2[controlnet]", "s2s2_no_sc[controlnet]"]
     plan = ood_gain.Plan(seeds=(0, 1), steps=7, parallel=2, run_dir="runs/x")
     stores = {"controlnet": "runs/c/stack.zarr", "synth": "runs/s/stack.zarr"}
-    jobs = ood_gain.make_jobs(methods, plan, tmp_path / "c.yaml", stores, "runs/c/stack-val.zarr")
-    assert [(j["method"], j["seed"]) for j in jobs] == [(m.name, s) for s in (0, 1) for m in methods]
+    core = ood_gain.core_methods(methods, "controlnet")
+    assert [m.name for m in core] == ["baseline", "ls", "gin", "s2s2[controlnet]", "s2s2_no_sc[controlnet]"]
+    jobs = ood_gain.make_jobs(methods, plan, tmp_path / "c.yaml", stores, "runs/c/stack-val.zarr", first=core)
+    rest = [m for m in methods if m not in core]  # the core rows' seeds first, then the others'
+    assert [(j["method"], j["seed"]) for j in jobs] == ([(m.name, s) for s in (0, 1) for m in core]
+                                                       + [(m.name, s) for s in (0, 1) for m in rest])
     names = [j["overrides"]["train.name"] for j in jobs]
     assert len(set(names)) == len(names) and "ls_s2s2-controlnet_s1" in names  # unique, filesystem-safe
     by_name = {j["overrides"]["train.name"]: j["overrides"] for j in jobs}
@@ -269,12 +273,36 @@ def test_p5_methods_and_jobs_are_real_matched_configs(tmp_path: Path) -> None:
     assert authors["train.location_scale"] and authors["train.augment.stack_photometric"] is False
     assert by_name["gin_s0"]["train.gin"] and not by_name["gin_s0"]["train.location_scale"]
     assert by_name["s2s2_no_sc-controlnet_s0"]["train.loss.a_enc"] == 0.0 and by_name["s2s2-synth_s1"]["train.steps"] == 7
+    # S2S2 rows name L_sc themselves: the config's recipe (seg-only) cannot turn them into the ablation
+    for name in ("s2s2-synth_s0", "ls_s2s2-controlnet_s0", "gin_s2s2-controlnet_s1"):
+        assert by_name[name]["train.loss.a_enc"] == 1.0 and by_name[name]["train.loss.a_dec"] == 0.0
     from s2s2.pipeline.config.base import load_config
     from s2s2.pipeline.config.project import ProjectConfig
 
     for job in jobs:  # every override is a real config field; only the seed and the method differ
         cfg = load_config(ProjectConfig, ood_gain.DEFAULT_CONFIG, overrides=job["overrides"])
         assert cfg.train.seed == job["seed"] and cfg.train.steps == 7
+
+
+def test_p5_resumes_only_runs_of_the_same_config_and_overrides(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text("run_dir: runs/x\n")
+    methods = ood_gain.study_methods(["synth"], "synth")
+    plan = ood_gain.Plan(seeds=(0,), steps=7, parallel=1, run_dir=str(tmp_path / "study"))
+    jobs = ood_gain.make_jobs(methods, plan, config, {"synth": "runs/s/stack.zarr"})
+    job = jobs[0]
+    assert ood_gain.finished_result(job) is None
+    run = _run(job["method"], 0, 0.8, (0.8, 0.3, 0.3))
+    ood_gain.save_result(job, run)
+    assert ood_gain.finished_result(job) == run
+    assert ood_gain.run_jobs(jobs[:1], parallel=1) == [run]  # nothing left to train: no process started
+    assert ood_gain.run_jobs(jobs, parallel=1, train=False) == [run]  # collect-only: the finished ones
+    longer = ood_gain.make_jobs(methods, ood_gain.Plan(seeds=(0,), steps=8, parallel=1, run_dir=plan.run_dir),
+                                config, {"synth": "runs/s/stack.zarr"})[0]
+    assert ood_gain.finished_result(longer) is None  # other steps: trained again
+    config.write_text("run_dir: runs/y\n")
+    again = ood_gain.make_jobs(methods, plan, config, {"synth": "runs/s/stack.zarr"})[0]
+    assert ood_gain.finished_result(again) is None  # the config file changed: trained again
 
 
 def test_stack_kinds_file_is_valid_and_ordered(tmp_path: Path) -> None:
