@@ -407,7 +407,6 @@ def make_jobs(methods: list[Method], plan: Plan, config: Path, stores: dict[str,
     first = first or []
     order = [(seed, m) for seed in plan.seeds for m in first]
     order += [(seed, m) for seed in plan.seeds for m in methods if m not in first]
-    config_sha = hashlib.sha256(Path(config).read_bytes()).hexdigest() if Path(config).is_file() else None
     jobs = []
     for seed, method in order:
         name = f"{method.slug}_s{seed}"
@@ -419,30 +418,38 @@ def make_jobs(methods: list[Method], plan: Plan, config: Path, stores: dict[str,
         if plan.steps is not None:
             overrides.update({"train.steps": plan.steps, "train.val_every": plan.steps,
                               "train.checkpoint_every": plan.steps})
-        jobs.append({"method": method.name, "seed": seed, "config": str(config), "config_sha256": config_sha,
-                     "overrides": overrides, "log": str(REPO / plan.run_dir / "logs" / f"{name}.log"),
+        jobs.append({"method": method.name, "seed": seed, "config": str(config), "overrides": overrides, "log": str(REPO / plan.run_dir / "logs" / f"{name}.log"),
                      "result": str(REPO / plan.run_dir / "results" / f"{name}.json")})
     return jobs
 
 
+def resolved_config_sha256(job: dict[str, Any]) -> str:
+    """The identity of what a job trains: the sha256 of its resolved config (the config file with the
+    job's overrides, every default filled in), so an edit of the file that changes no value keeps it."""
+    from s2s2.pipeline.config.base import load_config
+    from s2s2.pipeline.config.project import ProjectConfig
+
+    cfg = load_config(ProjectConfig, job["config"], overrides=job["overrides"])
+    return hashlib.sha256(cfg.model_dump_json().encode()).hexdigest()
+
+
 def finished_result(job: dict[str, Any]) -> dict[str, Any] | None:
-    """The job's saved result when one exists for the same config file and overrides (a resumed study
-    reuses it), else None."""
+    """The job's saved result when one exists for the same resolved config (a resumed study reuses
+    it), else None."""
     path = Path(job["result"])
     if not path.is_file():
         return None
     saved = json.loads(path.read_text())
-    same = (saved.get("config_sha256") == job["config_sha256"] and saved.get("overrides") == job["overrides"])
-    return saved["run"] if same else None
+    return saved["run"] if saved.get("resolved_config_sha256") == resolved_config_sha256(job) else None
 
 
 def save_result(job: dict[str, Any], run: dict[str, Any]) -> None:
-    """Write one finished run's numbers beside the study (atomically), keyed by its config and overrides."""
+    """Write one finished run's numbers beside the study (atomically), keyed by its resolved config."""
     path = Path(job["result"])
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({"config_sha256": job["config_sha256"], "overrides": job["overrides"], "run": run},
-                              indent=1))
+    tmp.write_text(json.dumps({"resolved_config_sha256": resolved_config_sha256(job), "overrides": job["overrides"],
+                               "run": run}, indent=1))
     tmp.replace(path)
 
 

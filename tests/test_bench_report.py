@@ -284,7 +284,7 @@ def test_p5_methods_and_jobs_are_real_matched_configs(tmp_path: Path) -> None:
         assert cfg.train.seed == job["seed"] and cfg.train.steps == 7
 
 
-def test_p5_resumes_only_runs_of_the_same_config_and_overrides(tmp_path: Path) -> None:
+def test_p5_resumes_only_runs_of_the_same_resolved_config(tmp_path: Path) -> None:
     config = tmp_path / "c.yaml"
     config.write_text("run_dir: runs/x\n")
     methods = ood_gain.study_methods(["synth"], "synth")
@@ -300,9 +300,10 @@ def test_p5_resumes_only_runs_of_the_same_config_and_overrides(tmp_path: Path) -
     longer = ood_gain.make_jobs(methods, ood_gain.Plan(seeds=(0,), steps=8, parallel=1, run_dir=plan.run_dir),
                                 config, {"synth": "runs/s/stack.zarr"})[0]
     assert ood_gain.finished_result(longer) is None  # other steps: trained again
-    config.write_text("run_dir: runs/y\n")
-    again = ood_gain.make_jobs(methods, plan, config, {"synth": "runs/s/stack.zarr"})[0]
-    assert ood_gain.finished_result(again) is None  # the config file changed: trained again
+    config.write_text("# the same values, spelled out\nrun_dir: runs/x\nmodel: {preset: small}\n")
+    assert ood_gain.finished_result(job) == run  # an edit that changes no value: reused
+    config.write_text("run_dir: runs/x\nmodel: {preset: full}\n")
+    assert ood_gain.finished_result(job) is None  # another model: trained again
 
 
 def test_stack_kinds_file_is_valid_and_ordered(tmp_path: Path) -> None:
