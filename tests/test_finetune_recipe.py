@@ -48,3 +48,13 @@ def test_finetune_help_states_both_recipes(capsys):
     assert cli(["finetune", "--help"]) == 0
     text = " ".join(capsys.readouterr().out.split())
     assert "tiny base" in text and "800 steps" in text and "20,000 steps" in text and "wins" in text
+
+
+def test_the_embedded_default_takes_its_fine_tune_recipe_from_the_tiny_base():
+    """configs/default.yaml sets none of the recipe's fields: the recipe has one home, and the stack of
+    `make generate` is built with exactly its values."""
+    default = Path(__file__).resolve().parents[1] / "configs" / "default.yaml"
+    written = yaml.safe_load(default.read_text()).get("finetune") or {}
+    assert not set(written) & set(TINY_FINETUNE_RECIPE)
+    cfg = load_config(ProjectConfig, default)
+    assert {name: getattr(cfg.finetune, name) for name in TINY_FINETUNE_RECIPE} == TINY_FINETUNE_RECIPE
