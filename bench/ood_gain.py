@@ -299,6 +299,45 @@ def atlas_copy_row(metrics: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return row
 
 
+PLOT_COLUMNS = ((PD_T2, "SPM PD/T2 mean", TARGET_VS_BASELINE), (IN_DOMAIN, "in-domain", -MAX_IN_DOMAIN_LOSS),
+                ("spm_t1", "SPM T1", 0.0))
+
+
+def plot_paired_differences(runs: list[dict[str, Any]], methods: list[Method], path: Path) -> Path:
+    """A forest plot: per method, the paired per-seed difference to the baseline (mean and 95 %
+    t-interval, Dice points) on PD/T2, in-domain and SPM T1, each panel with its target line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [m.name for m in methods if m.name != BASELINE and any(run["method"] == m.name for run in runs)]
+    fig, axes = plt.subplots(1, len(PLOT_COLUMNS), figsize=(4.2 * len(PLOT_COLUMNS), 0.45 * len(names) + 1.6),
+                             sharey=True)
+    for ax, (column, title, target) in zip(axes, PLOT_COLUMNS):
+        for row, name in enumerate(names):
+            diffs = paired_differences(runs, name, BASELINE, column)
+            if not diffs:
+                continue
+            mean, low, high = t_interval(diffs)
+            if not math.isnan(low):
+                ax.plot([low, high], [row, row], color="tab:blue", linewidth=2)
+            ax.plot([mean], [row], "o", color="tab:blue")
+            ax.text(mean, row - 0.25, f"{mean:+.1f} (n={len(diffs)})", ha="center", fontsize=7)
+        ax.axvline(0.0, color="black", linewidth=0.8)
+        ax.axvline(target, color="tab:red", linestyle="--", linewidth=0.8, label=f"target {target:+.0f}")
+        ax.set_title(f"{title}: Δ vs baseline")
+        ax.set_xlabel("Dice points (paired per seed, 95 % t-interval)")
+        ax.legend(loc="lower right", fontsize=7)
+    axes[0].set_yticks(range(len(names)), names)
+    axes[0].set_ylim(len(names) - 0.5, -0.8)  # first method on top, room for its label
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 # --- stacks -------------------------------------------------------------------------------------
 
 def stack_is_usable(store_path: str, fingerprint: str) -> bool:
@@ -542,6 +581,7 @@ def measure_ood_gain(quick: bool = False, config: Path = DEFAULT_CONFIG, kinds_f
     judged = verdict(runs, primary) if primary in {run["method"] for run in runs} else None
     atlas = run_atlas_copy(cfg.model_copy(update={"run_dir": plan.run_dir}))["test_sets"]
     rows = table_rows(runs, methods) + [atlas_copy_row(atlas)]
+    plot = plot_paired_differences(runs, methods, REPO / plan.run_dir / "p5-ood-gain.png") if runs else None
     capped = sum(bool(run["stopped_by_time_cap"]) for run in runs)
     train_cpu = sum(run["cpu_seconds"] for run in runs)
     loss = cfg.train.loss
@@ -555,8 +595,12 @@ def measure_ood_gain(quick: bool = False, config: Path = DEFAULT_CONFIG, kinds_f
                 f"matched runs; mean ± std over seeds, Δ = paired per-seed difference to the baseline "
                 f"[{100 * CONFIDENCE:.0f} % t-interval]"),
         "note": (f"Dice points (x100), grey/white-matter mean; PD/T2 mean = mean of SPM PD and T2. Primary stack "
-                 f"{kinds.primary}. S2S2 loss: w_seg_gen {loss.w_seg_gen}, a_enc {loss.a_enc}, a_dec {loss.a_dec}, "
-                 f"L_enc on {cfg.model.sc_stages or 'the model default'}. "
+                 f"{kinds.primary}. S2S2 rows: w_seg_gen {loss.w_seg_gen}, a_enc {S2S2_TERMS['train.loss.a_enc']:g}, "
+                 f"a_dec {S2S2_TERMS['train.loss.a_dec']:g}, L_enc on {cfg.model.sc_stages or 'the model default'}; "
+                 f"s2s2_no_sc is the seg-only ablation (stack images with the segmentation loss, no L_sc)"
+                 + (", which is the recipe of the config (`make train`'s stack run)"
+                    if (loss.a_enc, loss.a_dec) == (0.0, 0.0) else "") + ". "
+                 + (f"Figure: {plot.relative_to(REPO)}. " if plot else "")
                  + (f"Target (>= +{TARGET_VS_BASELINE:.0f} PD/T2 vs baseline, >= +{TARGET_VS_AUGMENTATION:.0f} vs "
                     f"the best of LS/GIN/seg-only ({judged['best_augmentation']}), in-domain >= -{MAX_IN_DOMAIN_LOSS:.0f}, "
                     f"SPM T1 >= 0): {judged['pd_t2_vs_baseline']:+.1f} / {judged['pd_t2_vs_best_augmentation']:+.1f} / "
@@ -569,7 +613,7 @@ def measure_ood_gain(quick: bool = False, config: Path = DEFAULT_CONFIG, kinds_f
                  + " ".join(f"Stack {name} ({stores[name]}): {stack_note(stacks[name])}" for name in stores)),
         "rows": rows,
         "raw": {"runs": runs, "summary": {m: {c: list(v) for c, v in cols.items()} for m, cols in summarise(runs).items()},
-                "verdict": judged, "stores": stores, "unavailable": unavailable, "stacks": stacks,
+                "verdict": judged, "plot": str(plot.relative_to(REPO)) if plot else None, "stores": stores, "unavailable": unavailable, "stacks": stacks,
                 "atlas_copy": atlas, "plan": asdict(plan), "methods": [asdict(m) for m in methods],
                 "cpu_seconds_runs": train_cpu, "cpu_seconds_stacks": stack_cpu},
     }

@@ -348,3 +348,16 @@ def test_stack_kind_configs_apply_overlays_and_share_generators(tmp_path: Path) 
     assert quick.generate.generator_dir == f"{ood_gain.QUICK.run_dir}/stacks/a/generator"
     with pytest.raises(ConfigError, match="no_such_field"):
         ood_gain.kind_config("c", kinds, quick=True)
+
+
+def test_p5_plot_draws_every_method_that_ran(tmp_path: Path) -> None:
+    from PIL import Image
+
+    methods = ood_gain.study_methods(["synth"], "synth")
+    runs = [_run("baseline", 0, 0.80, (0.80, 0.30, 0.30)), _run("baseline", 1, 0.78, (0.84, 0.32, 0.28)),
+            _run("s2s2[synth]", 0, 0.80, (0.82, 0.60, 0.56)), _run("s2s2[synth]", 1, 0.79, (0.84, 0.58, 0.54)),
+            _run("gin", 0, 0.70, (0.70, 0.40, 0.40))]
+    few = ood_gain.plot_paired_differences(runs[:3], methods, tmp_path / "few.png")
+    path = ood_gain.plot_paired_differences(runs, methods, tmp_path / "p5.png")
+    with Image.open(path) as image, Image.open(few) as smaller:
+        assert image.format == "PNG" and image.height > smaller.height  # one row per method that ran
