@@ -231,6 +231,20 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, dict[str, tuple[float, fl
     return summary
 
 
+def selection_differences(runs: list[dict[str, Any]], method: str, reference: str) -> list[float]:
+    """Per seed both ran: method minus reference on the validation score the runs keep their
+    checkpoints by, mean(val, stack-val) in Dice points — the number a recipe is chosen on."""
+    by_seed = {(run["method"], run["seed"]): run for run in runs}
+
+    def score(run: dict[str, Any]) -> float:
+        return 50.0 * (run["val_dice"] + run["stack_val_dice"])
+
+    seeds = sorted(seed for (name, seed) in by_seed if name == method and (reference, seed) in by_seed)
+    return [score(by_seed[(method, s)]) - score(by_seed[(reference, s)]) for s in seeds
+            if by_seed[(method, s)].get("stack_val_dice") is not None
+            and by_seed[(reference, s)].get("stack_val_dice") is not None]
+
+
 def verdict(runs: list[dict[str, Any]], primary_method: str) -> dict[str, Any]:
     """The target, condition by condition, on means over seeds (Dice points)."""
     summary = summarise(runs)
@@ -579,6 +593,13 @@ def measure_ood_gain(quick: bool = False, config: Path = DEFAULT_CONFIG, kinds_f
     runs = run_jobs(jobs, plan.parallel, train=train)
     primary = f"s2s2[{kinds.primary}]"
     judged = verdict(runs, primary) if primary in {run["method"] for run in runs} else None
+    seg_only = f"s2s2_no_sc[{kinds.primary}]"
+    choice = selection_differences(runs, primary, seg_only)
+    choice_text = ""
+    if choice:
+        diff, low, high = t_interval(choice)
+        choice_text = (f"Validation (what chooses between L_sc and seg-only, no test set): {primary} minus {seg_only} on "
+                       f"mean(val, stack-val) {diff:+.1f} points [{low:+.1f}, {high:+.1f}] over {len(choice)} seeds. ")
     atlas = run_atlas_copy(cfg.model_copy(update={"run_dir": plan.run_dir}))["test_sets"]
     rows = table_rows(runs, methods) + [atlas_copy_row(atlas)]
     plot = plot_paired_differences(runs, methods, REPO / plan.run_dir / "p5-ood-gain.png") if runs else None
@@ -601,6 +622,7 @@ def measure_ood_gain(quick: bool = False, config: Path = DEFAULT_CONFIG, kinds_f
                  + (", which is the recipe of the config (`make train`'s stack run)"
                     if (loss.a_enc, loss.a_dec) == (0.0, 0.0) else "") + ". "
                  + (f"Figure: {plot.relative_to(REPO)}. " if plot else "")
+                 + choice_text
                  + (f"Target (>= +{TARGET_VS_BASELINE:.0f} PD/T2 vs baseline, >= +{TARGET_VS_AUGMENTATION:.0f} vs "
                     f"the best of LS/GIN/seg-only ({judged['best_augmentation']}), in-domain >= -{MAX_IN_DOMAIN_LOSS:.0f}, "
                     f"SPM T1 >= 0): {judged['pd_t2_vs_baseline']:+.1f} / {judged['pd_t2_vs_best_augmentation']:+.1f} / "
@@ -613,7 +635,7 @@ def measure_ood_gain(quick: bool = False, config: Path = DEFAULT_CONFIG, kinds_f
                  + " ".join(f"Stack {name} ({stores[name]}): {stack_note(stacks[name])}" for name in stores)),
         "rows": rows,
         "raw": {"runs": runs, "summary": {m: {c: list(v) for c, v in cols.items()} for m, cols in summarise(runs).items()},
-                "verdict": judged, "plot": str(plot.relative_to(REPO)) if plot else None, "stores": stores, "unavailable": unavailable, "stacks": stacks,
+                "verdict": judged, "selection_vs_seg_only": choice, "plot": str(plot.relative_to(REPO)) if plot else None, "stores": stores, "unavailable": unavailable, "stacks": stacks,
                 "atlas_copy": atlas, "plan": asdict(plan), "methods": [asdict(m) for m in methods],
                 "cpu_seconds_runs": train_cpu, "cpu_seconds_stacks": stack_cpu},
     }

@@ -361,3 +361,12 @@ def test_p5_plot_draws_every_method_that_ran(tmp_path: Path) -> None:
     path = ood_gain.plot_paired_differences(runs, methods, tmp_path / "p5.png")
     with Image.open(path) as image, Image.open(few) as smaller:
         assert image.format == "PNG" and image.height > smaller.height  # one row per method that ran
+
+
+def test_p5_selection_differences_pair_the_validation_score_by_seed() -> None:
+    runs = [{**_run("s2s2[c]", 0, 0.8, (0.8, 0.6, 0.6), val=0.80), "stack_val_dice": 0.70},
+            {**_run("s2s2_no_sc[c]", 0, 0.8, (0.8, 0.6, 0.6), val=0.82), "stack_val_dice": 0.66},
+            {**_run("s2s2[c]", 1, 0.8, (0.8, 0.6, 0.6), val=0.78), "stack_val_dice": 0.72},
+            {**_run("s2s2_no_sc[c]", 2, 0.8, (0.8, 0.6, 0.6), val=0.9), "stack_val_dice": 0.7}]
+    # seed 0 only has both: (80 + 70) / 2 - (82 + 66) / 2
+    assert ood_gain.selection_differences(runs, "s2s2[c]", "s2s2_no_sc[c]") == pytest.approx([1.0])
