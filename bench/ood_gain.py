@@ -223,7 +223,7 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, dict[str, tuple[float, fl
     for method in dict.fromkeys(run["method"] for run in runs):
         mine = [run for run in runs if run["method"] == method]
         columns = {column: mean_std([column_value(run["metrics"], column) for run in mine]) for column in COLUMNS}
-        for column, key in (("val", "val_dice"), ("stack-val", "stack_val_dice")):
+        for column, key in VALIDATION_COLUMNS:
             vals = [100.0 * run[key] for run in mine if run.get(key) is not None]
             if vals:
                 columns[column] = mean_std(vals)
@@ -279,6 +279,11 @@ def cell(values: list[float], differences: list[float] | None) -> str:
     return text
 
 
+# Validation numbers of a run's kept weights (Dice, not points), by table column: the real val, the
+# stack-val store, and (when asked for) a held-out appearance family's val images.
+VALIDATION_COLUMNS = (("val", "val_dice"), ("stack-val", "stack_val_dice"), ("held-out family val", "heldout_val_dice"))
+
+
 def table_rows(runs: list[dict[str, Any]], methods: list[Method]) -> list[dict[str, Any]]:
     """One row per method that ran: its stack kind, seeds, time-capped runs, and per column
     mean ± std with the paired difference to the baseline and its 95 % interval."""
@@ -291,7 +296,7 @@ def table_rows(runs: list[dict[str, Any]], methods: list[Method]) -> list[dict[s
         row: dict[str, Any] = {"method": method.name, "stack": method.stack_kind or "none", "seeds": len(mine),
                                "steps": "/".join(map(str, sorted({run["steps"] for run in mine}))),
                                "stopped by time cap": f"YES ({capped} runs)" if capped else "no"}
-        for column, key in (("val", "val_dice"), ("stack-val", "stack_val_dice")):
+        for column, key in VALIDATION_COLUMNS:
             vals = [100.0 * run[key] for run in mine if run.get(key) is not None]
             if vals:
                 row[column] = cell(vals, None)
@@ -565,11 +570,26 @@ def run_jobs(jobs: list[dict[str, Any]], parallel: int, train: bool = True) -> l
 
 # --- the study ----------------------------------------------------------------------------------
 
+def score_heldout_family(runs: list[dict[str, Any]], jobs: list[dict[str, Any]], store: str) -> None:
+    """Add `heldout_val_dice` to every run: its kept weights on the images of `store`, a val-split store
+    drawn by a generator no training stack used (reported beside val and stack-val; decides nothing)."""
+    from s2s2.pipeline.config.base import load_config
+    from s2s2.pipeline.config.project import ProjectConfig
+    from bench.recipe_sweep import kept_weights_val_dice
+
+    by_key = {(job["method"], job["seed"]): job for job in jobs}
+    for run in runs:
+        job = by_key[(run["method"], run["seed"])]
+        cfg = load_config(ProjectConfig, job["config"], overrides={**job["overrides"], "store.val_path": store})
+        run["heldout_val_dice"] = kept_weights_val_dice(cfg, Path(run["folder"]) / "model.safetensors")
+
+
 def measure_ood_gain(quick: bool = False, config: Path = DEFAULT_CONFIG, kinds_file: Path = STACK_KINDS_FILE,
-                     plan: Plan | None = None, train: bool = True) -> dict[str, Any]:
+                     plan: Plan | None = None, train: bool = True, heldout_val: str | None = None) -> dict[str, Any]:
     """Train every method for every seed, evaluate in- and out-of-domain, summarise (figure p5).
     Runs finished earlier with the same config and overrides are reused; `train=False` summarises
-    only those (stacks are then not built either)."""
+    only those (stacks are then not built either). `heldout_val` names a val-split store of another
+    generator to score every run's kept weights on as well."""
     from s2s2.pipeline.config.base import load_config
     from s2s2.pipeline.config.project import ProjectConfig
     from s2s2.pipeline.data.prepare import prepare_dataset
@@ -591,6 +611,8 @@ def measure_ood_gain(quick: bool = False, config: Path = DEFAULT_CONFIG, kinds_f
     val_store = val_store_path(stores[kinds.primary]) if kinds.primary in stores else None
     jobs = make_jobs(methods, plan, config, stores, val_store, first=core_methods(methods, kinds.primary))
     runs = run_jobs(jobs, plan.parallel, train=train)
+    if heldout_val:
+        score_heldout_family(runs, jobs, heldout_val)
     primary = f"s2s2[{kinds.primary}]"
     judged = verdict(runs, primary) if primary in {run["method"] for run in runs} else None
     seg_only = f"s2s2_no_sc[{kinds.primary}]"
@@ -652,8 +674,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--collect-only", action="store_true", help="summarise finished runs; train nothing")
     parser.add_argument("--kinds", type=Path, default=STACK_KINDS_FILE, help="the stack kinds file")
+    parser.add_argument("--heldout-val", metavar="STORE",
+                        help="a val-split store from a generator no stack used (e.g. generator.kind=synth): "
+                             "score every run's kept weights on it too (reported only)")
     args = parser.parse_args(argv)
-    result = measure_ood_gain(quick=quick_mode(), kinds_file=args.kinds, train=not args.collect_only)
+    result = measure_ood_gain(quick=quick_mode(), kinds_file=args.kinds, train=not args.collect_only,
+                              heldout_val=args.heldout_val)
     print(result["note"])
     print(markdown_table(result["rows"]))
 

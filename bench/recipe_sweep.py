@@ -137,14 +137,11 @@ def train_and_evaluate(variant: Variant, seed: int) -> float:
     return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
-def stack_val_of_kept_weights(name: str, variant: Variant, val_store: str = VAL_STORE) -> float:
-    """The Dice of a run's model.safetensors on the images of a val-split store (`val_store`: the
-    stack-val store, for a run trained without it, or another generator's), its config rebuilt from
-    the sweep's config and the variant, as the run was started."""
+def kept_weights_val_dice(cfg: Any, weights: Path) -> float:
+    """The Dice (eval classes, mean per image) of the weights file of a run of `cfg` on every image of
+    the val-split store `cfg.store.val_path`."""
     import torch
 
-    from s2s2.pipeline.config.base import load_config
-    from s2s2.pipeline.config.project import ProjectConfig
     from s2s2.pipeline.data.prepare import prepare_dataset
     from s2s2.pipeline.metrics import nanmean
     from s2s2.pipeline.segmenters.registry import build_segmenter
@@ -153,14 +150,24 @@ def stack_val_of_kept_weights(name: str, variant: Variant, val_store: str = VAL_
     from s2s2.stages.train.validation import eval_class_ids, validate_stack
 
     torch.set_num_threads(1)
-    cfg = load_config(ProjectConfig, REPO / CONFIG,
-                      overrides={**variant.settings(), "store.path": STORE, "store.val_path": val_store})
     dataset = prepare_dataset(cfg.data)
     shape = (cfg.model, dataset.image_shape[0], dataset.num_classes, dataset.image_shape[1])
     model = build_segmenter(*shape)
-    load_weights(model, folder(name) / "model.safetensors", model_identity(*shape))
+    load_weights(model, weights, model_identity(*shape))
     scores = validate_stack(model, load_stack_val(cfg, dataset), dataset.class_names, torch.device("cpu"), 16)
     return nanmean([scores[n] for n in eval_class_ids(dataset.class_names, cfg.evaluate.eval_classes)])
+
+
+def stack_val_of_kept_weights(name: str, variant: Variant, val_store: str = VAL_STORE) -> float:
+    """The Dice of a run's model.safetensors on the images of a val-split store (`val_store`: the
+    stack-val store, for a run trained without it, or another generator's), its config rebuilt from
+    the sweep's config and the variant, as the run was started."""
+    from s2s2.pipeline.config.base import load_config
+    from s2s2.pipeline.config.project import ProjectConfig
+
+    cfg = load_config(ProjectConfig, REPO / CONFIG,
+                      overrides={**variant.settings(), "store.path": STORE, "store.val_path": val_store})
+    return kept_weights_val_dice(cfg, folder(name) / "model.safetensors")
 
 
 def collect(name: str, variant: Variant, seed: int, cpu: float | None) -> dict[str, Any]:
