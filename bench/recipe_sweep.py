@@ -81,6 +81,9 @@ def variants() -> list[Variant]:
         Variant("w0.5", {"train.loss.w_seg_gen": 0.5}),
         Variant("sc-stage2", {"model.sc_stages": ["stage2"]}),
         Variant("select-val", {"train.select_on": "val"}),
+        # around the chosen recipe (seg-only, 1,000 steps): levers on its in-domain cost
+        Variant("seg-only-w0.5", {"train.loss.a_enc": 0.0, "train.loss.w_seg_gen": 0.5}, steps=1000),
+        Variant("seg-only-bn-originals", {"train.loss.a_enc": 0.0, "train.bn_stack_stats": False}, steps=1000),
     ]
 
 
