@@ -190,7 +190,10 @@ def collect(name: str, variant: Variant, seed: int, cpu: float | None) -> dict[s
 
 
 def points(runs: list[dict[str, Any]], pick: Any) -> str:
-    values = [100 * pick(run) for run in runs]
+    """mean ± std over the runs that have the value, in points; "–" when none has it."""
+    values = [100 * value for value in map(pick, runs) if value is not None]
+    if not values:
+        return "–"
     return f"{statistics.fmean(values):.1f}" + (f" ± {statistics.stdev(values):.1f}" if len(values) > 1 else "")
 
 
@@ -209,7 +212,7 @@ def table(results: dict[str, dict[str, Any]]) -> str:
         cpu = [r["cpu_seconds"] for r in runs if r["cpu_seconds"]]
         cells = [points(runs, lambda r: r["val"]), points(runs, lambda r: r["stack_val"]),
                  points(runs, lambda r: (r["val"] + r["stack_val"]) / 2),
-                 *([points(runs, lambda r: r.get("heldout_val", float("nan")))] if heldout else []),
+                 *([points(runs, lambda r: r.get("heldout_val"))] if heldout else []),
                  *(points(runs, lambda r, s=s: r["test"][s]) for s in TEST_SETS),
                  points(runs, lambda r: (r["test"]["spm_pd"] + r["test"]["spm_t2"]) / 2),
                  f"{statistics.fmean(cpu):.0f}" if cpu else "–"]
