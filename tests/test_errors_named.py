@@ -205,9 +205,12 @@ def test_a_garbage_or_pickled_resume_state_is_refused_without_unpickling(trained
     marker = tmp_path / "unpickled"
     cfg = tiny_config(folder, stack=False, steps=4, checkpoint_every=2)
     try:
-        for content, expected in ((os.urandom(2048), "cannot be loaded safely"),
-                                  (None, "cannot be loaded safely"),
-                                  ({"step": 2}, "is not an s2s2 training state")):
+        # garbage that torch's reader fails on in each of its ways: UnpicklingError, IndexError,
+        # UnicodeDecodeError, KeyError, RuntimeError (seeds found by trying), and fresh random bytes
+        garbage = [np.random.default_rng(seed).bytes(2048) for seed in (0, 17, 54, 62, 941)] + [os.urandom(2048)]
+        for content, expected in ([(g, "cannot be loaded safely") for g in garbage]
+                                  + [(None, "cannot be loaded safely"),
+                                     ({"step": 2}, "is not an s2s2 training state")]):
             if content is None:
                 torch.save({"step": Evil(marker)}, state)
             elif isinstance(content, dict):

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import zipfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -89,7 +88,12 @@ def load_state(path: str | Path, keys: Iterable[str], what: str, fix: str) -> di
     path, keys = Path(path), tuple(keys)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, zipfile.BadZipFile) as err:
+    except OSError as err:
+        raise S2S2Error(f"{what}: {path} cannot be read ({type(err).__name__}: {err.strerror or err}); {fix}") from None
+    # weights_only never runs code, so any other failure means the bytes are not a state torch can parse:
+    # its legacy reader raises IndexError, KeyError or UnicodeDecodeError on some garbage, not only the
+    # unpickling errors, and each of them is a damaged file, not a bug.
+    except Exception as err:  # noqa: BLE001
         if isinstance(err, pickle.UnpicklingError):  # torch's own text would advise weights_only=False: never
             detail = "it holds pickled Python objects besides tensors and plain values"
         else:
