@@ -19,8 +19,14 @@ Nothing is chosen on a test set: settings are the config's, chosen on validation
 split and stack-val, `bench/recipe_sweep.py`); every run keeps its checkpoint by `train.select_on`,
 with the primary kind's stack-val store for the methods without a stack.
 
-    python -m bench.run_all --only p5_ood_gain                 # the full study (>= 5 seeds)
+    python -m bench.run_all --only p5_ood_gain                 # the full study (>= 5 seeds), recorded
     BENCH_QUICK=1 python -m bench.run_all --only p5_ood_gain   # plumbing: throwaway stacks, 2 seeds, 10 steps
+    python -m bench.ood_gain --collect-only                    # the table of the runs finished so far
+    python -m bench.ood_gain --collect-only --heldout-val runs/heldout/stack-val.zarr   # + a held-out family
+
+The study resumes: each finished run's numbers are kept in `runs/bench/p5/results/NAME.json` with
+the hash of its resolved config, and a rerun trains only the runs without one (the core rows,
+baseline, LS, GIN, S2S2 and its seg-only ablation on the primary stack, get their seeds first).
 
 Runs go to `runs/bench/p5/train/METHOD_sSEED/` (quick: `runs/bench/p5/quick/...`); two train at a
 time, one torch thread each, logs under `runs/bench/p5/logs/`.

@@ -5,7 +5,7 @@ Why a process per figure: one figure that crashes, leaks memory or hangs records
 timeout) and the others still run; every figure starts with one torch thread and a clean heap.
 Each figure is a ratio measured within one run, because these machines are noisy.
 
-    python -m bench.run_all                      # full run (`make bench`), ~1.5 h on 2 idle cores (p5 most of it)
+    python -m bench.run_all                      # full run (`make bench`), ~2 h on 2 idle cores (p5 ~1.5 h of it)
     BENCH_QUICK=1 python -m bench.run_all        # a few minutes, tiny sizes (`make bench-quick`)
     python -m bench.run_all --only p1_step_ratio # one figure; the others' results are kept
 """
@@ -33,7 +33,7 @@ from s2s2.pipeline.atomic import atomic_path
 
 REPO = Path(__file__).resolve().parent.parent
 # Wall-clock limit per figure, seconds (full, quick): safety limits, well above what each needs on 2
-# idle cores (the robustness study p5 ~1 h, the others ~15 min together).
+# idle cores (the robustness study p5 ~1.5 h at 1,000 steps, the others ~15 min together).
 TIME_LIMITS: dict[str, tuple[int, int]] = {
     "p1_step_ratio": (420, 120),
     "p2_read_reduction": (300, 90),
