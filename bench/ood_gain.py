@@ -45,7 +45,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from pydantic import Field, model_validator
 
@@ -215,12 +215,18 @@ def t_interval(values: list[float], confidence: float = CONFIDENCE) -> tuple[flo
     return mean, mean - half, mean + half
 
 
-def paired_differences(runs: list[dict[str, Any]], method: str, reference: str, column: str) -> list[float]:
-    """Per seed (those both methods ran, in seed order): method minus reference, Dice points."""
+def paired_values(runs: list[dict[str, Any]], method: str, reference: str,
+                  value: Callable[[dict[str, Any]], float | None]) -> list[float]:
+    """Per seed that both methods ran and both have a value for (in seed order): method minus reference."""
     by_seed = {(run["method"], run["seed"]): run for run in runs}
     seeds = sorted(seed for (name, seed) in by_seed if name == method and (reference, seed) in by_seed)
-    return [column_value(by_seed[(method, s)]["metrics"], column) - column_value(by_seed[(reference, s)]["metrics"], column)
-            for s in seeds]
+    pairs = [(value(by_seed[(method, s)]), value(by_seed[(reference, s)])) for s in seeds]
+    return [mine - theirs for mine, theirs in pairs if mine is not None and theirs is not None]
+
+
+def paired_differences(runs: list[dict[str, Any]], method: str, reference: str, column: str) -> list[float]:
+    """Per seed (those both methods ran, in seed order): method minus reference, Dice points."""
+    return paired_values(runs, method, reference, lambda run: column_value(run["metrics"], column))
 
 
 def summarise(runs: list[dict[str, Any]]) -> dict[str, dict[str, tuple[float, float]]]:
@@ -240,15 +246,12 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, dict[str, tuple[float, fl
 def selection_differences(runs: list[dict[str, Any]], method: str, reference: str) -> list[float]:
     """Per seed both ran: method minus reference on the validation score the runs keep their
     checkpoints by, mean(val, stack-val) in Dice points — the number a recipe is chosen on."""
-    by_seed = {(run["method"], run["seed"]): run for run in runs}
-
-    def score(run: dict[str, Any]) -> float:
+    def score(run: dict[str, Any]) -> float | None:
+        if run.get("stack_val_dice") is None:
+            return None
         return 50.0 * (run["val_dice"] + run["stack_val_dice"])
 
-    seeds = sorted(seed for (name, seed) in by_seed if name == method and (reference, seed) in by_seed)
-    return [score(by_seed[(method, s)]) - score(by_seed[(reference, s)]) for s in seeds
-            if by_seed[(method, s)].get("stack_val_dice") is not None
-            and by_seed[(reference, s)].get("stack_val_dice") is not None]
+    return paired_values(runs, method, reference, score)
 
 
 def verdict(runs: list[dict[str, Any]], primary_method: str) -> dict[str, Any]:
@@ -554,8 +557,9 @@ def run_jobs(jobs: list[dict[str, Any]], parallel: int, train: bool = True) -> l
     """Run the jobs `parallel` at a time in spawned processes (one torch thread each), in their order;
     a job with a saved result for the same config and overrides is not trained again (an interrupted
     study resumes). `train=False` only collects the saved results."""
-    results = [run for run in map(finished_result, jobs) if run is not None]
-    todo = [job for job in jobs if finished_result(job) is None] if train else []
+    finished = [finished_result(job) for job in jobs]
+    results = [run for run in finished if run is not None]
+    todo = [job for job, run in zip(jobs, finished) if run is None] if train else []
     if results:
         print(f"p5: reusing {len(results)} finished runs; {len(todo)} to train", flush=True)
     with ProcessPoolExecutor(max_workers=max(1, parallel), mp_context=get_context("spawn")) as pool:
