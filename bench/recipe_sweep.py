@@ -84,6 +84,9 @@ def variants() -> list[Variant]:
         # around the chosen recipe (seg-only, 1,000 steps): levers on its in-domain cost
         Variant("seg-only-w0.5", {"train.loss.a_enc": 0.0, "train.loss.w_seg_gen": 0.5}, steps=1000),
         Variant("seg-only-bn-originals", {"train.loss.a_enc": 0.0, "train.bn_stack_stats": False}, steps=1000),
+        # the L_sc settings at the recipe's steps, against S2S2 with L_sc on the encoder's stage4 alone
+        Variant("a_dec1", {"train.loss.a_dec": 1.0}, steps=1000),
+        Variant("sc-stage2", {"model.sc_stages": ["stage2"]}, steps=1000),
     ]
 
 
