@@ -11,7 +11,8 @@ of the val masks, `store.val_path`). The test sets are evaluated for reporting o
         # also score every run's kept weights on the val masks' images from another generator
         # (a held-out appearance family, e.g. `generator.kind=synth`): reported beside the choice
 
-One training process at a time (one torch thread), each run `s2s2 train` + `s2s2 evaluate` in its
+Each run uses one torch thread; on 2 cores, two sweep processes with disjoint `--only` lists run side
+by side (sweep.json is merged under a lock). Each run `s2s2 train` + `s2s2 evaluate` in its
 own process; a run whose folder holds summary.json and metrics.json is skipped. Results go to
 `runs/sweep/sweep.json` (every run: val Dice, stack-val Dice, the test sets, CPU seconds) and the
 table to `runs/sweep/sweep.md`. Stores: the default stack and its stack-val store
@@ -21,6 +22,7 @@ table to `runs/sweep/sweep.md`. Stores: the default stack and its stack-val stor
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import resource
@@ -80,13 +82,20 @@ def variants() -> list[Variant]:
         Variant("a_dec1", {"train.loss.a_dec": 1.0}),
         Variant("w0.5", {"train.loss.w_seg_gen": 0.5}),
         Variant("sc-stage2", {"model.sc_stages": ["stage2"]}),
-        Variant("select-val", {"train.select_on": "val"}),
         # around the chosen recipe (seg-only, 1,000 steps): levers on its in-domain cost
         Variant("seg-only-w0.5", {"train.loss.a_enc": 0.0, "train.loss.w_seg_gen": 0.5}, steps=1000),
         Variant("seg-only-bn-originals", {"train.loss.a_enc": 0.0, "train.bn_stack_stats": False}, steps=1000),
         # the L_sc settings at the recipe's steps, against S2S2 with L_sc on the encoder's stage4 alone
         Variant("a_dec1", {"train.loss.a_dec": 1.0}, steps=1000),
         Variant("sc-stage2", {"model.sc_stages": ["stage2"]}, steps=1000),
+        # around the recipe: more steps (the baseline at the same steps), fewer stack images per mask
+        # (the first K of the store's 4), the checkpoint rule
+        Variant("baseline", baseline=True, steps=2000),
+        Variant("seg-only", {"train.loss.a_enc": 0.0}, steps=2000),
+        Variant("seg-only-k1", {"train.loss.a_enc": 0.0, "train.stack_k": 1}, steps=1000),
+        Variant("seg-only-k2", {"train.loss.a_enc": 0.0, "train.stack_k": 2}, steps=1000),
+        Variant("seg-only-select-val", {"train.loss.a_enc": 0.0, "train.select_on": "val"}, steps=1000),
+        Variant("seg-only-select-stack-val", {"train.loss.a_enc": 0.0, "train.select_on": "stack_val"}, steps=1000),
     ]
 
 
@@ -223,6 +232,11 @@ def table(results: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def load() -> dict[str, dict[str, Any]]:
+    path = REPO / RUN_DIR / "sweep.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 def write(results: dict[str, dict[str, Any]]) -> None:
     out = REPO / RUN_DIR
     out.mkdir(parents=True, exist_ok=True)
@@ -230,6 +244,18 @@ def write(results: dict[str, dict[str, Any]]) -> None:
     tmp.write_text(json.dumps(results, indent=1))
     tmp.replace(out / "sweep.json")
     (out / "sweep.md").write_text(table(results))
+
+
+def record(rows: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Merge `rows` into sweep.json under an exclusive lock, so that sweep processes running side by
+    side (one per core) keep each other's rows; returns the merged results."""
+    lock_path = REPO / RUN_DIR / "sweep.lock"
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with lock_path.open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        results = {**load(), **rows}
+        write(results)
+    return results
 
 
 def main() -> None:
@@ -242,8 +268,7 @@ def main() -> None:
                         help="a val-split store from another generator: score every run's kept weights on it "
                              "(reported; the choice stays on val and stack-val)")
     args = parser.parse_args()
-    path = REPO / RUN_DIR / "sweep.json"
-    results: dict[str, dict[str, Any]] = json.loads(path.read_text()) if path.is_file() else {}
+    results = load()
     if not args.table:
         for variant, seed in plan(args.only, tuple(args.seeds)):
             name = run_name(variant, seed)
@@ -254,18 +279,18 @@ def main() -> None:
                 print(f"sweep: {name}", flush=True)
                 cpu = train_and_evaluate(variant, seed)
             if name not in results or cpu is not None:
-                results[name] = collect(name, variant, seed, cpu)
-                write(results)
-                row = results[name]
+                row = collect(name, variant, seed, cpu)
+                results = record({name: row})
                 print(f"sweep: {name}: val {100 * row['val']:.1f}, stack-val {100 * row['stack_val']:.1f}"
                       + (f", {cpu:.0f} CPU s" if cpu else ""), flush=True)
     if args.heldout_val:
+        scored = {}
         for name, row in results.items():
             variant = next(v for v in variants() if v.key == row["variant"])
-            row["heldout_val"] = stack_val_of_kept_weights(name, variant, args.heldout_val)
-            row["heldout_val_store"] = args.heldout_val
-    write(results)
-    print(table(results))
+            scored[name] = {**row, "heldout_val": stack_val_of_kept_weights(name, variant, args.heldout_val),
+                            "heldout_val_store": args.heldout_val}
+        results = record(scored)
+    print(table(load()))
 
 
 if __name__ == "__main__":
