@@ -140,6 +140,27 @@ def test_k_is_uniform_and_reproducible(full_store):
     assert [StackPairDataset(ds, path, seed=12)[i]["k"] for i in range(len(first))] != epochs[0]
 
 
+def test_stack_k_draws_only_the_first_images_and_leaves_the_rest_of_the_visit_alone(full_store):
+    path, ds = full_store
+    store = StackStore.open(path)
+    every, first_two = StackPairDataset(ds, path, seed=4), StackPairDataset(ds, path, seed=4, stack_k=2)
+    assert first_two.provenance["ks_served"] == [0, 1] and first_two.provenance["k"] == K
+    seen = set()
+    for epoch in range(6):
+        every.set_epoch(epoch)
+        first_two.set_epoch(epoch)
+        for i in range(len(first_two)):
+            item, full = first_two[i], every[i]
+            seen.add(item["k"])
+            row = int(np.flatnonzero(store.source_indices == item["index"])[0])
+            np.testing.assert_array_equal(item["stack_image"].numpy(), store.read_stack(row, item["k"]))
+            np.testing.assert_array_equal(item["original"].numpy(), full["original"].numpy())
+    assert seen == {0, 1}
+    assert all(StackPairDataset(ds, path, seed=4, stack_k=1)[i]["k"] == 0 for i in range(len(first_two)))
+    with pytest.raises(StoreError, match=f"train.stack_k=5, but the store holds K={K}.*between 1 and {K}"):
+        StackPairDataset(ds, path, seed=4, stack_k=5)
+
+
 def test_dataloader_with_two_forked_workers_matches_single_process(full_store):
     path, ds = full_store
     dataset = StackPairDataset(ds, path, seed=5, transform=PairAugment(AugmentConfig()))

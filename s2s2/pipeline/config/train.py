@@ -101,6 +101,9 @@ class TrainConfig(StrictModel):
     poly_power: float = 0.9
     warmup_steps: int = Field(0, ge=0)
     grad_clip: Optional[float] = Field(None, gt=0)
+    # Stack images drawn per training mask: the first `stack_k` of the store's K (None = all K), so
+    # that the effect of K is measured on one stack without regenerating it
+    stack_k: Optional[int] = Field(None, ge=1)
     # Which validation Dice picks the best checkpoint (model.safetensors): `val` the real val split,
     # `stack_val` the model segmenting the stack images of the val masks (store.val_path, all K),
     # `mean` the mean of the two. No choice reads an out-of-domain test set.

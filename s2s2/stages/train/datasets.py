@@ -128,6 +128,7 @@ class StackPairDataset(BaselineDataset):
     The store must be made from this dataset (fingerprint) and hold every training sample; with
     `allow_incomplete`, only training samples with at least one done image are served, and k is drawn
     among that sample's done images (writers fill whole shards, so in practice all K or none).
+    `stack_k` limits the draw to the first `stack_k` of the K images (None: all K).
     """
 
     def __init__(
@@ -138,10 +139,15 @@ class StackPairDataset(BaselineDataset):
         transform: PairTransform | None = None,
         allow_incomplete: bool = False,
         storage_options: dict[str, Any] | None = None,
+        stack_k: int | None = None,
     ):
         super().__init__(dataset, seed, transform)
         store = StackStore.open(path, "r", storage_options, cache_shard_indexes=True)
         manifest = store.manifest
+        if stack_k is not None and not 1 <= stack_k <= store.k:
+            raise StoreError(f"{path}: train.stack_k={stack_k}, but the store holds K={store.k} images per mask; "
+                             f"fix: set train.stack_k between 1 and {store.k}, or leave it unset to draw from all K")
+        k_drawn = store.k if stack_k is None else stack_k
         if manifest.split == VAL_SPLIT:
             raise StoreError(f"{path}: this store holds stack images of the {VAL_SPLIT!r} split, which validation "
                              "reads and training never does; fix: point store.path at the training split's store "
@@ -153,7 +159,7 @@ class StackPairDataset(BaselineDataset):
                 f"{manifest.dataset_fingerprint[:12]}…, this dataset {fingerprint[:12]}…); "
                 "fix: point store.path at the stack made for this dataset, or re-create it with "
                 "`s2s2 stack init --overwrite` and `s2s2 generate`")
-        done = store.current_done()  # images of the generator in force only, never a replaced one's
+        done = store.current_done()[:, :k_drawn]  # images of the generator in force only, never a replaced one's
         fraction = float(done.mean())
         if fraction < 1.0 and not allow_incomplete:
             raise StoreError(f"{path}: the stack is {100 * fraction:.1f}% generated "
@@ -172,9 +178,9 @@ class StackPairDataset(BaselineDataset):
         self._rows = {int(i): row_of[int(i)] for i in served}
         self._choices = {int(i): np.flatnonzero(done[row_of[int(i)]]) for i in served}
         ks_served = sorted({int(k) for ks in self._choices.values() for k in ks})
-        if sum(len(ks) for ks in self._choices.values()) < len(self.samples) * store.k:
+        if sum(len(ks) for ks in self._choices.values()) < len(self.samples) * k_drawn:
             logger.warning(f"{path}: store.allow_incomplete serves {len(served)} of {len(self.samples)} training "
-                           f"samples (ks {ks_served} of K={store.k}, not every image): this run is no longer "
+                           f"samples (ks {ks_served} of {k_drawn}, not every image): this run is no longer "
                            "matched to its baseline (which sees every sample) nor to a run on the complete stack")
         self.provenance = store_provenance(store, served, ks_served, len(self.samples))
         self.samples = np.asarray(served, dtype=np.int64)

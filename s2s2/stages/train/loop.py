@@ -113,7 +113,7 @@ def build_train_set(cfg: ProjectConfig, dataset: PreparedDataset) -> BaselineDat
                          "with --set train.stack=false")
     pairs = StackPairDataset(dataset, path, seed=cfg.train.seed, transform=transform,
                              allow_incomplete=cfg.store.allow_incomplete,
-                             storage_options=cfg.store.storage_options or None)
+                             storage_options=cfg.store.storage_options or None, stack_k=cfg.train.stack_k)
     manifest = pairs.manifest
     if tuple(manifest.class_names) != tuple(dataset.class_names):
         raise StoreError(f"{path}: the store has {len(manifest.class_names)} classes {list(manifest.class_names)}, "
