@@ -7,6 +7,8 @@ of the val masks, `store.val_path`). The test sets are evaluated for reporting o
     python -m bench.recipe_sweep --only centre-st300 w0.1-st300 --seeds 0 1 2
     python -m bench.recipe_sweep --collect-only      # add every finished run to sweep.json, train nothing
     python -m bench.recipe_sweep --table             # re-render runs/sweep/sweep.md from sweep.json
+    python -m bench.recipe_sweep --table --paired    # + the variants around the recipe paired by seed
+        # with the robustness study's recipe and baseline runs (runs/sweep/paired.md)
     python -m bench.recipe_sweep --collect-only --heldout-val runs/heldout/stack-val.zarr
         # also score every run's kept weights on the val masks' images from another generator
         # (a held-out appearance family, e.g. `generator.kind=synth`): reported beside the choice
@@ -232,6 +234,67 @@ def table(results: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+# The robustness study's matched runs of the recipe and the baseline at 1,000 steps (same config, code
+# and seeds as the sweep's rows): the reference the variants around the recipe are paired with.
+STUDY_RESULTS = "runs/bench/p5/results"
+STUDY_ROWS = {"baseline": "baseline-st1000", "s2s2_no_sc[controlnet_appearance]": "seg-only-st1000"}
+AROUND_THE_RECIPE = ("seg-only-st2000", "seg-only-k1-st1000", "seg-only-k2-st1000", "seg-only-select-val-st1000",
+                     "seg-only-select-stack-val-st1000", "seg-only-w0.5-st1000", "seg-only-bn-originals-st1000")
+
+
+def study_rows(folder: Path) -> list[dict[str, Any]]:
+    """The study's recipe and baseline runs as sweep rows (variant keys of STUDY_ROWS)."""
+    rows = []
+    for path in sorted(folder.glob("*.json")):
+        run = json.loads(path.read_text())["run"]
+        if run["method"] in STUDY_ROWS:
+            rows.append({"variant": STUDY_ROWS[run["method"]], "seed": run["seed"], "val": run["val_dice"],
+                         "stack_val": run["stack_val_dice"],
+                         "test": {s: run["metrics"][s]["dice_mean"] for s in TEST_SETS}})
+    return rows
+
+
+def selection(row: dict[str, Any]) -> float:
+    return (row["val"] + row["stack_val"]) / 2
+
+
+def pd_t2(row: dict[str, Any]) -> float:
+    return (row["test"]["spm_pd"] + row["test"]["spm_t2"]) / 2
+
+
+def paired_cell(diffs: list[float]) -> str:
+    """Mean of per-seed differences in points, with its 95 % t-interval from two seeds on."""
+    from bench.ood_gain import t_interval
+
+    if not diffs:
+        return "–"
+    mean, low, high = t_interval([100 * d for d in diffs])
+    return f"{mean:+.1f}" + (f" [{low:+.1f}, {high:+.1f}]" if len(diffs) > 1 else "")
+
+
+def paired_table(results: dict[str, dict[str, Any]], study: list[dict[str, Any]]) -> str:
+    """Markdown: each variant around the recipe paired by seed with the recipe (selection score, the
+    choice) and with the baseline at its own steps (test sets, reported only), in Dice points."""
+    rows = [r for r in results.values() if r["variant"] in (*AROUND_THE_RECIPE, "baseline-st2000")] + study
+    by_key = {(r["variant"], r["seed"]): r for r in rows}
+    lines = ["| variant | seeds | selection − the recipe's (per seed) | mean [95 % CI] | in-domain − baseline "
+             "| SPM T1 − baseline | PD/T2 − baseline |", "|---|---|---|---|---|---|---|"]
+    for key in ("seg-only-st1000", *AROUND_THE_RECIPE):
+        steps = key.rsplit("-st", 1)[1]
+        mine = sorted((r for r in rows if r["variant"] == key), key=lambda r: r["seed"])
+        recipe = [(r, by_key.get(("seg-only-st1000", r["seed"]))) for r in mine]
+        base = [(r, by_key.get((f"baseline-st{steps}", r["seed"]))) for r in mine]
+        chosen = [selection(r) - selection(ref) for r, ref in recipe if ref is not None]
+        against_base = [(r, ref) for r, ref in base if ref is not None]
+        cells = [", ".join(f"{100 * d:+.1f}" for d in chosen) or "–", paired_cell(chosen),
+                 paired_cell([r["test"]["in_domain"] - ref["test"]["in_domain"] for r, ref in against_base]),
+                 paired_cell([r["test"]["spm_t1"] - ref["test"]["spm_t1"] for r, ref in against_base]),
+                 paired_cell([pd_t2(r) - pd_t2(ref) for r, ref in against_base])]
+        lines.append(f"| {key}{' (the recipe, from the study)' if key == 'seg-only-st1000' else ''} | "
+                     f"{','.join(str(r['seed']) for r in mine)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def load() -> dict[str, dict[str, Any]]:
     path = REPO / RUN_DIR / "sweep.json"
     return json.loads(path.read_text()) if path.is_file() else {}
@@ -264,6 +327,9 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="*", type=int, default=list(SEEDS))
     parser.add_argument("--collect-only", action="store_true", help="collect finished runs, train nothing")
     parser.add_argument("--table", action="store_true", help="only re-render the table from sweep.json")
+    parser.add_argument("--paired", action="store_true",
+                        help=f"also pair the variants around the recipe by seed with the study's recipe and "
+                             f"baseline runs ({STUDY_RESULTS}); written to paired.md")
     parser.add_argument("--heldout-val", metavar="STORE",
                         help="a val-split store from another generator: score every run's kept weights on it "
                              "(reported; the choice stays on val and stack-val)")
@@ -291,6 +357,10 @@ def main() -> None:
                             "heldout_val_store": args.heldout_val}
         results = record(scored)
     print(table(load()))
+    if args.paired:
+        paired = paired_table(load(), study_rows(REPO / STUDY_RESULTS))
+        (REPO / RUN_DIR / "paired.md").write_text(paired)
+        print(paired)
 
 
 if __name__ == "__main__":

@@ -37,3 +37,23 @@ def test_the_variants_around_the_recipe_change_one_setting_each():
     assert all(changed[key] == {} for key in steps_only)
     assert all(len(settings) == 1 for key, settings in changed.items() if key not in steps_only), changed
     assert len({v.key for v in sweep.variants()}) == len(sweep.variants())
+
+
+def row(variant: str, seed: int, val: float, stack_val: float, in_domain: float, pd: float) -> dict:
+    return {"variant": variant, "seed": seed, "val": val, "stack_val": stack_val,
+            "test": {"in_domain": in_domain, "spm_t1": 0.8, "spm_pd": pd, "spm_t2": pd}}
+
+
+def test_paired_table_pairs_each_seed_with_the_recipe_and_the_baseline_at_the_same_steps():
+    study = [row("seg-only-st1000", s, 0.80, 0.70, 0.86, 0.60) for s in (0, 1)]
+    study += [row("baseline-st1000", s, 0.84, 0.58, 0.88, 0.34) for s in (0, 1)]
+    results = {"a": row("seg-only-st2000", 0, 0.82, 0.72, 0.87, 0.62),
+               "b": row("seg-only-st2000", 1, 0.80, 0.74, 0.87, 0.64),
+               "c": row("baseline-st2000", 0, 0.85, 0.58, 0.89, 0.30),
+               "d": row("baseline-st2000", 1, 0.85, 0.58, 0.89, 0.34),
+               "e": row("seg-only-k2-st1000", 1, 0.80, 0.60, 0.84, 0.50)}
+    lines = {line.split(" | ")[0].strip("| "): line for line in sweep.paired_table(results, study).splitlines()}
+    assert "| 0,1 | +2.0, +2.0 | +2.0 [+2.0, +2.0] | -2.0 [-2.0, -2.0] | +0.0 [+0.0, +0.0] | +31.0 [" in \
+        lines["seg-only-st2000"]
+    assert "| 1 | -5.0 | -5.0 | -4.0 | +0.0 | +16.0 |" in lines["seg-only-k2-st1000"]
+    assert "| – | – | – | – | – |" in lines["seg-only-k1-st1000"]  # no run yet
