@@ -94,6 +94,8 @@ def variants() -> list[Variant]:
         # (the first K of the store's 4), the checkpoint rule
         Variant("baseline", baseline=True, steps=2000),
         Variant("seg-only", {"train.loss.a_enc": 0.0}, steps=2000),
+        Variant("baseline", baseline=True, steps=3000),
+        Variant("seg-only", {"train.loss.a_enc": 0.0}, steps=3000),
         Variant("seg-only-k1", {"train.loss.a_enc": 0.0, "train.stack_k": 1}, steps=1000),
         Variant("seg-only-k2", {"train.loss.a_enc": 0.0, "train.stack_k": 2}, steps=1000),
         Variant("seg-only-select-val", {"train.loss.a_enc": 0.0, "train.select_on": "val"}, steps=1000),
@@ -238,7 +240,7 @@ def table(results: dict[str, dict[str, Any]]) -> str:
 # and seeds as the sweep's rows): the reference the variants around the recipe are paired with.
 STUDY_RESULTS = "runs/bench/p5/results"
 STUDY_ROWS = {"baseline": "baseline-st1000", "s2s2_no_sc[controlnet_appearance]": "seg-only-st1000"}
-AROUND_THE_RECIPE = ("seg-only-st2000", "seg-only-k1-st1000", "seg-only-k2-st1000", "seg-only-select-val-st1000",
+AROUND_THE_RECIPE = ("seg-only-st2000", "seg-only-st3000", "seg-only-k1-st1000", "seg-only-k2-st1000", "seg-only-select-val-st1000",
                      "seg-only-select-stack-val-st1000", "seg-only-w0.5-st1000", "seg-only-bn-originals-st1000")
 
 
@@ -275,7 +277,8 @@ def paired_cell(diffs: list[float]) -> str:
 def paired_table(results: dict[str, dict[str, Any]], study: list[dict[str, Any]]) -> str:
     """Markdown: each variant around the recipe paired by seed with the recipe (selection score, the
     choice) and with the baseline at its own steps (test sets, reported only), in Dice points."""
-    rows = [r for r in results.values() if r["variant"] in (*AROUND_THE_RECIPE, "baseline-st2000")] + study
+    baselines = ("baseline-st2000", "baseline-st3000")  # the sweep's; at 1,000 steps the study's
+    rows = [r for r in results.values() if r["variant"] in (*AROUND_THE_RECIPE, *baselines)] + study
     by_key = {(r["variant"], r["seed"]): r for r in rows}
     lines = ["| variant | seeds | selection − the recipe's (per seed) | mean [95 % CI] | in-domain − baseline "
              "| SPM T1 − baseline | PD/T2 − baseline |", "|---|---|---|---|---|---|---|"]

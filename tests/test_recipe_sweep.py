@@ -33,7 +33,7 @@ def test_the_variants_around_the_recipe_change_one_setting_each():
                for v in sweep.variants() if v.key.startswith("seg-only-") and v.key != "seg-only-st1000"}
     assert changed["seg-only-k2-st1000"] == {"train.stack_k": 2}
     assert changed["seg-only-select-val-st1000"] == {"train.select_on": "val"}
-    steps_only = {"seg-only-st300", "seg-only-st2000"}  # the steps are the variant's own field
+    steps_only = {"seg-only-st300", "seg-only-st2000", "seg-only-st3000"}  # the steps are the variant's own field
     assert all(changed[key] == {} for key in steps_only)
     assert all(len(settings) == 1 for key, settings in changed.items() if key not in steps_only), changed
     assert len({v.key for v in sweep.variants()}) == len(sweep.variants())
