@@ -8,7 +8,8 @@ of the val masks, `store.val_path`). The test sets are evaluated for reporting o
     python -m bench.recipe_sweep --collect-only      # add every finished run to sweep.json, train nothing
     python -m bench.recipe_sweep --table             # re-render runs/sweep/sweep.md from sweep.json
     python -m bench.recipe_sweep --table --paired    # + the variants around the recipe paired by seed
-        # with the robustness study's recipe and baseline runs (runs/sweep/paired.md)
+        # with the robustness study's recipe and baseline runs at 1,000 steps (runs/sweep/paired.md;
+        # `--study FOLDER` names that study's results folder once the config trains other steps)
     python -m bench.recipe_sweep --collect-only --heldout-val runs/heldout/stack-val.zarr
         # also score every run's kept weights on the val masks' images from another generator
         # (a held-out appearance family, e.g. `generator.kind=synth`): reported beside the choice
@@ -237,22 +238,30 @@ def table(results: dict[str, dict[str, Any]]) -> str:
 
 
 # The robustness study's matched runs of the recipe and the baseline at 1,000 steps (same config, code
-# and seeds as the sweep's rows): the reference the variants around the recipe are paired with.
+# and seeds as the sweep's rows): the reference the variants around the recipe are paired with. The
+# study follows the config's steps, so a study at other steps is refused rather than paired.
 STUDY_RESULTS = "runs/bench/p5/results"
+REFERENCE_STEPS = 1000
 STUDY_ROWS = {"baseline": "baseline-st1000", "s2s2_no_sc[controlnet_appearance]": "seg-only-st1000"}
 AROUND_THE_RECIPE = ("seg-only-st2000", "seg-only-st3000", "seg-only-k1-st1000", "seg-only-k2-st1000", "seg-only-select-val-st1000",
                      "seg-only-select-stack-val-st1000", "seg-only-w0.5-st1000", "seg-only-bn-originals-st1000")
 
 
 def study_rows(folder: Path) -> list[dict[str, Any]]:
-    """The study's recipe and baseline runs as sweep rows (variant keys of STUDY_ROWS)."""
+    """The study's recipe and baseline runs as sweep rows (variant keys of STUDY_ROWS); a run at other
+    than REFERENCE_STEPS steps is refused, naming the file and the fix."""
     rows = []
     for path in sorted(folder.glob("*.json")):
         run = json.loads(path.read_text())["run"]
-        if run["method"] in STUDY_ROWS:
-            rows.append({"variant": STUDY_ROWS[run["method"]], "seed": run["seed"], "val": run["val_dice"],
-                         "stack_val": run["stack_val_dice"],
-                         "test": {s: run["metrics"][s]["dice_mean"] for s in TEST_SETS}})
+        if run["method"] not in STUDY_ROWS:
+            continue
+        if run["steps"] != REFERENCE_STEPS:
+            raise SystemExit(f"{path}: the study run trained {run['steps']} steps, and the variants around the "
+                             f"recipe are paired with the recipe at {REFERENCE_STEPS}; fix: pass --study with "
+                             f"the results folder of a study at {REFERENCE_STEPS} steps")
+        rows.append({"variant": STUDY_ROWS[run["method"]], "seed": run["seed"], "val": run["val_dice"],
+                     "stack_val": run["stack_val_dice"],
+                     "test": {s: run["metrics"][s]["dice_mean"] for s in TEST_SETS}})
     return rows
 
 
@@ -331,8 +340,11 @@ def main() -> None:
     parser.add_argument("--collect-only", action="store_true", help="collect finished runs, train nothing")
     parser.add_argument("--table", action="store_true", help="only re-render the table from sweep.json")
     parser.add_argument("--paired", action="store_true",
-                        help=f"also pair the variants around the recipe by seed with the study's recipe and "
-                             f"baseline runs ({STUDY_RESULTS}); written to paired.md")
+                        help="also pair the variants around the recipe by seed with the study's recipe and "
+                             "baseline runs (--study); written to paired.md")
+    parser.add_argument("--study", type=Path, default=REPO / STUDY_RESULTS,
+                        help=f"the results folder of the robustness study at {REFERENCE_STEPS} steps "
+                             f"(default {STUDY_RESULTS})")
     parser.add_argument("--heldout-val", metavar="STORE",
                         help="a val-split store from another generator: score every run's kept weights on it "
                              "(reported; the choice stays on val and stack-val)")
@@ -361,7 +373,7 @@ def main() -> None:
         results = record(scored)
     print(table(load()))
     if args.paired:
-        paired = paired_table(load(), study_rows(REPO / STUDY_RESULTS))
+        paired = paired_table(load(), study_rows(args.study))
         (REPO / RUN_DIR / "paired.md").write_text(paired)
         print(paired)
 

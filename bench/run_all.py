@@ -33,7 +33,7 @@ from s2s2.pipeline.atomic import atomic_path
 
 REPO = Path(__file__).resolve().parent.parent
 # Wall-clock limit per figure, seconds (full, quick): safety limits, well above what each needs on 2
-# idle cores (the robustness study p5 ~1.5 h at 1,000 steps, the others ~15 min together).
+# idle cores (the robustness study p5 ~2.7 h at 2,000 steps, the others ~15 min together).
 TIME_LIMITS: dict[str, tuple[int, int]] = {
     "p1_step_ratio": (420, 120),
     "p2_read_reduction": (300, 90),

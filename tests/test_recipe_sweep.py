@@ -3,7 +3,10 @@ variant states the settings it sweeps."""
 
 from __future__ import annotations
 
+import json
 import multiprocessing
+
+import pytest
 
 import bench.recipe_sweep as sweep
 
@@ -57,3 +60,18 @@ def test_paired_table_pairs_each_seed_with_the_recipe_and_the_baseline_at_the_sa
         lines["seg-only-st2000"]
     assert "| 1 | -5.0 | -5.0 | -4.0 | +0.0 | +16.0 |" in lines["seg-only-k2-st1000"]
     assert "| – | – | – | – | – |" in lines["seg-only-k1-st1000"]  # no run yet
+
+
+def study_run(folder, name: str, method: str, steps: int) -> None:
+    metrics = {s: {"dice_mean": 0.5} for s in sweep.TEST_SETS}
+    run = {"method": method, "seed": 0, "steps": steps, "val_dice": 0.8, "stack_val_dice": 0.7, "metrics": metrics}
+    (folder / f"{name}.json").write_text(json.dumps({"run": run}))
+
+
+def test_study_rows_take_the_recipe_at_the_reference_steps_and_refuse_a_study_at_other_steps(tmp_path):
+    study_run(tmp_path, "s2s2_no_sc-controlnet_appearance_s0", "s2s2_no_sc[controlnet_appearance]", 1000)
+    study_run(tmp_path, "gin_s0", "gin", 2000)  # not a reference method: ignored
+    assert [(r["variant"], r["seed"]) for r in sweep.study_rows(tmp_path)] == [("seg-only-st1000", 0)]
+    study_run(tmp_path, "baseline_s0", "baseline", 2000)
+    with pytest.raises(SystemExit, match=r"baseline_s0\.json: the study run trained 2000 steps.*--study"):
+        sweep.study_rows(tmp_path)
