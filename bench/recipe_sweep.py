@@ -242,7 +242,7 @@ def table(results: dict[str, dict[str, Any]]) -> str:
 # study follows the config's steps, so a study at other steps is refused rather than paired.
 STUDY_RESULTS = "runs/bench/p5/results"
 REFERENCE_STEPS = 1000
-STUDY_ROWS = {"baseline": "baseline-st1000", "s2s2_no_sc[controlnet_appearance]": "seg-only-st1000"}
+STUDY_ROWS = {"baseline": f"baseline-st{REFERENCE_STEPS}", "s2s2_no_sc[controlnet_appearance]": f"seg-only-st{REFERENCE_STEPS}"}
 AROUND_THE_RECIPE = ("seg-only-st2000", "seg-only-st3000", "seg-only-k1-st1000", "seg-only-k2-st1000", "seg-only-select-val-st1000",
                      "seg-only-select-stack-val-st1000", "seg-only-w0.5-st1000", "seg-only-bn-originals-st1000")
 

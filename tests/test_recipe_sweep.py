@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+from pathlib import Path
 
 import pytest
 
@@ -62,7 +63,7 @@ def test_paired_table_pairs_each_seed_with_the_recipe_and_the_baseline_at_the_sa
     assert "| – | – | – | – | – |" in lines["seg-only-k1-st1000"]  # no run yet
 
 
-def study_run(folder, name: str, method: str, steps: int) -> None:
+def study_run(folder: Path, name: str, method: str, steps: int) -> None:
     metrics = {s: {"dice_mean": 0.5} for s in sweep.TEST_SETS}
     run = {"method": method, "seed": 0, "steps": steps, "val_dice": 0.8, "stack_val_dice": 0.7, "metrics": metrics}
     (folder / f"{name}.json").write_text(json.dumps({"run": run}))
